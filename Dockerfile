@@ -1,0 +1,46 @@
+# syntax=docker/dockerfile:1
+# One image for every process: the API (gunicorn), the relay, the Celery worker and the migrations.
+# docker-compose.yml picks the process with `command:`; health checks use python (no curl in the image).
+
+FROM python:3.11-slim AS build
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+
+RUN python -m venv /opt/venv
+WORKDIR /src
+
+# Runtime dependencies first (pinned in pyproject.toml, no dev extras), so code changes reuse this layer.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt
+
+COPY README.md ./
+COPY shared/ shared/
+COPY order_service/ order_service/
+COPY invoice_worker/ invoice_worker/
+RUN pip install .
+
+
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH=/opt/venv/bin:$PATH \
+    VAR_DIR=/app/var
+
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home --shell /usr/sbin/nologin app \
+    && mkdir -p /app/var \
+    && chown app:app /app/var
+
+# Only the installed virtualenv is shipped: no sources in the working directory to shadow the package.
+COPY --from=build /opt/venv /opt/venv
+
+WORKDIR /app
+USER 10001:10001
+
+EXPOSE 8000
+CMD ["gunicorn", "order_service.wsgi:app", "--bind", "0.0.0.0:8000"]

@@ -1,0 +1,40 @@
+"""The ``celery -A invoice_worker`` target: the Celery app, configured from the environment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import setup_logging, worker_process_init
+
+from invoice_worker.database import InvoiceDatabase
+from shared.broker import broker_config
+from shared.config import Settings
+from shared.contracts import ORDER_PLACED, ROUTES
+from shared.logs import configure_logging
+
+__all__ = ["app", "database", "settings"]
+
+settings = Settings()
+database = InvoiceDatabase(settings)
+
+app = Celery("invoice_worker", include=["invoice_worker.tasks"])
+app.conf.update(
+    broker_config(settings),
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_default_queue=settings.queue(ROUTES[ORDER_PLACED].queue),
+    worker_hijack_root_logger=False,
+    worker_send_task_events=False,
+)
+
+
+@setup_logging.connect
+def _configure_logging(**_: Any) -> None:
+    configure_logging(settings.log_level, settings.log_format)
+
+
+@worker_process_init.connect
+def _reset_database_after_fork(**_: Any) -> None:
+    database.after_fork()

@@ -1,0 +1,106 @@
+"""Making invoices, exactly once per order, whatever the broker redelivers."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from typing import Any
+
+import structlog
+from sqlalchemy import Insert, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from invoice_worker.models import DeadLetter, Invoice, ProcessedMessage
+from shared.contracts import ORDER_PLACED, OrderPlaced
+from shared.db import utcnow
+
+__all__ = ["Outcome", "create_invoice", "record_dead_letter"]
+
+log = structlog.get_logger(__name__)
+
+
+class Outcome(enum.StrEnum):
+    CREATED = "created"
+    DUPLICATE_MESSAGE = "duplicate-message"
+    ALREADY_INVOICED = "already-invoiced"
+
+
+def _insert(session: Session, model: type[Any]) -> Insert:
+    """An INSERT that can say ON CONFLICT DO NOTHING on either backend."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(model)  # type: ignore[no-any-return]
+
+
+def create_invoice(session: Session, message_id: uuid.UUID, event: OrderPlaced) -> Outcome:
+    """In one transaction: record the message in the inbox and make the order's invoice.
+
+    Both writes sit behind UNIQUE constraints, so concurrent duplicates serialise on the index
+    and the loser does nothing, instead of racing through a check-then-insert.
+    """
+    inbox = (
+        _insert(session, ProcessedMessage)
+        .values(message_id=message_id, topic=ORDER_PLACED, processed_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["message_id"])
+    )
+    if session.execute(inbox).rowcount == 0:
+        session.rollback()
+        log.info("invoice.duplicate_message", message_id=str(message_id), order_id=event.order_id)
+        return Outcome.DUPLICATE_MESSAGE
+
+    invoice = (
+        _insert(session, Invoice)
+        .values(
+            order_id=event.order_id,
+            number=f"PENDING-{message_id}",
+            customer_id=event.customer_id,
+            currency=event.currency,
+            amount_total=event.amount_total,
+            lines=[line.model_dump(mode="json") for line in event.lines],
+            message_id=message_id,
+            placed_at=event.placed_at,
+            created_at=utcnow(),
+        )
+        .on_conflict_do_nothing(index_elements=["order_id"])
+        .returning(Invoice.id)
+    )
+    invoice_id = session.execute(invoice).scalar_one_or_none()
+    if invoice_id is None:
+        session.commit()
+        log.info("invoice.already_exists", message_id=str(message_id), order_id=event.order_id)
+        return Outcome.ALREADY_INVOICED
+    number = f"INV-{invoice_id:08d}"
+    session.execute(update(Invoice).where(Invoice.id == invoice_id).values(number=number))
+    session.commit()
+    log.info("invoice.created", message_id=str(message_id), order_id=event.order_id, number=number)
+    return Outcome.CREATED
+
+
+def record_dead_letter(
+    session: Session,
+    message_id: uuid.UUID,
+    task_name: str,
+    payload: dict[str, Any],
+    reason: str,
+    attempts: int,
+) -> None:
+    """Park a message that cannot succeed; a redelivery of the same message updates the same row."""
+    statement = _insert(session, DeadLetter).values(
+        message_id=message_id,
+        task_name=task_name,
+        payload=payload,
+        reason=reason[:4000],
+        attempts=attempts,
+        created_at=utcnow(),
+    )
+    statement = statement.on_conflict_do_update(  # type: ignore[attr-defined]
+        index_elements=["message_id"],
+        set_={
+            "reason": statement.excluded.reason,
+            "attempts": statement.excluded.attempts,
+            "replayed_at": None,
+        },
+    )
+    session.execute(statement)
+    session.commit()
+    log.error("invoice.dead_lettered", message_id=str(message_id), reason=reason, attempts=attempts)

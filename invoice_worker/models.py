@@ -1,0 +1,58 @@
+"""The invoices database: invoices, the inbox of processed messages, and the dead letters."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Integer, String, Text, Uuid
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.db import BigIntPK, JSONDocument, UTCDateTime, utcnow
+
+__all__ = ["Base", "DeadLetter", "Invoice", "ProcessedMessage"]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Invoice(Base):
+    __tablename__ = "invoices"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    order_id: Mapped[str] = mapped_column(String(64), unique=True, comment="exactly one invoice per order")
+    number: Mapped[str] = mapped_column(String(32), unique=True)
+    customer_id: Mapped[str] = mapped_column(String(64), index=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    amount_total: Mapped[int] = mapped_column(BigInteger)
+    lines: Mapped[list[dict[str, Any]]] = mapped_column(JSONDocument)
+    message_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    placed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ProcessedMessage(Base):
+    """The inbox: a message id is recorded in the same transaction as its effect."""
+
+    __tablename__ = "processed_messages"
+
+    message_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    topic: Mapped[str] = mapped_column(String(100))
+    processed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DeadLetter(Base):
+    """A message that can never succeed as it is, kept with its reason until replayed."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    message_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    task_name: Mapped[str] = mapped_column(String(200))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    reason: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    replayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

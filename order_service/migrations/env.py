@@ -1,0 +1,34 @@
+"""Alembic environment for the orders database, run through Flask-Migrate (``flask db upgrade``)."""
+
+from __future__ import annotations
+
+from alembic import context
+from flask import current_app
+
+from order_service import models  # noqa: F401 - registers the tables on the metadata
+
+db = current_app.extensions["migrate"].db
+config = context.config
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=str(db.engine.url), target_metadata=db.metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    with db.engine.connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=db.metadata,
+            **current_app.extensions["migrate"].configure_args,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,54 @@
+"""Receivers of ``order_placed``: each turns the event into outbox rows on the order's own session."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from order_service.models import Order, outbox
+from order_service.signals import order_placed
+from shared.contracts import ORDER_PLACED, SCHEMA_VERSION_HEADER, OrderPlaced, OrderPlacedLine
+from shared.outbox import OutboxMessage, add_message
+
+__all__ = ["connect_receivers", "order_placed_message", "request_invoice"]
+
+
+def order_placed_message(order: Order) -> OrderPlaced:
+    return OrderPlaced(
+        order_id=str(order.id),
+        customer_id=order.customer_id,
+        currency=order.currency,
+        lines=[
+            OrderPlacedLine(
+                sku=line.sku,
+                quantity=line.quantity,
+                unit_amount=line.unit_amount,
+                amount_total=line.amount_total,
+            )
+            for line in order.lines
+        ],
+        amount_total=order.amount_total,
+        placed_at=order.created_at,
+    )
+
+
+def request_invoice(sender: Any, *, order: Order, session: Session, **_: Any) -> None:
+    """Queue ``order.placed`` for the invoice worker, committed together with the order."""
+    message = order_placed_message(order)
+    add_message(
+        session,
+        outbox,
+        OutboxMessage(
+            topic=ORDER_PLACED,
+            aggregate_type="order",
+            aggregate_id=message.order_id,
+            payload=message.to_payload(),
+            headers={SCHEMA_VERSION_HEADER: message.schema_version, "order_id": message.order_id},
+        ),
+    )
+
+
+def connect_receivers() -> None:
+    """Connect the module-level receivers (strongly; connecting twice is a no-op)."""
+    order_placed.connect(request_invoice, weak=False)

@@ -1,0 +1,81 @@
+"""The unit of work of the order service: the only place that commits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy.orm import Session
+
+from order_service.models import Order, OrderLine
+from order_service.signals import Veto, order_placed
+
+__all__ = ["LineRequest", "OrderRefused", "PlaceOrder", "place_order"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LineRequest:
+    sku: str
+    quantity: int
+    unit_amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceOrder:
+    customer_id: str
+    currency: str
+    lines: tuple[LineRequest, ...]
+
+
+class OrderRefused(Exception):
+    """A receiver of ``order_placed`` vetoed the order; nothing was written."""
+
+    def __init__(self, receiver: str, reason: str) -> None:
+        super().__init__(f"{receiver} refused the order: {reason}")
+        self.receiver = receiver
+        self.reason = reason
+
+
+def _veto_reason(result: object) -> str | None:
+    """``Veto`` or a bare ``False`` (the seed's convention) refuses; ``None`` means no objection."""
+    if isinstance(result, Veto):
+        return result.reason
+    if result is False:
+        return "vetoed"
+    return None
+
+
+def place_order(session: Session, command: PlaceOrder) -> Order:
+    """Write the order and whatever its receivers add, in one transaction, or nothing at all."""
+    lines = [
+        OrderLine(
+            position=position,
+            sku=line.sku,
+            quantity=line.quantity,
+            unit_amount=line.unit_amount,
+            amount_total=line.quantity * line.unit_amount,
+        )
+        for position, line in enumerate(command.lines)
+    ]
+    order = Order(
+        customer_id=command.customer_id,
+        currency=command.currency,
+        status="placed",
+        amount_total=sum(line.amount_total for line in lines),
+        lines=lines,
+    )
+    try:
+        session.add(order)
+        session.flush()
+        for receiver, result in order_placed.send(place_order, order=order, session=session):
+            reason = _veto_reason(result)
+            if reason is not None:
+                raise OrderRefused(getattr(receiver, "__qualname__", repr(receiver)), reason)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    log.info("order.placed", order_id=str(order.id), amount_total=order.amount_total, lines=len(lines))
+    return order

@@ -1,0 +1,1 @@
+"""Code both services use: settings, message contracts and the reusable outbox machinery."""

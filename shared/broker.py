@@ -1,0 +1,36 @@
+"""Celery broker settings both sides share, so the relay and the worker agree on the transport."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from shared.config import Settings
+
+__all__ = ["broker_config", "publishing_app"]
+
+
+def broker_config(settings: Settings) -> dict[str, Any]:
+    """Celery configuration keys for the broker named by ``settings.broker_url``."""
+    options: dict[str, Any] = {"visibility_timeout": settings.broker_visibility_timeout}
+    if settings.uses_embedded_broker:
+        folder = str(settings.broker_folder)
+        options = {"data_folder_in": folder, "data_folder_out": folder, "store_processed": False}
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": options,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_ignore_result": True,
+        "enable_utc": True,
+    }
+
+
+def publishing_app(settings: Settings, name: str) -> Celery:
+    """A Celery app that only publishes by task name (it imports no task code)."""
+    app = Celery(name, set_as_current=False)
+    app.conf.update(broker_config(settings))
+    return app

@@ -1,0 +1,72 @@
+"""One frozen settings object, read from the environment; the defaults are the embedded mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Process configuration. Build it in entry points only and pass it in everywhere else."""
+
+    model_config = SettingsConfigDict(frozen=True, env_file=".env", extra="ignore", populate_by_name=True)
+
+    var_dir: Path = Field(default=Path("var"), validation_alias="VAR_DIR")
+    orders_database_url: str = Field(default="", validation_alias="ORDERS_DATABASE_URL")
+    invoices_database_url: str = Field(default="", validation_alias="INVOICES_DATABASE_URL")
+    broker_url: str = Field(default="", validation_alias="BROKER_URL")
+    queue_prefix: str = Field(default="", validation_alias="QUEUE_PREFIX")
+
+    log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
+    log_format: Literal["console", "json"] = Field(default="console", validation_alias="LOG_FORMAT")
+
+    max_request_bytes: int = Field(default=64 * 1024, validation_alias="MAX_REQUEST_BYTES")
+    database_pool_size: int = Field(default=5, validation_alias="DATABASE_POOL_SIZE")
+
+    relay_batch_size: int = Field(default=500, ge=1, le=10_000, validation_alias="RELAY_BATCH_SIZE")
+    relay_poll_interval: float = Field(default=1.0, gt=0, validation_alias="RELAY_POLL_INTERVAL")
+    relay_max_backoff: float = Field(default=300.0, gt=0, validation_alias="RELAY_MAX_BACKOFF")
+    relay_max_attempts: int = Field(default=20, ge=1, validation_alias="RELAY_MAX_ATTEMPTS")
+    outbox_retention_seconds: float = Field(
+        default=7 * 24 * 3600, ge=0, validation_alias="OUTBOX_RETENTION_SECONDS"
+    )
+
+    worker_max_retries: int = Field(default=8, ge=0, validation_alias="WORKER_MAX_RETRIES")
+    broker_visibility_timeout: int = Field(default=3600, ge=1, validation_alias="BROKER_VISIBILITY_TIMEOUT")
+
+    def model_post_init(self, _context: object) -> None:
+        """Fill the embedded-mode defaults (SQLite files and a file broker under ``var_dir``)."""
+        var = self.var_dir.resolve()
+        defaults = {
+            "orders_database_url": f"sqlite:///{var / 'orders.sqlite3'}",
+            "invoices_database_url": f"sqlite:///{var / 'invoices.sqlite3'}",
+            "broker_url": "filesystem://",
+        }
+        for name, value in defaults.items():
+            if not getattr(self, name):
+                object.__setattr__(self, name, value)
+
+    @property
+    def broker_folder(self) -> Path:
+        """Where the server-less (filesystem) broker keeps its messages."""
+        return self.var_dir.resolve() / "broker"
+
+    def queue(self, name: str) -> str:
+        """The broker queue for a contract queue name (a prefix isolates test runs on one Redis)."""
+        return f"{self.queue_prefix}{name}"
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+    def ensure_var_dir(self) -> None:
+        """Create the folders the embedded mode writes to."""
+        if self.orders_database_url.startswith("sqlite") or self.uses_embedded_broker:
+            self.var_dir.mkdir(parents=True, exist_ok=True)
+        if self.uses_embedded_broker:
+            self.broker_folder.mkdir(parents=True, exist_ok=True)

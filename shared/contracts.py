@@ -1,0 +1,99 @@
+"""Message contracts between the order service and its consumers, and the task names they meet on.
+
+Money is an integer amount in the currency's smallest unit; times are ISO 8601 UTC strings.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, model_validator
+
+__all__ = [
+    "ORDER_PLACED",
+    "ROUTES",
+    "SCHEMA_VERSION_HEADER",
+    "OrderPlaced",
+    "OrderPlacedLine",
+    "Route",
+    "UnsupportedSchemaVersion",
+    "parse_order_placed",
+]
+
+ORDER_PLACED: Final = "order.placed"
+SCHEMA_VERSION_HEADER: Final = "schema_version"
+
+
+class Route(BaseModel):
+    """Where a topic is delivered: the Celery task name and its queue."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task: str
+    queue: str
+
+
+ROUTES: Final[dict[str, Route]] = {
+    ORDER_PLACED: Route(task="invoices.order_placed", queue="invoices"),
+}
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("placed_at must carry a timezone")
+    return value.astimezone(UTC)
+
+
+Amount = Annotated[StrictInt, Field(ge=0)]
+
+
+class OrderPlacedLine(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sku: str = Field(min_length=1, max_length=64)
+    quantity: Annotated[StrictInt, Field(ge=1)]
+    unit_amount: Amount
+    amount_total: Amount
+
+    @model_validator(mode="after")
+    def _total_matches(self) -> OrderPlacedLine:
+        if self.amount_total != self.quantity * self.unit_amount:
+            raise ValueError("line amount_total must equal quantity * unit_amount")
+        return self
+
+
+class OrderPlaced(BaseModel):
+    """``order.placed`` v1: an order was committed; its consumer makes exactly one invoice."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = 1
+    order_id: str = Field(min_length=1, max_length=64)
+    customer_id: str = Field(min_length=1, max_length=64)
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    lines: list[OrderPlacedLine] = Field(min_length=1)
+    amount_total: Amount
+    placed_at: Annotated[datetime, AfterValidator(_utc)]
+
+    @model_validator(mode="after")
+    def _total_matches(self) -> OrderPlaced:
+        if self.amount_total != sum(line.amount_total for line in self.lines):
+            raise ValueError("amount_total must equal the sum of the lines")
+        return self
+
+    def to_payload(self) -> dict[str, Any]:
+        """Plain JSON types only: what goes into the outbox and over the broker."""
+        return self.model_dump(mode="json")
+
+
+class UnsupportedSchemaVersion(ValueError):
+    """The message's major version is not one this consumer understands."""
+
+
+def parse_order_placed(payload: dict[str, Any]) -> OrderPlaced:
+    """Validate an ``order.placed`` payload; unknown major versions are refused, not guessed at."""
+    version = payload.get("schema_version")
+    if version != 1:
+        raise UnsupportedSchemaVersion(f"order.placed schema_version {version!r} is not supported")
+    return OrderPlaced.model_validate(payload)

@@ -1,0 +1,84 @@
+"""Database helpers both services use: UTC timestamps, portable column types, engines."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Engine, Integer, create_engine, event
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
+
+__all__ = [
+    "BigIntPK",
+    "JSONDocument",
+    "UTCDateTime",
+    "create_db_engine",
+    "engine_options",
+    "install_sqlite_pragmas",
+    "is_postgres",
+    "utcnow",
+]
+
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+"""A 64-bit key that is still SQLite's auto-incrementing ``INTEGER PRIMARY KEY``."""
+
+JSONDocument = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend (SQLite would drop the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; use an aware UTC datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def is_postgres(engine_or_dialect: Engine | Dialect) -> bool:
+    dialect = engine_or_dialect.dialect if isinstance(engine_or_dialect, Engine) else engine_or_dialect
+    return dialect.name == "postgresql"
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+def engine_options(url: str, pool_size: int = 5) -> dict[str, Any]:
+    """Engine keyword arguments suited to the URL's backend."""
+    if url.startswith("sqlite"):
+        # Several processes share the file in embedded mode: wait for locks instead of failing.
+        return {"connect_args": {"timeout": 30}}
+    return {"pool_size": pool_size, "max_overflow": pool_size, "pool_pre_ping": True}
+
+
+def create_db_engine(url: str, pool_size: int = 5) -> Engine:
+    engine = create_engine(url, **engine_options(url, pool_size))
+    install_sqlite_pragmas(engine)
+    return engine
+
+
+def install_sqlite_pragmas(engine: Engine) -> None:
+    """WAL and foreign keys for SQLite engines; a no-op on other backends."""
+    if engine.dialect.name == "sqlite":
+        _tune_sqlite(engine)

@@ -1,0 +1,43 @@
+"""The outbox table, defined on whatever metadata a service owns."""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Index, Integer, MetaData, SmallInteger, String, Table, Text, Uuid, text
+
+from shared.db import BigIntPK, JSONDocument, UTCDateTime
+
+__all__ = ["BUCKETS", "define_outbox"]
+
+BUCKETS = 1024
+"""Rows are hashed by aggregate into this many buckets; relays own buckets to keep per-aggregate order."""
+
+_PENDING = text("published_at IS NULL AND parked_at IS NULL")
+
+
+def define_outbox(metadata: MetaData, name: str = "outbox") -> Table:
+    """Add the outbox table to ``metadata`` (once per service) and return it."""
+    return Table(
+        name,
+        metadata,
+        Column("id", BigIntPK, primary_key=True, autoincrement=True, comment="publish order"),
+        Column("message_id", Uuid, nullable=False, unique=True, comment="Celery task id, consumer dedup key"),
+        Column("topic", String(100), nullable=False),
+        Column("aggregate_type", String(50), nullable=False),
+        Column("aggregate_id", String(64), nullable=False),
+        Column("bucket", SmallInteger, nullable=False, comment=f"crc32(aggregate_id) % {BUCKETS}"),
+        Column("payload", JSONDocument, nullable=False),
+        Column("headers", JSONDocument, nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("available_at", UTCDateTime, nullable=False),
+        Column("attempts", Integer, nullable=False, server_default="0"),
+        Column("last_error", Text),
+        Column("published_at", UTCDateTime),
+        Column("parked_at", UTCDateTime),
+        Index(
+            f"ix_{name}_pending",
+            "id",
+            postgresql_where=_PENDING,
+            sqlite_where=_PENDING,
+        ),
+        Index(f"ix_{name}_published_at", "published_at"),
+    )

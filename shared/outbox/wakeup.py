@@ -1,0 +1,81 @@
+"""How an idle relay waits: Postgres LISTEN/NOTIFY with a polling fallback, or plain polling."""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+import psycopg
+import structlog
+from sqlalchemy import Engine
+
+from shared.db import is_postgres
+from shared.outbox.writer import NOTIFY_CHANNEL
+
+__all__ = ["NotifyWaiter", "PollingWaiter", "Waiter", "waiter_for"]
+
+log = structlog.get_logger(__name__)
+
+
+class Waiter(Protocol):
+    def wait(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class PollingWaiter:
+    """Sleeps for the poll interval, waking early on shutdown."""
+
+    def __init__(self, stop: threading.Event, interval: float) -> None:
+        self._stop = stop
+        self._interval = interval
+
+    def wait(self) -> None:
+        self._stop.wait(self._interval)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class NotifyWaiter:
+    """Returns as soon as a transaction that wrote outbox rows commits, or after the poll interval.
+
+    The interval is the fallback for notifications lost while the listening connection was down.
+    """
+
+    def __init__(self, conninfo: str, stop: threading.Event, interval: float) -> None:
+        self._conninfo = conninfo
+        self._stop = stop
+        self._interval = interval
+        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+
+    def _listen(self) -> psycopg.Connection[tuple[object, ...]]:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
+            self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        return self._conn
+
+    def wait(self) -> None:
+        try:
+            conn = self._listen()
+            for _ in conn.notifies(timeout=self._interval, stop_after=1):
+                pass
+            # Coalesce the burst: one wake-up drains everything that is due.
+            for _ in conn.notifies(timeout=0):
+                pass
+        except psycopg.Error as exc:
+            log.warning("relay.listen_failed", error=str(exc))
+            self.close()
+            self._stop.wait(self._interval)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def waiter_for(engine: Engine, stop: threading.Event, interval: float) -> Waiter:
+    if is_postgres(engine):
+        url = engine.url.set(drivername="postgresql")
+        return NotifyWaiter(url.render_as_string(hide_password=False), stop, interval)
+    return PollingWaiter(stop, interval)

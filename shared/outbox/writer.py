@@ -1,0 +1,63 @@
+"""Adding a message to the outbox: an INSERT on the caller's session, nothing else."""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Table, insert, text
+from sqlalchemy.orm import Session
+
+from shared.db import is_postgres, utcnow
+from shared.outbox.table import BUCKETS
+
+__all__ = ["NOTIFY_CHANNEL", "OutboxMessage", "add_message", "bucket_of"]
+
+NOTIFY_CHANNEL = "outbox"
+_NOTIFIED = "outbox_notified"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A message to publish once the surrounding transaction commits."""
+
+    topic: str
+    aggregate_type: str
+    aggregate_id: str
+    payload: dict[str, Any]
+    headers: dict[str, Any] = field(default_factory=dict)
+    message_id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+def bucket_of(aggregate_id: str) -> int:
+    """Stable across processes and languages (unlike ``hash()``), so every relay agrees."""
+    return zlib.crc32(aggregate_id.encode()) % BUCKETS
+
+
+def add_message(session: Session, outbox: Table, message: OutboxMessage) -> None:
+    """Insert ``message`` in the session's transaction; never commits.
+
+    On Postgres it also queues a NOTIFY, which the server delivers only if and when the
+    transaction commits: relays wake at once for committed rows and never for rolled-back ones.
+    """
+    now = utcnow()
+    session.execute(
+        insert(outbox).values(
+            message_id=message.message_id,
+            topic=message.topic,
+            aggregate_type=message.aggregate_type,
+            aggregate_id=message.aggregate_id,
+            bucket=bucket_of(message.aggregate_id),
+            payload=message.payload,
+            headers=message.headers,
+            created_at=now,
+            available_at=now,
+            attempts=0,
+        )
+    )
+    transaction = session.get_transaction()
+    if is_postgres(session.get_bind()) and session.info.get(_NOTIFIED) is not transaction:
+        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+        session.info[_NOTIFIED] = transaction

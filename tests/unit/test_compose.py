@@ -1,0 +1,346 @@
+"""The docker compose production shape, checked by parsing (no docker engine needed).
+
+Every process the compose file starts must exist in the code base: a renamed module or a removed
+entry point fails here instead of in a crash-looping container.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.machinery
+import importlib.util
+import re
+import shlex
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+INIT_SCRIPT = ROOT / "deploy" / "postgres" / "init-databases.sh"
+
+ALL_SERVICES = {"postgres", "redis", "migrate", "api", "relay", "worker"}
+APP_SERVICES = {"migrate", "api", "relay", "worker"}
+LONG_RUNNING = {"postgres", "redis", "api", "relay", "worker"}
+ALLOWED_CONDITIONS = {"service_healthy", "service_completed_successfully"}
+PASSWORD_INTERPOLATION = re.compile(r"^\$\{POSTGRES_PASSWORD(?::?[-?][^}]*)?\}$")
+# Executables the app services run, and the distribution (in pyproject dependencies) that provides each.
+EXECUTABLE_DISTRIBUTIONS = {"gunicorn": "gunicorn", "celery": "celery", "flask": "flask"}
+
+Service = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, Service]:
+    found = compose["services"]
+    assert isinstance(found, dict)
+    return found
+
+
+@pytest.fixture
+def project_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resolve modules against this checkout, however pytest was started."""
+    monkeypatch.syspath_prepend(str(ROOT))
+
+
+def environment(service: Service) -> dict[str, str]:
+    raw = service.get("environment") or {}
+    if isinstance(raw, list):
+        return dict(item.split("=", 1) if "=" in item else (item, "") for item in raw)
+    return {key: "" if value is None else str(value) for key, value in raw.items()}
+
+
+def argv(command: str | list[str]) -> list[str]:
+    return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
+
+
+def healthcheck_argv(service: Service) -> list[str]:
+    test = argv(service["healthcheck"]["test"])
+    if test[0] == "CMD-SHELL":
+        return shlex.split(" ".join(test[1:]))
+    if test[0] == "CMD":
+        return test[1:]
+    return test
+
+
+def simple_commands(words: list[str]) -> Iterator[list[str]]:
+    """Split an argv into the programs it runs, unwrapping `sh -c "a && b"` and shell separators."""
+    if len(words) >= 3 and words[0] in {"sh", "bash"} and words[1] == "-c":
+        words = shlex.split(words[2])
+    current: list[str] = []
+    for word in words:
+        if word in {"&&", "||", ";", "|"}:
+            if current:
+                yield current
+            current = []
+        else:
+            current.append(word)
+    if current:
+        yield current
+
+
+def commands_of(service: Service) -> list[list[str]]:
+    found = list(simple_commands(argv(service["command"]))) if "command" in service else []
+    if "healthcheck" in service:
+        found.extend(simple_commands(healthcheck_argv(service)))
+    return found
+
+
+def option(words: list[str], *names: str) -> str:
+    for index, word in enumerate(words):
+        if word in names:
+            return words[index + 1]
+        for name in names:
+            if name.startswith("--") and word.startswith(name + "="):
+                return word.split("=", 1)[1]
+    raise AssertionError(f"{names[0]} missing from {words}")
+
+
+def find_module(name: str) -> importlib.machinery.ModuleSpec | None:
+    """Locate a module like ``importlib.util.find_spec`` without executing any package ``__init__``."""
+    top, *rest = name.split(".")
+    spec = importlib.util.find_spec(top)
+    for part in rest:
+        if spec is None or spec.submodule_search_locations is None:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(
+            f"{spec.name}.{part}", list(spec.submodule_search_locations)
+        )
+    return spec
+
+
+def assert_module_exists(name: str) -> importlib.machinery.ModuleSpec:
+    spec = find_module(name)
+    assert spec is not None, f"the compose file runs module {name!r}, which does not exist"
+    return spec
+
+
+def assert_runnable_with_dash_m(name: str) -> None:
+    spec = assert_module_exists(name)
+    if spec.submodule_search_locations is not None:
+        assert_module_exists(f"{name}.__main__")
+
+
+def defines_name(source: str, name: str) -> bool:
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == name for target in node.targets
+        ):
+            return True
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name:
+            return True
+        if isinstance(node, ast.ImportFrom | ast.Import) and any(
+            (alias.asname or alias.name) == name for alias in node.names
+        ):
+            return True
+        if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name == name:
+            return True
+    return False
+
+
+def check_program_exists(words: list[str]) -> None:
+    program = words[0]
+    if program in {"python", "python3"} and "-c" in words:
+        ast.parse(option(words, "-c"))  # inline code (the API healthcheck) must at least be valid Python
+    elif program in {"python", "python3"}:
+        assert_runnable_with_dash_m(option(words, "-m"))
+    elif program == "gunicorn":
+        target = next(word for word in words[1:] if not word.startswith("-") and ":" in word)
+        module_name, attribute = target.split(":", 1)
+        spec = assert_module_exists(module_name)
+        assert spec.origin is not None
+        source = Path(spec.origin).read_text(encoding="utf-8")
+        assert defines_name(source, attribute), f"{spec.origin} defines no {attribute!r} for gunicorn"
+    elif program == "celery":
+        assert_module_exists(option(words, "-A", "--app"))
+    elif program == "flask":
+        assert_module_exists(option(words, "--app").split(":", 1)[0])
+    elif program in {"pg_isready", "redis-cli", "redis-server", "grep"}:
+        return  # provided by the postgres / redis images
+    else:
+        raise AssertionError(f"unknown program {program!r} in the compose file: teach this test about it")
+
+
+def all_strings(node: object) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from all_strings(key)
+            yield from all_strings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from all_strings(item)
+
+
+def test_all_services_of_the_production_shape_exist(services: dict[str, Service]) -> None:
+    assert set(services) >= ALL_SERVICES
+
+
+@pytest.mark.parametrize("name", sorted(LONG_RUNNING))
+def test_long_running_services_have_a_healthcheck_and_restart(
+    services: dict[str, Service], name: str
+) -> None:
+    service = services[name]
+    assert service["healthcheck"]["test"], f"{name} has an empty healthcheck"
+    assert healthcheck_argv(service), f"{name} has an empty healthcheck"
+    assert service.get("restart") == "unless-stopped"
+
+
+def test_migrate_runs_once_and_is_not_restarted(services: dict[str, Service]) -> None:
+    assert str(services["migrate"].get("restart", "no")) in {"no", "False"}
+    assert "healthcheck" not in services["migrate"]
+
+
+def test_every_dependency_waits_on_a_condition(services: dict[str, Service]) -> None:
+    for name, service in services.items():
+        depends_on = service.get("depends_on", {})
+        assert isinstance(depends_on, dict), f"{name}: depends_on must use the long form with a condition"
+        for dependency, spec in depends_on.items():
+            assert dependency in services, f"{name} depends on unknown service {dependency}"
+            assert spec.get("condition") in ALLOWED_CONDITIONS, f"{name} -> {dependency} has no condition"
+
+
+def test_app_services_start_only_after_migrations_succeeded(services: dict[str, Service]) -> None:
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in ("api", "relay", "worker"):
+        depends_on = services[name]["depends_on"]
+        assert depends_on["migrate"]["condition"] == "service_completed_successfully"
+        assert depends_on["redis"]["condition"] == "service_healthy"
+
+
+def test_only_the_api_publishes_a_port(services: dict[str, Service]) -> None:
+    publishing = {name for name, service in services.items() if service.get("ports")}
+    assert publishing == {"api"}
+    assert services["api"]["ports"] == ["${API_PORT:-8000}:8000"]
+    for service in services.values():
+        assert service.get("network_mode") != "host"
+
+
+@pytest.mark.parametrize("name", ["relay", "worker"])
+def test_relay_and_worker_can_be_scaled(services: dict[str, Service], name: str) -> None:
+    service = services[name]
+    assert "container_name" not in service
+    assert "ports" not in service
+    assert "hostname" not in service
+
+
+def test_the_postgres_password_comes_from_the_environment(services: dict[str, Service]) -> None:
+    postgres_env = environment(services["postgres"])
+    assert postgres_env["POSTGRES_USER"] == "outbox"
+    assert PASSWORD_INTERPOLATION.match(postgres_env["POSTGRES_PASSWORD"])
+
+
+def test_no_literal_secret_is_written_in_the_compose_file(compose: dict[str, Any]) -> None:
+    for service in compose["services"].values():
+        for key, value in environment(service).items():
+            if re.search(r"PASSWORD|SECRET|TOKEN|API_KEYS", key):
+                assert value == "" or value.startswith("${"), f"{key} is hard-coded"
+    for text in all_strings(compose):
+        for userinfo in re.findall(r"://[^/@\s]+:([^@\s]*)@", text):
+            assert PASSWORD_INTERPOLATION.match(userinfo), f"literal password in {text!r}"
+
+
+def test_app_services_share_one_image_and_the_fixed_environment(services: dict[str, Service]) -> None:
+    images = {services[name].get("image") for name in APP_SERVICES}
+    assert len(images) == 1
+    for name in APP_SERVICES:
+        env = environment(services[name])
+        assert env["ORDERS_DATABASE_URL"].startswith("postgresql+psycopg://outbox:")
+        assert env["ORDERS_DATABASE_URL"].endswith("@postgres:5432/orders")
+        assert env["INVOICES_DATABASE_URL"].endswith("@postgres:5432/invoices")
+        assert env["BROKER_URL"] == "redis://redis:6379/0"
+        assert env["LOG_FORMAT"] == "json"
+        assert "API_KEYS" in env
+        assert services[name]["build"]["context"] == "."
+
+
+def test_redis_persists_every_published_task(services: dict[str, Service]) -> None:
+    command = argv(services["redis"]["command"])
+    assert option(command, "--appendonly") == "yes"
+    assert option(command, "--appendfsync") == "always"
+    assert any(volume.endswith(":/data") for volume in services["redis"]["volumes"])
+
+
+def test_postgres_creates_both_databases_at_init(services: dict[str, Service]) -> None:
+    mounts = services["postgres"]["volumes"]
+    init_mounts = [m for m in mounts if ":/docker-entrypoint-initdb.d/" in m]
+    assert len(init_mounts) == 1
+    source = ROOT / init_mounts[0].split(":", 1)[0]
+    assert source.resolve() == INIT_SCRIPT
+    script = INIT_SCRIPT.read_text(encoding="utf-8")
+    assert script.startswith("#!")
+    assert "orders" in script
+    assert "invoices" in script
+    assert any(m.endswith(":/var/lib/postgresql/data") for m in mounts)
+
+
+def test_data_lives_in_named_volumes(compose: dict[str, Any]) -> None:
+    assert {"postgres-data", "redis-data"} <= set(compose["volumes"])
+
+
+def test_worker_healthcheck_pings_its_own_node_at_container_runtime(services: dict[str, Service]) -> None:
+    test = services["worker"]["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL"  # a shell expands $HOSTNAME inside the container
+    # "$$" is compose's escape for a literal "$"; a single "$" would be interpolated from the host.
+    assert "celery@$$HOSTNAME" in test[1]
+    assert re.search(r"(?<!\$)\$(?!\$)", test[1]) is None
+
+
+@pytest.mark.usefixtures("project_on_path")
+@pytest.mark.parametrize("name", sorted(APP_SERVICES))
+def test_every_command_runs_code_that_exists(services: dict[str, Service], name: str) -> None:
+    commands = commands_of(services[name])
+    assert commands
+    for words in commands:
+        check_program_exists(words)
+
+
+def test_the_programs_the_services_run_are_runtime_dependencies(services: dict[str, Service]) -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    dependencies = {
+        re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower()
+        for requirement in pyproject["project"]["dependencies"]
+    }
+    for name in APP_SERVICES:
+        for words in commands_of(services[name]):
+            distribution = EXECUTABLE_DISTRIBUTIONS.get(words[0])
+            if distribution is not None:
+                assert distribution in dependencies, f"{words[0]} is not a runtime dependency"
+
+
+def test_the_image_installs_the_project_from_pyproject_as_a_non_root_user() -> None:
+    dockerfile = DOCKERFILE.read_text(encoding="utf-8")
+    instructions = [
+        line.strip() for line in dockerfile.splitlines() if line.strip() and not line.startswith("#")
+    ]
+    assert instructions[0].startswith("FROM python:3.11-slim")
+    assert any(line.startswith("COPY pyproject.toml") for line in instructions)
+    for package in ("shared", "order_service", "invoice_worker"):
+        assert any(line.startswith(f"COPY {package}/") for line in instructions)
+    assert re.search(r"^RUN pip install \.$", dockerfile, re.MULTILINE)
+    assert "[dev]" not in dockerfile
+    assert "PYTHONUNBUFFERED=1" in dockerfile
+    users = [line.split(None, 1)[1] for line in instructions if line.startswith("USER ")]
+    assert users
+    assert users[-1].split(":")[0] not in {"root", "0"}
+    assert not any("curl" in line for line in instructions)
+
+
+def test_secrets_stay_out_of_git_and_the_image() -> None:
+    assert ".env" in (ROOT / ".gitignore").read_text(encoding="utf-8").split()
+    assert ".env" in (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+    example = (ROOT / ".env.example").read_text(encoding="utf-8")
+    assert re.search(r"^POSTGRES_PASSWORD=", example, re.MULTILINE)

@@ -1,0 +1,80 @@
+"""``make run``: API, relay and worker as three processes on SQLite and the file broker under var/."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HOST = os.environ.get("API_HOST", "127.0.0.1")
+PORT = int(os.environ.get("API_PORT", "8000"))
+BIN = Path(sys.executable).parent
+
+PROCESSES = {
+    "api": [str(BIN / "gunicorn"), "order_service.wsgi:app", "--bind", f"{HOST}:{PORT}", "--workers", "2"],
+    "relay": [sys.executable, "-m", "order_service.relay"],
+    "worker": [str(BIN / "celery"), "-A", "invoice_worker", "worker", "-Q", "invoices", "--concurrency", "2"],
+}
+
+HELP = """
+  The pipeline is running (embedded mode: SQLite + file broker under var/).
+
+  API:    http://{host}:{port}
+  Place an order:
+    curl -s -X POST http://{host}:{port}/orders -H 'Content-Type: application/json' \\
+      -d '{{"customer_id": "cus_42", "currency": "EUR",
+           "lines": [{{"sku": "BOOK-1", "quantity": 2, "unit_amount": 1250}}]}}'
+  See the order:        curl -s http://{host}:{port}/orders/<id>
+  See its invoice:      .venv/bin/python -m invoice_worker invoices
+  Outbox status:        .venv/bin/python -m order_service.relay status
+
+  Ctrl-C stops all three.
+"""
+
+
+def _wait_until_ready(url: str, deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own loopback URL
+                return bool(response.status == 200)
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def main() -> int:
+    children = {name: subprocess.Popen(command) for name, command in PROCESSES.items()}
+    stopping = False
+
+    def _stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    if _wait_until_ready(f"http://{HOST}:{PORT}/readyz", time.monotonic() + 30):
+        print(HELP.format(host=HOST, port=PORT), flush=True)
+    else:
+        print("The API did not become ready within 30 s; see the logs above.", file=sys.stderr)
+        stopping = True
+    while not stopping and all(child.poll() is None for child in children.values()):
+        time.sleep(0.2)
+    for name, child in children.items():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+        elif not stopping:
+            print(f"{name} exited with {child.returncode}; stopping the others.", file=sys.stderr)
+    for child in children.values():
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
