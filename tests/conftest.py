@@ -1,0 +1,80 @@
+"""Fixtures shared by every layer of the suite.
+
+Postgres and Redis are the machine's shared servers (TEST_POSTGRES_URL, TEST_REDIS_URL); a run
+isolates itself with its own databases and its own queue prefix. Tests that stop a server start
+their own instead (see tests/support/servers.py).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from shared.config import Settings
+from tests.support.databases import DatabasePair, PostgresFactory
+
+TEST_POSTGRES_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def postgres(run_id: str) -> Iterator[PostgresFactory]:
+    factory = PostgresFactory(TEST_POSTGRES_URL, run_id=run_id)
+    yield factory
+    factory.close()
+
+
+@pytest.fixture
+def pg_databases(postgres: PostgresFactory) -> DatabasePair:
+    """A fresh, migrated orders database and invoices database for this test alone."""
+    return postgres.fresh_pair()
+
+
+@pytest.fixture
+def queue_prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}-"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return TEST_REDIS_URL
+
+
+@pytest.fixture
+def redis_client(redis_url: str, queue_prefix: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    keys = list(client.scan_iter(match=f"{queue_prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def pg_settings(pg_databases: DatabasePair, redis_url: str, queue_prefix: str, tmp_path: Path) -> Settings:
+    """Production-shaped settings: this test's Postgres databases and a private queue on Redis."""
+    return Settings(
+        orders_database_url=pg_databases.orders_url,
+        invoices_database_url=pg_databases.invoices_url,
+        broker_url=redis_url,
+        queue_prefix=queue_prefix,
+        var_dir=tmp_path / "var",
+    )
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    """Embedded-mode settings under a temporary folder."""
+    return Settings(var_dir=tmp_path / "var")

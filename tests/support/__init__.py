@@ -1,0 +1,1 @@
+"""Test support: throwaway databases, real processes, bounded waiting."""

@@ -1,0 +1,153 @@
+"""Real processes for end-to-end tests: the same commands as compose and ``make run``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.waiting import wait_until
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pipeline_env(
+    *,
+    orders_url: str,
+    invoices_url: str,
+    broker_url: str,
+    var_dir: Path,
+    queue_prefix: str = "",
+    **extra: str,
+) -> dict[str, str]:
+    """The environment of the fixed interface, as an operator would set it."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_DATABASE_URL") and k != "BROKER_URL"}
+    env.update(
+        ORDERS_DATABASE_URL=orders_url,
+        INVOICES_DATABASE_URL=invoices_url,
+        BROKER_URL=broker_url,
+        VAR_DIR=str(var_dir),
+        QUEUE_PREFIX=queue_prefix,
+        LOG_FORMAT="json",
+        RELAY_POLL_INTERVAL="0.5",
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
+@dataclass
+class Service:
+    """One child process with its output in a log file, stopped by ``stop`` or ``kill``."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def start(self) -> Service:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, needle: str, timeout: float = 30) -> None:
+        wait_until(
+            lambda: needle in self.logs() or not self.running,
+            timeout=timeout,
+            message=f"{self.name} to log {needle!r}",
+        )
+        if not self.running:
+            raise AssertionError(f"{self.name} exited early:\n{self.logs()[-4000:]}")
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        if self.running:
+            assert self.process is not None
+            os.killpg(self.process.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no cleanup runs, as in a crash."""
+        self.signal_group(signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait(timeout=10)
+
+    def stop(self, timeout: float = 20) -> int | None:
+        if self.process is None:
+            return None
+        if self.running:
+            self.signal_group(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode
+
+
+def api_service(env: dict[str, str], log_dir: Path, port: int, workers: int = 2, threads: int = 4) -> Service:
+    command = [
+        str(BIN / "gunicorn"), "order_service.wsgi:app", "--bind", f"127.0.0.1:{port}",
+        "--workers", str(workers), "--threads", str(threads),
+    ]  # fmt: skip
+    return Service("api", command, env, log_dir / "api.log")
+
+
+def relay_service(env: dict[str, str], log_dir: Path, name: str = "relay") -> Service:
+    return Service(name, [sys.executable, "-m", "order_service.relay"], env, log_dir / f"{name}.log")
+
+
+def worker_service(
+    env: dict[str, str], log_dir: Path, queue: str, concurrency: int = 2, name: str = "worker"
+) -> Service:
+    command = [
+        str(BIN / "celery"), "-A", "invoice_worker", "worker", "-Q", queue, "--concurrency", str(concurrency),
+        "--hostname", f"{name}-{os.getpid()}@%h",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+    return Service(name, command, env, log_dir / f"{name}.log")
+
+
+def wait_for_http(url: str, timeout: float = 30) -> None:
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    wait_until(ready, timeout=timeout, interval=0.2, message=f"{url} to answer 200")
+
+
+def run_migrations(env: dict[str, str]) -> None:
+    """``make migrate``'s two commands, as a subprocess with the given environment."""
+    for command in (
+        [str(BIN / "flask"), "--app", "order_service", "db", "upgrade"],
+        [sys.executable, "-m", "invoice_worker", "migrate"],
+    ):
+        subprocess.run(command, env=env, cwd=ROOT, check=True, capture_output=True, timeout=120)
+
+
+def elapsed(start: float) -> float:
+    return time.monotonic() - start

@@ -1,0 +1,137 @@
+"""Private servers for tests that stop, kill or restart them; the machine's shared ones are never touched."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from mirakuru import TCPExecutor
+
+from tests.support.processes import free_port
+from tests.support.waiting import wait_until
+
+
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True)
+    if not candidates:
+        raise RuntimeError(f"{name} not found: install the PostgreSQL server binaries")
+    return str(candidates[0])
+
+
+def _as_postgres_user(command: list[str], directory: Path) -> list[str]:
+    """Postgres refuses to run as root; on a root CI machine run it as the ``postgres`` user."""
+    if os.geteuid() != 0:
+        return command
+    shutil.chown(directory, "postgres")
+    for parent in directory.parents:
+        if parent == Path("/tmp") or parent == Path("/"):
+            break
+        parent.chmod(parent.stat().st_mode | 0o711)
+    return ["runuser", "-u", "postgres", "--", *command]
+
+
+@dataclass
+class PrivateRedis:
+    """A ``redis-server`` on a free loopback port with its data in ``directory``.
+
+    ``appendfsync always`` is opt-in: it is what compose runs (see docker-compose.yml).
+    """
+
+    directory: Path
+    persistent: bool = False
+    port: int = field(default_factory=free_port)
+    _executor: TCPExecutor | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> PrivateRedis:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        )
+        command = [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--dir", str(self.directory), *persistence,
+        ]  # fmt: skip
+        self._executor = TCPExecutor(command, host="127.0.0.1", port=self.port, timeout=30)
+        self._executor.start()
+        return self
+
+    def stop(self) -> None:
+        if self._executor is not None and self._executor.running():
+            self._executor.stop()
+
+    def kill(self) -> None:
+        """SIGKILL: whatever Redis held only in memory is gone."""
+        if self._executor is not None and self._executor.running():
+            self._executor.kill()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@dataclass
+class PrivatePostgres:
+    """A throwaway Postgres cluster (initdb + pg_ctl) on a free loopback port, trust auth."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+
+    @property
+    def data(self) -> Path:
+        return self.directory / "data"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def init(self) -> PrivatePostgres:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        command = [_pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+        subprocess.run(
+            _as_postgres_user(command, self.directory),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        return self
+
+    def start(self) -> PrivatePostgres:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.directory} -c fsync=off"
+        self._pg_ctl("-o", options, "-l", str(self.directory / "log"), "-w", "start")
+        wait_until(self._accepting, timeout=30, message="private postgres to accept connections")
+        return self
+
+    def _accepting(self) -> bool:
+        try:
+            with psycopg.connect(
+                f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", connect_timeout=1
+            ):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+    def stop(self, mode: str = "fast") -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._pg_ctl("-m", mode, "-w", "stop")
+
+    def _pg_ctl(self, *args: str) -> None:
+        command = _as_postgres_user([_pg_bin("pg_ctl"), "-D", str(self.data), *args], self.directory)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"pg_ctl {' '.join(args)} failed: {result.stdout}{result.stderr}")
+
+    def restart(self, down_for: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_for)
+        self.start()
