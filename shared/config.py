@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     relay_poll_interval: float = Field(default=1.0, gt=0, validation_alias="RELAY_POLL_INTERVAL")
     relay_max_backoff: float = Field(default=300.0, gt=0, validation_alias="RELAY_MAX_BACKOFF")
     relay_max_attempts: int = Field(default=20, ge=1, validation_alias="RELAY_MAX_ATTEMPTS")
+    relay_partitions: int = Field(default=16, ge=1, le=1024, validation_alias="RELAY_PARTITIONS")
+    relay_rebalance_interval: float = Field(default=1.0, gt=0, validation_alias="RELAY_REBALANCE_INTERVAL")
+    relay_purge_interval: float = Field(default=60.0, gt=0, validation_alias="RELAY_PURGE_INTERVAL")
+    relay_purge_batch: int = Field(default=5_000, ge=1, validation_alias="RELAY_PURGE_BATCH")
     outbox_retention_seconds: float = Field(
         default=7 * 24 * 3600, ge=0, validation_alias="OUTBOX_RETENTION_SECONDS"
     )
