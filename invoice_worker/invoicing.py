@@ -52,7 +52,7 @@ def create_invoice(session: Session, message_id: uuid.UUID, event: OrderPlaced) 
         _insert(session, Invoice)
         .values(
             order_id=event.order_id,
-            number=f"PENDING-{message_id}",
+            number=message_id.hex,  # replaced by INV-<id> below, in the same transaction
             customer_id=event.customer_id,
             currency=event.currency,
             amount_total=event.amount_total,

@@ -1,0 +1,71 @@
+"""End-to-end: the real API (gunicorn), relay and ``celery worker`` processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from shared.config import Settings
+from tests.support.processes import (
+    Service,
+    api_service,
+    free_port,
+    pipeline_env,
+    relay_service,
+    wait_for_http,
+    worker_service,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Pipeline:
+    base_url: str
+    env: dict[str, str]
+    api: Service
+    relay: Service
+    worker: Service
+    log_dir: Path
+
+    def services(self) -> list[Service]:
+        return [self.api, self.relay, self.worker]
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {s.name}\n{s.logs()[-3000:]}" for s in self.services())
+
+
+def start_pipeline(settings: Settings, log_dir: Path) -> Pipeline:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = pipeline_env(
+        orders_url=settings.orders_database_url,
+        invoices_url=settings.invoices_database_url,
+        broker_url=settings.broker_url,
+        var_dir=settings.var_dir,
+        queue_prefix=settings.queue_prefix,
+    )
+    port = free_port()
+    pipeline = Pipeline(
+        base_url=f"http://127.0.0.1:{port}",
+        env=env,
+        api=api_service(env, log_dir, port).start(),
+        relay=relay_service(env, log_dir).start(),
+        worker=worker_service(env, log_dir, settings.queue("invoices")).start(),
+        log_dir=log_dir,
+    )
+    wait_for_http(f"{pipeline.base_url}/readyz")
+    pipeline.worker.wait_for_log("ready", timeout=60)
+    return pipeline
+
+
+@pytest.fixture
+def pipeline(pg_settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
+    """The production shape on this test's own Postgres databases and Redis queue."""
+    running = start_pipeline(pg_settings, tmp_path / "logs")
+    yield running
+    for service in running.services():
+        service.stop()
+    print(running.logs())  # shown by pytest only when the test failed
