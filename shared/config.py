@@ -28,6 +28,23 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=64 * 1024, validation_alias="MAX_REQUEST_BYTES")
     database_pool_size: int = Field(default=5, validation_alias="DATABASE_POOL_SIZE")
 
+    api_keys: str = Field(
+        default="",
+        validation_alias="API_KEYS",
+        description="Comma-separated API keys: raw keys, or 'sha256:<hex digest>' to keep secrets out of env",
+    )
+    rate_limit: str = Field(default="600 per minute", validation_alias="RATE_LIMIT")
+    rate_limit_storage_url: str = Field(
+        default="", validation_alias="RATE_LIMIT_STORAGE_URL", description="Default: BROKER_URL if Redis"
+    )
+    idempotency_key_ttl_seconds: float = Field(
+        default=24 * 3600, gt=0, validation_alias="IDEMPOTENCY_KEY_TTL_SECONDS"
+    )
+    idempotency_lock_seconds: float = Field(default=60.0, gt=0, validation_alias="IDEMPOTENCY_LOCK_SECONDS")
+    idempotency_prune_interval: float = Field(
+        default=300.0, gt=0, validation_alias="IDEMPOTENCY_PRUNE_INTERVAL"
+    )
+
     relay_batch_size: int = Field(default=500, ge=1, le=10_000, validation_alias="RELAY_BATCH_SIZE")
     relay_poll_interval: float = Field(default=1.0, gt=0, validation_alias="RELAY_POLL_INTERVAL")
     relay_max_backoff: float = Field(default=300.0, gt=0, validation_alias="RELAY_MAX_BACKOFF")
@@ -41,6 +58,9 @@ class Settings(BaseSettings):
     )
 
     worker_max_retries: int = Field(default=8, ge=0, validation_alias="WORKER_MAX_RETRIES")
+    worker_max_deliveries: int = Field(default=5, ge=1, validation_alias="WORKER_MAX_DELIVERIES")
+    worker_retry_backoff: float = Field(default=1.0, gt=0, validation_alias="WORKER_RETRY_BACKOFF")
+    worker_retry_backoff_max: float = Field(default=60.0, gt=0, validation_alias="WORKER_RETRY_BACKOFF_MAX")
     broker_visibility_timeout: int = Field(default=3600, ge=1, validation_alias="BROKER_VISIBILITY_TIMEOUT")
 
     def model_post_init(self, _context: object) -> None:
@@ -63,6 +83,13 @@ class Settings(BaseSettings):
     def queue(self, name: str) -> str:
         """The broker queue for a contract queue name (a prefix isolates test runs on one Redis)."""
         return f"{self.queue_prefix}{name}"
+
+    @property
+    def rate_limit_storage(self) -> str:
+        """Where rate-limit counters live: shared Redis when the broker is Redis, else this process."""
+        if self.rate_limit_storage_url:
+            return self.rate_limit_storage_url
+        return self.broker_url if self.broker_url.startswith(("redis://", "rediss://")) else "memory://"
 
     @property
     def uses_embedded_broker(self) -> bool:
