@@ -1,0 +1,163 @@
+"""The processes a benchmark runs: gunicorn (one app variant), the relay, Celery workers.
+
+Each stack gets its own throwaway databases (cloned from migrated templates, dropped at the end)
+and its own queue prefix on Redis, so a bench never touches anyone else's data on shared servers.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import redis
+
+from tests.support.databases import DatabasePair, PostgresFactory
+from tests.support.processes import BIN, Service, free_port, pipeline_env, wait_for_http
+
+__all__ = ["API_KEY", "Knobs", "Stack", "StackFactory"]
+
+API_KEY = os.environ.get("BENCH_API_KEY") or f"bench-{secrets.token_hex(16)}"
+"""The Bearer token the load generator sends; the stacks accept it through ``API_KEYS``."""
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """The tuning the bench runs with (every one an environment variable, recorded in the results)."""
+
+    gunicorn_workers: int = field(default_factory=lambda: _env_int("BENCH_GUNICORN_WORKERS", 2))
+    gunicorn_threads: int = field(default_factory=lambda: _env_int("BENCH_GUNICORN_THREADS", 4))
+    worker_concurrency: int = field(default_factory=lambda: _env_int("BENCH_WORKER_CONCURRENCY", 2))
+    worker_prefetch: int = field(default_factory=lambda: _env_int("BENCH_WORKER_PREFETCH", 1))
+    relay_batch_size: int = field(default_factory=lambda: _env_int("BENCH_RELAY_BATCH_SIZE", 500))
+    log_level: str = field(default_factory=lambda: os.environ.get("BENCH_LOG_LEVEL", "INFO"))
+
+
+@dataclass
+class Stack:
+    """One variant's processes on its own databases and queue."""
+
+    name: str
+    databases: DatabasePair
+    env: dict[str, str]
+    log_dir: Path
+    knobs: Knobs
+    services: dict[str, Service] = field(default_factory=dict)
+    base_url: str = ""
+
+    @property
+    def queue(self) -> str:
+        return f"{self.env['QUEUE_PREFIX']}invoices"
+
+    def start_api(self, app: str) -> Stack:
+        port = free_port()
+        command = [
+            str(BIN / "gunicorn"), app, "--bind", f"127.0.0.1:{port}",
+            "--workers", str(self.knobs.gunicorn_workers), "--threads", str(self.knobs.gunicorn_threads),
+            "--backlog", "2048", "--keep-alive", "30",
+        ]  # fmt: skip
+        self.services["api"] = Service("api", command, self.env, self.log_dir / "api.log").start()
+        self.base_url = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{self.base_url}/readyz", timeout=60)
+        return self
+
+    def start_relay(self) -> Stack:
+        command = [sys.executable, "-m", "order_service.relay"]
+        self.services["relay"] = Service("relay", command, self.env, self.log_dir / "relay.log").start()
+        return self
+
+    def start_worker(self) -> Stack:
+        command = [
+            str(BIN / "celery"), "-A", "invoice_worker", "worker", "-Q", self.queue,
+            "--concurrency", str(self.knobs.worker_concurrency),
+            "--prefetch-multiplier", str(self.knobs.worker_prefetch),
+            "--hostname", f"bench-{self.name}-{uuid.uuid4().hex[:6]}@%h",
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ]  # fmt: skip
+        worker = Service("worker", command, self.env, self.log_dir / "worker.log").start()
+        self.services["worker"] = worker
+        worker.wait_for_log("ready", timeout=90)
+        return self
+
+    def stop(self, *names: str) -> None:
+        for name in names or list(self.services):
+            service = self.services.pop(name, None)
+            if service is not None:
+                service.stop()
+
+    def processes(self, name: str) -> list[psutil.Process]:
+        """The service's process and its children (gunicorn and Celery fork their workers)."""
+        service = self.services.get(name)
+        if service is None or service.process is None or not service.running:
+            return []
+        try:
+            root = psutil.Process(service.process.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+
+@dataclass
+class StackFactory:
+    """Makes stacks and cleans up after all of them: databases dropped, queues deleted, processes stopped."""
+
+    admin_url: str
+    redis_url: str
+    root: Path
+    knobs: Knobs = field(default_factory=Knobs)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    _postgres: PostgresFactory = field(init=False)
+    _stacks: list[Stack] = field(default_factory=list)
+    _prefixes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._postgres = PostgresFactory(self.admin_url, run_id=f"bench{uuid.uuid4().hex[:6]}")
+
+    def databases(self) -> DatabasePair:
+        return self._postgres.fresh_pair()
+
+    def stack(self, name: str, databases: DatabasePair | None = None) -> Stack:
+        databases = databases or self.databases()
+        prefix = f"bench-{uuid.uuid4().hex[:8]}-"
+        self._prefixes.append(prefix)
+        log_dir = self.root / f"{name}-{len(self._stacks)}"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        env = pipeline_env(
+            orders_url=databases.orders_url,
+            invoices_url=databases.invoices_url,
+            broker_url=self.redis_url,
+            var_dir=log_dir / "var",
+            queue_prefix=prefix,
+            API_KEYS=API_KEY,
+            LOG_LEVEL=self.knobs.log_level,
+            DATABASE_POOL_SIZE=str(self.knobs.gunicorn_threads),
+            RELAY_BATCH_SIZE=str(self.knobs.relay_batch_size),
+            RELAY_POLL_INTERVAL="1.0",
+            **self.extra_env,
+        )
+        stack = Stack(name, databases, env, log_dir, self.knobs)
+        self._stacks.append(stack)
+        return stack
+
+    def close(self) -> None:
+        for stack in self._stacks:
+            stack.stop()
+        self._postgres.close()
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            for prefix in self._prefixes:
+                keys: Iterator[bytes] = client.scan_iter(match=f"{prefix}*", count=1000)
+                batch = list(keys)
+                if batch:
+                    client.delete(*batch)
+        finally:
+            client.close()
