@@ -1,61 +1,90 @@
-"""The order relay process: ``python -m order_service.relay [--once | status]``."""
+"""The order relay process: ``python -m order_service.relay [run [--once] | status | retry-parked]``."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
+from pathlib import Path
 from types import FrameType
 
 import structlog
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from order_service.models import outbox
-from shared.broker import publishing_app
 from shared.config import Settings
 from shared.contracts import ROUTES
-from shared.db import create_db_engine, utcnow
+from shared.db import create_db_engine, is_postgres, utcnow
 from shared.logs import configure_logging
-from shared.outbox.publisher import CeleryPublisher
+from shared.outbox import store
+from shared.outbox.publisher import publisher_for
 from shared.outbox.relay import OutboxRelay, RelayPolicy
+from shared.outbox.singleton import RelayAlreadyRunning, SingleRelayLock
+from shared.outbox.status import read_status
 from shared.outbox.wakeup import waiter_for
 
 __all__ = ["build_relay", "main"]
 
 log = structlog.get_logger(__name__)
 
+EXIT_ALREADY_RUNNING = 3
 
-def build_relay(settings: Settings, engine: Engine) -> OutboxRelay:
-    publisher = CeleryPublisher(publishing_app(settings, "order_relay"), ROUTES, settings.queue_prefix)
-    policy = RelayPolicy(
+
+def relay_policy(settings: Settings) -> RelayPolicy:
+    return RelayPolicy(
         batch_size=settings.relay_batch_size,
         max_attempts=settings.relay_max_attempts,
         max_backoff=settings.relay_max_backoff,
         retention=timedelta(seconds=settings.outbox_retention_seconds),
+        partitions=settings.relay_partitions,
+        rebalance_interval=settings.relay_rebalance_interval,
+        purge_interval=settings.relay_purge_interval,
+        purge_batch=settings.relay_purge_batch,
     )
-    return OutboxRelay(engine, outbox, publisher, policy)
+
+
+def build_relay(settings: Settings, engine: Engine) -> OutboxRelay:
+    return OutboxRelay(engine, outbox, publisher_for(settings, ROUTES, "order_relay"), relay_policy(settings))
+
+
+@contextlib.contextmanager
+def _sole_relay_on_sqlite(engine: Engine) -> Iterator[None]:
+    """SQLite has no row or advisory locks: hold a file lock next to the database file."""
+    if is_postgres(engine) or not engine.url.database:
+        yield
+        return
+    lock = SingleRelayLock(Path(f"{engine.url.database}.relay.lock")).acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _status(engine: Engine) -> int:
-    t = outbox
-    pending = (t.c.published_at.is_(None), t.c.parked_at.is_(None))
     with engine.connect() as conn:
-        backlog = conn.scalar(select(func.count()).where(*pending)) or 0
-        oldest = conn.scalar(select(func.min(t.c.created_at)).where(*pending))
-        parked = conn.scalar(select(func.count()).where(t.c.parked_at.is_not(None))) or 0
-        last_error = conn.scalar(
-            select(t.c.last_error)
-            .where(t.c.last_error.is_not(None), t.c.published_at.is_(None))
-            .order_by(t.c.id.desc())
-        )
-    age = (utcnow() - oldest).total_seconds() if oldest else 0.0
-    print(f"backlog: {backlog}")
-    print(f"oldest_unpublished_age_s: {age:.1f}")
-    print(f"parked: {parked}")
-    print(f"last_error: {last_error or '-'}")
+        report = read_status(conn, outbox, utcnow())
+    print(f"backlog: {report.backlog}")
+    print(f"retrying: {report.retrying}")
+    print(f"oldest_unpublished_age_s: {report.oldest_unpublished_age_s:.1f}")
+    print(f"parked: {report.parked}")
+    print(f"last_error: {report.last_error or '-'}")
+    print(f"relays_alive: {len(report.relays)}")
+    for relay in report.relays:
+        partitions = ",".join(map(str, relay.partitions)) or "-"
+        name = relay.application_name
+        print(f"relay: pid={relay.pid} name={name!r} client={relay.client} partitions={partitions}")
+    return 0
+
+
+def _retry_parked(engine: Engine, ids: list[int]) -> int:
+    with engine.begin() as conn:
+        count = store.retry_parked(conn, outbox, now=utcnow(), ids=ids or None)
+    log.info("outbox.parked_retried", rows=count)
+    print(f"retried: {count}")
     return 0
 
 
@@ -70,7 +99,11 @@ def _serve(relay: OutboxRelay, settings: Settings) -> int:
     signal.signal(signal.SIGINT, _request_stop)
     waiter = waiter_for(relay.engine, stop, settings.relay_poll_interval)
     log.info(
-        "relay.started", batch_size=relay.policy.batch_size, database=relay.engine.url.render_as_string()
+        "relay.started",
+        batch_size=relay.policy.batch_size,
+        partitions=relay.policy.partitions,
+        publisher=type(relay.publisher).__name__,
+        database=relay.engine.url.render_as_string(),
     )
     try:
         relay.run(stop, waiter.wait)
@@ -83,8 +116,9 @@ def _serve(relay: OutboxRelay, settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m order_service.relay", description=__doc__)
-    parser.add_argument("command", nargs="?", choices=["run", "status"], default="run")
+    parser.add_argument("command", nargs="?", choices=["run", "status", "retry-parked"], default="run")
     parser.add_argument("--once", action="store_true", help="publish what is due now, then exit")
+    parser.add_argument("--id", type=int, action="append", default=[], help="retry-parked: only this row id")
     args = parser.parse_args(argv)
 
     settings = Settings()
@@ -94,13 +128,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "status":
             return _status(engine)
-        relay = build_relay(settings, engine)
-        if args.once:
-            published = relay.drain()
-            relay.publisher.close()
-            log.info("relay.drained", published=published)
-            return 0
-        return _serve(relay, settings)
+        if args.command == "retry-parked":
+            return _retry_parked(engine, args.id)
+        with _sole_relay_on_sqlite(engine):
+            relay = build_relay(settings, engine)
+            if args.once:
+                try:
+                    published = relay.drain()
+                finally:
+                    relay.disconnect()
+                    relay.publisher.close()
+                log.info("relay.drained", published=published)
+                return 0
+            return _serve(relay, settings)
+    except RelayAlreadyRunning as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        log.error("relay.already_running", error=str(exc))
+        return EXIT_ALREADY_RUNNING
     finally:
         engine.dispose()
 

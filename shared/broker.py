@@ -5,10 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import KombuError
+from redis.exceptions import RedisError
 
 from shared.config import Settings
 
-__all__ = ["broker_config", "publishing_app"]
+__all__ = ["BROKER_ERRORS", "broker_config", "publishing_app"]
+
+BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuError, RedisError, OSError, TimeoutError)
+"""What a broker outage raises: a publisher reports these per row and never lets them escape."""
 
 
 def broker_config(settings: Settings) -> dict[str, Any]:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["BatchOutcome", "PendingMessage", "Publisher"]
+from shared.contracts import Route
+
+__all__ = ["BatchOutcome", "PendingMessage", "Publisher", "routed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,15 +25,40 @@ class PendingMessage:
 
 @dataclass(slots=True)
 class BatchOutcome:
-    """Which rows of a batch reached the broker, and why the others did not."""
+    """Which rows of a batch reached the broker, and why the others did not.
+
+    A row in neither list was held back (an earlier row of its aggregate failed) and stays as it was.
+    """
 
     published: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
 
 
 class Publisher(Protocol):
-    """Sends claimed messages to the broker. Must not raise for a broker fault: report it per row."""
+    """Sends claimed messages to the broker, in order. Must not raise for a broker fault: report it per row.
+
+    A message is only sent if every earlier message of its aggregate in the batch was.
+    """
 
     def publish(self, messages: list[PendingMessage]) -> BatchOutcome: ...
 
     def close(self) -> None: ...
+
+
+def routed(
+    messages: list[PendingMessage], routes: Mapping[str, Route]
+) -> tuple[list[tuple[PendingMessage, Route]], dict[int, str]]:
+    """Pair messages with their routes; one without a route fails and holds back the rest of its aggregate."""
+    sendable: list[tuple[PendingMessage, Route]] = []
+    failed: dict[int, str] = {}
+    blocked: set[str] = set()
+    for message in messages:
+        if message.aggregate_id in blocked:
+            continue
+        route = routes.get(message.topic)
+        if route is None:
+            failed[message.id] = f"no route for topic {message.topic!r}"
+            blocked.add(message.aggregate_id)
+            continue
+        sendable.append((message, route))
+    return sendable, failed

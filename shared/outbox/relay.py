@@ -1,19 +1,42 @@
-"""The relay core: claim due outbox rows, publish them, mark them. Knows nothing of Flask or Celery."""
+"""The relay core: claim due outbox rows, publish them, mark them. Knows nothing of Flask or Celery.
+
+Design (why it is safe to run several):
+
+* One transaction per batch on one held connection: claim (``FOR UPDATE SKIP LOCKED``, by state,
+  in id order), publish, mark published in one statement, commit. A crash before the commit
+  republishes the batch; consumers dedup on ``message_id`` (at least once, exactly-once effect).
+* Partitions: a row belongs to partition ``bucket % partitions`` (``bucket`` is a crc32 of the
+  aggregate id, so an aggregate never changes partition). A relay claims only rows of the
+  partitions it holds as session-level advisory locks on that same connection (see
+  ``partitions.py``); one holder per partition means one relay publishes an aggregate's rows, and
+  it does so batch after batch in id order. Handover happens between batches (after a commit) or
+  when a holder's session ends, which also aborts its open batch. No table, lease row or clock
+  skew is involved: the database is the arbiter, and a dead relay frees its share at once.
+* Order across failures: a row that fails goes into backoff (or is parked); while it is
+  unpublished, later rows of its aggregate are not claimed, and the rest of its batch's
+  aggregate is held back, so a retry can never overtake. Rows of one aggregate that fail
+  together get one retry time.
+* SQLite (embedded mode) has no row locks or advisory locks: one relay runs, and claims all rows.
+"""
 
 from __future__ import annotations
 
-import random
+import os
+import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import Connection, Engine, Table, bindparam, delete, select, update
+from sqlalchemy import Connection, Engine, Table, text
 from sqlalchemy.exc import DBAPIError
 
-from shared.db import utcnow
+from shared.db import is_postgres, utcnow
+from shared.outbox import store
 from shared.outbox.messages import BatchOutcome, PendingMessage, Publisher
+from shared.outbox.partitions import LockKeys, PartitionLeases
 
 __all__ = ["OutboxRelay", "RelayPolicy"]
 
@@ -27,15 +50,18 @@ class RelayPolicy:
     base_backoff: float = 0.5
     max_backoff: float = 300.0
     retention: timedelta = timedelta(days=7)
+    partitions: int = 16
+    rebalance_interval: float = 1.0
+    purge_interval: float = 60.0
+    purge_batch: int = 5_000
+    purge_max_batches: int = 20
 
     def backoff(self, attempts: int) -> timedelta:
-        """Exponential with full jitter in its upper half, so relays do not retry in lockstep."""
-        ceiling = min(self.max_backoff, self.base_backoff * 2 ** max(attempts - 1, 0))
-        return timedelta(seconds=random.uniform(ceiling / 2, ceiling))  # noqa: S311 - jitter, not crypto
+        return store.backoff(attempts, self.base_backoff, self.max_backoff)
 
 
 class OutboxRelay:
-    """Moves committed outbox rows to the broker, at least once, in id order."""
+    """Moves committed outbox rows to the broker, at least once, in per-aggregate order."""
 
     def __init__(
         self,
@@ -50,77 +76,115 @@ class OutboxRelay:
         self.publisher = publisher
         self.policy = policy or RelayPolicy()
         self._clock = clock
-
-    def claim(self, conn: Connection, limit: int | None = None) -> list[PendingMessage]:
-        """Lock the oldest due, unpublished rows; other relays skip them (SKIP LOCKED on Postgres)."""
-        t = self.outbox
-        query = (
-            select(
-                t.c.id, t.c.message_id, t.c.topic, t.c.aggregate_id, t.c.payload, t.c.headers, t.c.attempts
-            )
-            .where(t.c.published_at.is_(None), t.c.parked_at.is_(None), t.c.available_at <= self._clock())
-            .order_by(t.c.id)
-            .limit(limit or self.policy.batch_size)
-            .with_for_update(skip_locked=True)
+        postgres = is_postgres(engine)
+        self.leases = (
+            PartitionLeases(LockKeys.for_table(outbox.name), self.policy.partitions) if postgres else None
         )
-        return [PendingMessage(**row._mapping) for row in conn.execute(query)]
+        self._partitions: frozenset[int] | None = frozenset() if postgres else None
+        self._conn: Connection | None = None
+        self._next_rebalance = 0.0
+        self._next_purge = 0.0
+        self._guard_order = True
 
-    def mark_published(self, conn: Connection, ids: list[int]) -> None:
-        if ids:
-            t = self.outbox
-            conn.execute(update(t).where(t.c.id.in_(ids)).values(published_at=self._clock()))
+    @property
+    def partitions(self) -> frozenset[int] | None:
+        """The partitions this relay holds now (``None``: all rows, on SQLite)."""
+        return self._partitions
 
-    def record_failures(self, conn: Connection, batch: list[PendingMessage], failed: dict[int, str]) -> None:
-        """Back off each failed row; park it once it has used up its attempts."""
-        now = self._clock()
-        rows = []
-        for message in batch:
-            if message.id not in failed:
-                continue
-            attempts = message.attempts + 1
-            parked = attempts >= self.policy.max_attempts
-            rows.append(
-                {
-                    "row_id": message.id,
-                    "attempts": attempts,
-                    "last_error": failed[message.id][:2000],
-                    "available_at": now + self.policy.backoff(attempts),
-                    "parked_at": now if parked else None,
-                }
+    def _connection(self) -> Connection:
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            self._conn = self.engine.connect()
+            if self.leases is not None:
+                self.leases.reset()
+                self._partitions = frozenset()
+                self._next_rebalance = 0.0
+                with self._conn.begin():
+                    name = f"outbox-relay {socket.gethostname()}:{os.getpid()}"[:63]
+                    self._conn.execute(text("SELECT set_config('application_name', :n, false)"), {"n": name})
+            self._guard_order = True
+        return self._conn
+
+    def disconnect(self) -> None:
+        """Close the session for real: its advisory locks end with it (a pooled one would keep them)."""
+        if self._conn is not None:
+            self._conn.invalidate()
+            self._conn.close()
+            self._conn = None
+        if self.leases is not None:
+            self.leases.reset()
+            self._partitions = frozenset()
+
+    def rebalance(self, force: bool = False) -> frozenset[int] | None:
+        """Re-take this relay's fair share of partitions (at most every ``rebalance_interval``)."""
+        conn = self._connection()
+        if self.leases is None or (not force and time.monotonic() < self._next_rebalance):
+            return self._partitions
+        with conn.begin():
+            owned = self.leases.rebalance(conn)
+        if owned - (self._partitions or frozenset()):
+            self._guard_order = True  # new partitions may hold rows that failed under their last owner
+        self._partitions = owned
+        self._next_rebalance = time.monotonic() + self.policy.rebalance_interval
+        return owned
+
+    def relay_batch(self) -> BatchOutcome:
+        """One transaction: claim, publish, mark. A crash before commit republishes (consumers dedup)."""
+        self.rebalance()
+        conn = self._connection()
+        if self._partitions is not None and not self._partitions:
+            return BatchOutcome()
+        with conn.begin():
+            batch, troubled = store.claim(
+                conn,
+                self.outbox,
+                limit=self.policy.batch_size,
+                now=self._clock(),
+                partitions=self._partitions,
+                partition_count=self.policy.partitions,
+                guard_order=self._guard_order,
             )
+            if troubled == 0:
+                self._guard_order = False
+            if not batch:
+                return BatchOutcome()
+            outcome = self.publisher.publish(batch)
+            now = self._clock()
+            store.mark_published(conn, self.outbox, outcome.published, now)
+            if outcome.failed:
+                self._guard_order = True
+                self._record_failures(
+                    conn, [(m, outcome.failed[m.id]) for m in batch if m.id in outcome.failed]
+                )
+        log.info(
+            "outbox.batch_relayed",
+            published=len(outcome.published),
+            failed=len(outcome.failed),
+            held_back=len(batch) - len(outcome.published) - len(outcome.failed),
+            first_message_id=str(batch[0].message_id),
+        )
+        return outcome
+
+    def _record_failures(self, conn: Connection, failures: list[tuple[PendingMessage, str]]) -> None:
+        rows = store.record_failures(
+            conn,
+            self.outbox,
+            failures,
+            now=self._clock(),
+            max_attempts=self.policy.max_attempts,
+            base_backoff=self.policy.base_backoff,
+            max_backoff=self.policy.max_backoff,
+        )
+        for (message, error), row in zip(failures, rows, strict=True):
             log.warning(
                 "outbox.publish_failed",
                 message_id=str(message.message_id),
                 aggregate_id=message.aggregate_id,
-                attempts=attempts,
-                parked=parked,
-                error=failed[message.id],
+                topic=message.topic,
+                attempts=row["attempts"],
+                parked=row["parked_at"] is not None,
+                retry_at=str(row["available_at"]),
+                error=error,
             )
-        if rows:
-            t = self.outbox
-            statement = (
-                update(t)
-                .where(t.c.id == bindparam("row_id"))
-                .values(
-                    attempts=bindparam("attempts"),
-                    last_error=bindparam("last_error"),
-                    available_at=bindparam("available_at"),
-                    parked_at=bindparam("parked_at"),
-                )
-            )
-            conn.execute(statement, rows)
-
-    def relay_batch(self) -> BatchOutcome:
-        """One transaction: claim, publish, mark. A crash before commit republishes (consumers dedup)."""
-        with self.engine.begin() as conn:
-            batch = self.claim(conn)
-            if not batch:
-                return BatchOutcome()
-            outcome = self.publisher.publish(batch)
-            self.mark_published(conn, outcome.published)
-            self.record_failures(conn, batch, outcome.failed)
-        log.info("outbox.batch_published", published=len(outcome.published), failed=len(outcome.failed))
-        return outcome
 
     def drain(self, stop: threading.Event | None = None) -> int:
         """Publish everything that is due now; return how many messages went out."""
@@ -132,33 +196,51 @@ class OutboxRelay:
                 break
         return total
 
-    def purge_published(self, limit: int = 5_000) -> int:
-        """Delete up to ``limit`` rows published longer ago than the retention."""
-        t = self.outbox
+    def purge_published(self) -> int:
+        """Delete rows published longer ago than the retention, in bounded batches (one relay at a time)."""
+        conn = self._connection()
         cutoff = self._clock() - self.policy.retention
-        oldest = (
-            select(t.c.id)
-            .where(t.c.published_at.is_not(None), t.c.published_at < cutoff)
-            .order_by(t.c.id)
-            .limit(limit)
-        )
-        with self.engine.begin() as conn:
-            return conn.execute(delete(t).where(t.c.id.in_(oldest.scalar_subquery()))).rowcount
+        total = 0
+        for _ in range(self.policy.purge_max_batches):
+            with conn.begin():
+                if self.leases is not None and not conn.scalar(
+                    text("SELECT pg_try_advisory_xact_lock(:k, 0)"), {"k": self.leases.keys.purge}
+                ):
+                    break
+                deleted = store.purge_published(
+                    conn, self.outbox, cutoff=cutoff, limit=self.policy.purge_batch
+                )
+            total += deleted
+            if deleted < self.policy.purge_batch:
+                break
+        if total:
+            log.info("outbox.purged", rows=total, cutoff=str(cutoff))
+        return total
 
-    def run(self, stop: threading.Event, wait: Callable[[], None], purge_every: float = 60.0) -> None:
+    def _purge_when_due(self) -> None:
+        if time.monotonic() >= self._next_purge:
+            self.purge_published()
+            self._next_purge = time.monotonic() + self.policy.purge_interval
+
+    def run(self, stop: threading.Event, wait: Callable[[], None]) -> None:
         """Relay until ``stop`` is set; the current batch always finishes (or rolls back) first."""
-        next_purge = 0.0
-        while not stop.is_set():
-            try:
-                outcome = self.relay_batch()
-                if self._clock().timestamp() >= next_purge:
-                    purged = self.purge_published()
-                    if purged:
-                        log.info("outbox.purged", rows=purged)
-                    next_purge = self._clock().timestamp() + purge_every
-            except DBAPIError as exc:
-                log.warning("relay.database_unavailable", error=str(exc.orig))
-                stop.wait(self.policy.base_backoff)
-                continue
-            if len(outcome.published) + len(outcome.failed) < self.policy.batch_size:
-                wait()
+        outages = 0
+        try:
+            while not stop.is_set():
+                try:
+                    outcome = self.relay_batch()
+                    self._purge_when_due()
+                except DBAPIError as exc:
+                    outages += 1
+                    delay = store.backoff(outages, self.policy.base_backoff, 30.0).total_seconds()
+                    log.warning("relay.database_unavailable", error=str(exc.orig), retry_in_s=round(delay, 2))
+                    self.disconnect()
+                    stop.wait(delay)
+                    continue
+                if outages:
+                    log.info("relay.database_reconnected", partitions=sorted(self._partitions or ()))
+                    outages = 0
+                if outcome.failed or len(outcome.published) < self.policy.batch_size:
+                    wait()
+        finally:
+            self.disconnect()

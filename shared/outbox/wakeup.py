@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Protocol
 
 import psycopg
@@ -15,6 +16,8 @@ from shared.outbox.writer import NOTIFY_CHANNEL
 __all__ = ["NotifyWaiter", "PollingWaiter", "Waiter", "waiter_for"]
 
 log = structlog.get_logger(__name__)
+
+_SLICE = 0.25
 
 
 class Waiter(Protocol):
@@ -58,8 +61,11 @@ class NotifyWaiter:
     def wait(self) -> None:
         try:
             conn = self._listen()
-            for _ in conn.notifies(timeout=self._interval, stop_after=1):
-                pass
+            deadline = time.monotonic() + self._interval
+            # Short slices so a stop request (SIGTERM) is seen promptly, not after the whole interval.
+            while not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                if any(True for _ in conn.notifies(timeout=min(left, _SLICE), stop_after=1)):
+                    break
             # Coalesce the burst: one wake-up drains everything that is due.
             for _ in conn.notifies(timeout=0):
                 pass

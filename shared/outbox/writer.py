@@ -58,6 +58,6 @@ def add_message(session: Session, outbox: Table, message: OutboxMessage) -> None
         )
     )
     transaction = session.get_transaction()
-    if is_postgres(session.get_bind()) and session.info.get(_NOTIFIED) is not transaction:
+    if is_postgres(session.get_bind().dialect) and session.info.get(_NOTIFIED) is not transaction:
         session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
         session.info[_NOTIFIED] = transaction

@@ -1,0 +1,115 @@
+"""The fast path on a Redis broker: a whole batch in one pipelined round trip.
+
+``send_task`` costs ~300 µs of Celery CPU per message (routing, signals, a kombu publish with its
+own checks and a round trip each). Here Celery still builds the task message (``as_task_v2``: the
+protocol-2 headers and body a stock ``celery worker`` expects), and we wrap it the way kombu's
+Redis channel does (``prepare_message`` + ``basic_publish``: base64 body, delivery info, a
+delivery tag) and ``LPUSH`` it to the queue's list, which is all kombu's Redis ``_put`` does for a
+priority-0 message. What is left out on purpose: ``saferepr`` of the arguments (the biggest cost,
+only shown by monitoring tools; we pass a short summary) and per-message queue declaration (the
+worker declares its queues; a list needs no declaring to be pushed to).
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, cast
+
+import redis
+import structlog
+from celery import Celery
+from celery.utils.nodenames import anon_nodename
+from kombu.utils import json as kombu_json
+
+from shared.broker import BROKER_ERRORS
+from shared.contracts import Route
+from shared.outbox.messages import BatchOutcome, PendingMessage, routed
+
+__all__ = ["RedisPipelinePublisher"]
+
+log = structlog.get_logger(__name__)
+
+_NO_ARGS: tuple[()] = ()
+_dumps = cast(Callable[[object], str], kombu_json.dumps)
+"""kombu's JSON encoder: the serializer the Redis transport uses for the body and the envelope."""
+
+
+class RedisPipelinePublisher:
+    """Publishes a batch as Celery protocol-2 messages with one ``LPUSH`` per queue, one round trip."""
+
+    def __init__(
+        self, app: Celery, client: redis.Redis, routes: Mapping[str, Route], queue_prefix: str = ""
+    ) -> None:
+        self._app = app
+        self._client = client
+        self._routes = routes
+        self._queue_prefix = queue_prefix
+        self._origin = anon_nodename()
+
+    @classmethod
+    def from_url(
+        cls, app: Celery, url: str, routes: Mapping[str, Route], queue_prefix: str = ""
+    ) -> RedisPipelinePublisher:
+        """One connection, reused for every batch; timeouts so an outage fails fast instead of hanging."""
+        client = redis.Redis.from_url(
+            url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30, max_connections=1
+        )
+        return cls(app, client, routes, queue_prefix)
+
+    def encode(self, message: PendingMessage, route: Route) -> tuple[str, bytes]:
+        """The queue and the exact bytes kombu's Redis transport would push for ``send_task``."""
+        queue = f"{self._queue_prefix}{route.queue}"
+        task_id = str(message.message_id)
+        task = self._app.amqp.as_task_v2(
+            task_id,
+            route.task,
+            args=_NO_ARGS,
+            kwargs={"payload": message.payload},
+            origin=self._origin,
+            argsrepr="()",
+            kwargsrepr=f"{{'payload': <{message.topic} {message.aggregate_id}>}}",
+        )
+        body: Any = task.body
+        envelope = {
+            "body": base64.b64encode(_dumps(body).encode()).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {**message.headers, **task.headers},
+            "properties": {
+                **task.properties,
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": queue},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+        return queue, _dumps(envelope).encode()
+
+    def publish(self, messages: list[PendingMessage]) -> BatchOutcome:
+        sendable, failed = routed(messages, self._routes)
+        outcome = BatchOutcome(failed=failed)
+        if not sendable:
+            return outcome
+        by_queue: dict[str, list[bytes]] = {}
+        for message, route in sendable:
+            queue, data = self.encode(message, route)
+            by_queue.setdefault(queue, []).append(data)
+        try:
+            with self._client.pipeline(transaction=False) as pipe:
+                for queue, items in by_queue.items():
+                    # LPUSH k a b c puts c at the head; workers BRPOP from the tail, so a is consumed first.
+                    pipe.lpush(queue, *items)
+                pipe.execute()
+        except BROKER_ERRORS as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            outcome.failed.update({message.id: error for message, _ in sendable})
+            return outcome
+        outcome.published.extend(message.id for message, _ in sendable)
+        return outcome
+
+    def close(self) -> None:
+        self._client.close()
+        self._app.close()
