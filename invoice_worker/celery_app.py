@@ -18,9 +18,26 @@ __all__ = ["app", "database", "settings"]
 settings = Settings()
 database = InvoiceDatabase(settings)
 
+
+def _worker_broker_config() -> dict[str, Any]:
+    """Sweep for expired unacked messages often enough that a lost worker's tasks come back soon.
+
+    Kombu's default sweep runs every ~100 s whatever the visibility timeout; tie it to the timeout.
+    """
+    config = broker_config(settings)
+    if not settings.uses_embedded_broker:
+        sweep = max(1, min(10, settings.broker_visibility_timeout // 4))
+        config["broker_transport_options"] = {
+            **config["broker_transport_options"],
+            "unacked_restore_interval": sweep,
+            "unacked_restore_throttle": 1,
+        }
+    return config
+
+
 app = Celery("invoice_worker", include=["invoice_worker.tasks"])
 app.conf.update(
-    broker_config(settings),
+    _worker_broker_config(),
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,

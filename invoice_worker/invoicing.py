@@ -7,15 +7,15 @@ import uuid
 from typing import Any
 
 import structlog
-from sqlalchemy import Insert, update
+from sqlalchemy import Insert, exists, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from invoice_worker.models import DeadLetter, Invoice, ProcessedMessage
+from invoice_worker.models import DeadLetter, Invoice, MessageDelivery, ProcessedMessage
 from shared.contracts import ORDER_PLACED, OrderPlaced
 from shared.db import utcnow
 
-__all__ = ["Outcome", "create_invoice", "record_dead_letter"]
+__all__ = ["Outcome", "count_delivery", "create_invoice", "is_processed", "record_dead_letter"]
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +71,12 @@ def create_invoice(session: Session, message_id: uuid.UUID, event: OrderPlaced) 
         return Outcome.ALREADY_INVOICED
     number = f"INV-{invoice_id:08d}"
     session.execute(update(Invoice).where(Invoice.id == invoice_id).values(number=number))
+    # A message parked too early (e.g. redelivered while a slow first delivery still ran) is settled now.
+    session.execute(
+        update(DeadLetter)
+        .where(DeadLetter.message_id == message_id, DeadLetter.replayed_at.is_(None))
+        .values(replayed_at=utcnow())
+    )
     session.commit()
     log.info("invoice.created", message_id=str(message_id), order_id=event.order_id, number=number)
     return Outcome.CREATED
@@ -104,3 +110,22 @@ def record_dead_letter(
     session.execute(statement)
     session.commit()
     log.error("invoice.dead_lettered", message_id=str(message_id), reason=reason, attempts=attempts)
+
+
+def count_delivery(session: Session, message_id: uuid.UUID) -> int:
+    """Count one more delivery of ``message_id`` and commit before any work, so a crash still counts."""
+    now = utcnow()
+    statement = _insert(session, MessageDelivery).values(
+        message_id=message_id, deliveries=1, first_delivered_at=now, last_delivered_at=now
+    )
+    statement = statement.on_conflict_do_update(  # type: ignore[attr-defined]
+        index_elements=["message_id"],
+        set_={"deliveries": MessageDelivery.deliveries + 1, "last_delivered_at": now},
+    ).returning(MessageDelivery.deliveries)
+    deliveries: int = session.execute(statement).scalar_one()
+    session.commit()
+    return deliveries
+
+
+def is_processed(session: Session, message_id: uuid.UUID) -> bool:
+    return bool(session.scalar(select(exists().where(ProcessedMessage.message_id == message_id))))

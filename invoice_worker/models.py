@@ -11,7 +11,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import BigIntPK, JSONDocument, UTCDateTime, utcnow
 
-__all__ = ["Base", "DeadLetter", "Invoice", "ProcessedMessage"]
+__all__ = ["Base", "DeadLetter", "Invoice", "MessageDelivery", "ProcessedMessage"]
 
 
 class Base(DeclarativeBase):
@@ -56,3 +56,18 @@ class DeadLetter(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     replayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class MessageDelivery(Base):
+    """How often a message has started processing, committed before its work begins.
+
+    A delivery that kills its worker leaves no other trace, so this count is what stops a poison
+    message from looping forever through redeliveries.
+    """
+
+    __tablename__ = "message_deliveries"
+
+    message_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    deliveries: Mapped[int] = mapped_column(Integer, default=1)
+    first_delivered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_delivered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

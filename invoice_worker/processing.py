@@ -1,0 +1,142 @@
+"""One delivery of ``order.placed``: invoice it, retry it later, or park it as a dead letter.
+
+Plain functions, so the Celery task stays a thin adapter and the CLI's replay runs the same logic.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from invoice_worker.database import InvoiceDatabase
+from invoice_worker.invoicing import count_delivery, create_invoice, is_processed, record_dead_letter
+from shared.config import Settings
+from shared.contracts import ORDER_PLACED, ROUTES, UnsupportedSchemaVersion, parse_order_placed
+
+__all__ = [
+    "PERMANENT_ERRORS",
+    "TRANSIENT_ERRORS",
+    "DeliveryPolicy",
+    "InvalidPayload",
+    "RetryLater",
+    "handle_order_placed",
+    "invoice_payload",
+]
+
+log = structlog.get_logger(__name__)
+
+TASK_NAME = ROUTES[ORDER_PLACED].task
+TRANSIENT_ERRORS: tuple[type[DBAPIError], ...] = (OperationalError, InterfaceError)
+"""The invoice database is unreachable or dropped the connection: the message itself is fine."""
+
+DEAD_LETTERED = "dead-lettered"
+
+
+class InvalidPayload(ValueError):
+    """The task's payload is not even a JSON object."""
+
+
+PERMANENT_ERRORS = (ValidationError, UnsupportedSchemaVersion, InvalidPayload)
+
+
+class RetryLater(Exception):
+    """The delivery should be tried again after ``countdown`` seconds."""
+
+    def __init__(self, countdown: float, reason: str) -> None:
+        super().__init__(reason)
+        self.countdown = countdown
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    max_retries: int = 8
+    max_deliveries: int = 5
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DeliveryPolicy:
+        return cls(
+            max_retries=settings.worker_max_retries,
+            max_deliveries=settings.worker_max_deliveries,
+            backoff_base=settings.worker_retry_backoff,
+            backoff_max=settings.worker_retry_backoff_max,
+        )
+
+    def backoff(self, attempt: int) -> float:
+        """Exponential, capped, jittered in its upper half so retries of a burst spread out."""
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** max(attempt - 1, 0))
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not crypto
+
+
+def _park(
+    database: InvoiceDatabase, message_id: uuid.UUID, payload: dict[str, Any], reason: str, attempts: int
+) -> str:
+    with database.session() as session:
+        record_dead_letter(session, message_id, TASK_NAME, payload, reason, attempts)
+    return DEAD_LETTERED
+
+
+def invoice_payload(database: InvoiceDatabase, message_id: uuid.UUID, payload: dict[str, Any]) -> str:
+    """Validate and invoice; raises ``ValueError`` for a payload that can never succeed as it is."""
+    if not isinstance(payload, dict):
+        raise InvalidPayload(f"payload is a {type(payload).__name__}, not an object")
+    event = parse_order_placed(payload)
+    with database.session() as session:
+        return create_invoice(session, message_id, event).value
+
+
+def _deliver(
+    database: InvoiceDatabase, message_id: uuid.UUID, payload: dict[str, Any], policy: DeliveryPolicy
+) -> str:
+    with database.session() as session:
+        deliveries = count_delivery(session, message_id)
+        if deliveries > policy.max_deliveries and not is_processed(session, message_id):
+            reason = f"delivered {deliveries} times without completing (worker lost or timed out each time)"
+            return _park(database, message_id, payload, reason, deliveries)
+    try:
+        return invoice_payload(database, message_id, payload)
+    except PERMANENT_ERRORS as exc:
+        return _park(database, message_id, payload, f"{type(exc).__name__}: {exc}", deliveries)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        if deliveries >= policy.max_deliveries:
+            return _park(database, message_id, payload, reason, deliveries)
+        log.warning("invoice.failed_will_retry", deliveries=deliveries, error=reason)
+        raise RetryLater(policy.backoff(deliveries), reason) from exc
+
+
+def handle_order_placed(
+    database: InvoiceDatabase,
+    message_id: uuid.UUID,
+    payload: dict[str, Any],
+    retries: int,
+    policy: DeliveryPolicy,
+) -> str:
+    """Process one delivery; return the outcome or raise ``RetryLater``.
+
+    Deliveries are counted in the invoice database before the work starts, which bounds every kind of
+    failure (exceptions, and crashes that leave no other trace). Database outages cannot be counted
+    there, so they are bounded by ``retries``; after that the message is parked if the database can
+    take it, and otherwise kept in the broker at the longest backoff: never dropped.
+    """
+    try:
+        return _deliver(database, message_id, payload, policy)
+    except TRANSIENT_ERRORS as exc:
+        reason = f"invoice database unavailable: {type(exc).__name__}: {str(exc.orig).strip()}"
+        log.warning("invoice.database_unavailable", retries=retries, error=reason)
+        if retries < policy.max_retries:
+            raise RetryLater(policy.backoff(retries + 1), reason) from exc
+        try:
+            return _park(database, message_id, payload, reason, retries + 1)
+        except TRANSIENT_ERRORS:
+            raise RetryLater(policy.backoff_max, reason) from exc
