@@ -1,0 +1,133 @@
+"""Outbox rows in bulk and a consumer's view of a Redis queue, for relay tests and the benchmark."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from sqlalchemy import Engine, insert, text
+
+from order_service.models import outbox
+from shared.contracts import ORDER_PLACED, OrderPlaced
+from shared.db import utcnow
+from shared.outbox.relay import OutboxRelay
+from shared.outbox.wakeup import PollingWaiter, waiter_for
+from shared.outbox.writer import bucket_of
+
+
+def order_payload(order_id: str, seq: int = 0) -> dict[str, Any]:
+    """A valid ``order.placed`` payload; ``seq`` rides along in the line's sku to check ordering."""
+    return OrderPlaced(
+        order_id=order_id,
+        customer_id="cus_bench",
+        currency="EUR",
+        lines=[{"sku": f"SEQ-{seq}", "quantity": 1, "unit_amount": 100 + seq, "amount_total": 100 + seq}],
+        amount_total=100 + seq,
+        placed_at=datetime(2026, 1, 1, tzinfo=UTC),
+    ).to_payload()
+
+
+def outbox_rows(
+    count: int, aggregates: int, topic: str = ORDER_PLACED, start: int = 0
+) -> list[dict[str, Any]]:
+    """``count`` rows spread round-robin over ``aggregates`` aggregates; seq increases per aggregate."""
+    now = utcnow()
+    rows = []
+    for n in range(start, start + count):
+        aggregate = f"agg-{n % aggregates}"
+        rows.append(
+            {
+                "message_id": uuid.uuid4(),
+                "topic": topic,
+                "aggregate_type": "order",
+                "aggregate_id": aggregate,
+                "bucket": bucket_of(aggregate),
+                "payload": order_payload(aggregate, n // aggregates),
+                "headers": {"schema_version": 1, "correlation_id": f"corr-{n}"},
+                "created_at": now,
+                "available_at": now,
+                "attempts": 0,
+            }
+        )
+    return rows
+
+
+def insert_rows(engine: Engine, rows: list[dict[str, Any]], notify: bool = False) -> None:
+    """Commit rows directly (no NOTIFY unless asked): what a lost notification looks like."""
+    with engine.begin() as conn:
+        for start in range(0, len(rows), 5_000):
+            conn.execute(insert(outbox), rows[start : start + 5_000])
+        if notify:
+            conn.execute(text("SELECT pg_notify('outbox', '')"))
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """One message as a consumer would take it off the queue."""
+
+    task_id: str
+    task: str
+    payload: dict[str, Any]
+    headers: dict[str, Any]
+
+    @property
+    def aggregate(self) -> str:
+        return str(self.payload["order_id"])
+
+    @property
+    def seq(self) -> int:
+        return int(self.payload["lines"][0]["sku"].removeprefix("SEQ-"))
+
+
+def decode(raw: bytes) -> Delivered:
+    envelope = json.loads(raw)
+    args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+    assert args == []
+    return Delivered(
+        envelope["headers"]["id"], envelope["headers"]["task"], kwargs["payload"], envelope["headers"]
+    )
+
+
+def consumed(client: redis.Redis, queue: str) -> list[Delivered]:
+    """The queue in the order a worker would consume it (LPUSH at the head, BRPOP from the tail)."""
+    return [decode(raw) for raw in reversed(client.lrange(queue, 0, -1))]
+
+
+def order_violations(deliveries: list[Delivered]) -> list[str]:
+    """Aggregates whose first deliveries are not in seq order (redeliveries after a crash are allowed)."""
+    seen: dict[str, list[int]] = defaultdict(list)
+    first: set[str] = set()
+    for delivered in deliveries:
+        if delivered.task_id in first:
+            continue
+        first.add(delivered.task_id)
+        seen[delivered.aggregate].append(delivered.seq)
+    return [aggregate for aggregate, seqs in seen.items() if seqs != sorted(seqs)]
+
+
+@contextmanager
+def running_relay(
+    relay: OutboxRelay, poll_interval: float, notify: bool = True
+) -> Iterator[threading.Thread]:
+    """``relay.run`` in a thread (NOTIFY wake-up on Postgres unless ``notify`` is off), stopped on exit."""
+    stop = threading.Event()
+    waiter = waiter_for(relay.engine, stop, poll_interval) if notify else PollingWaiter(stop, poll_interval)
+    thread = threading.Thread(target=relay.run, args=(stop, waiter.wait), name="relay", daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+        waiter.close()
+        relay.publisher.close()
+    assert not thread.is_alive(), "relay did not stop"
