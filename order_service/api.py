@@ -1,4 +1,4 @@
-"""HTTP endpoints of the order service."""
+"""HTTP endpoints of the order service; their OpenAPI operations come from the pydantic models."""
 
 from __future__ import annotations
 
@@ -7,39 +7,62 @@ import binascii
 import uuid
 from datetime import datetime
 
-from flask import Blueprint, Response, json, request, url_for
-from sqlalchemy import select, text, tuple_
-from werkzeug.exceptions import BadRequest, NotFound, UnsupportedMediaType
+import structlog
+from flask import Response, current_app, g, request, url_for
+from flask_openapi3 import APIBlueprint, Tag
+from sqlalchemy import Select, select, text, tuple_
+from werkzeug.exceptions import BadRequest, NotFound
 
+from order_service import idempotency
 from order_service.extensions import db
 from order_service.models import Order
-from order_service.problems import problem
-from order_service.schemas import OrderIn, OrderOut, OrderPage
+from order_service.problems import problem_responses
+from order_service.schemas import (
+    IdempotencyHeader,
+    OrderCreated,
+    OrderIn,
+    OrderOut,
+    OrderPage,
+    OrderPath,
+    OrderQuery,
+    Status,
+)
 from order_service.services import LineRequest, PlaceOrder, place_order
+from shared.config import Settings
 
-__all__ = ["bp"]
+__all__ = ["bp", "health"]
 
-bp = Blueprint("orders", __name__)
+log = structlog.get_logger(__name__)
+
+_orders_tag = Tag(name="orders", description="Place and read orders")
+bp = APIBlueprint(
+    "orders",
+    __name__,
+    abp_tags=[_orders_tag],
+    abp_security=[{"bearerAuth": []}],
+    abp_responses=problem_responses(401, 422, 429, 500, 503),
+)
+health = APIBlueprint("health", __name__, abp_tags=[Tag(name="operations")])
 
 
 def _json(model: OrderOut | OrderPage, status: int = 200) -> Response:
     return Response(model.model_dump_json(), status=status, mimetype="application/json")
 
 
-def _order_body() -> OrderIn:
-    if not request.is_json:
-        raise UnsupportedMediaType("Send the order as application/json.")
-    try:
-        body = json.loads(request.get_data(cache=False))
-    except ValueError as exc:
-        raise BadRequest(f"The body is not valid JSON: {exc}") from exc
-    return OrderIn.model_validate(body)
+def _created(body: str, order_id: str, *, replayed: bool = False) -> Response:
+    response = Response(body, status=201, mimetype="application/json")
+    response.headers["Location"] = url_for("orders.get_order", order_id=order_id)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
 
 
-@bp.post("/orders")
-def create_order() -> Response:
-    body = _order_body()
-    order = place_order(
+def _render(order: Order) -> str:
+    return OrderOut.of(order).model_dump_json()
+
+
+def _place(body: OrderIn) -> Order:
+    return place_order(
         db.session(),
         PlaceOrder(
             customer_id=body.customer_id,
@@ -47,20 +70,45 @@ def create_order() -> Response:
             lines=tuple(LineRequest(line.sku, line.quantity, line.unit_amount) for line in body.lines),
         ),
     )
-    response = _json(OrderOut.of(order), status=201)
-    response.headers["Location"] = url_for("orders.get_order", order_id=str(order.id))
-    return response
 
 
-@bp.get("/orders/<order_id>")
-def get_order(order_id: str) -> Response:
+@bp.post(
+    "/orders",
+    summary="Place an order",
+    description="Send `Idempotency-Key` to make retries safe: the same key and body return the first order.",
+    responses={201: OrderCreated, **problem_responses(400, 409, 413, 415)},
+)
+def create_order(body: OrderIn, header: IdempotencyHeader) -> Response:
+    key = header.idempotency_key
+    if key is None:
+        order = _place(body)
+        return _created(_render(order), str(order.id))
+    settings: Settings = current_app.extensions["order_service.settings"]
+    fingerprint = idempotency.request_hash(request.method, request.path, request.get_json())
+    outcome = idempotency.claim(db.engine, settings, g.client_id, key, fingerprint)
+    idempotency.prune_when_due(current_app, db.engine)
+    if isinstance(outcome, idempotency.Replay):
+        replayed = OrderOut.model_validate_json(outcome.body)
+        log.info("order.idempotent_replay", order_id=str(replayed.id), client=g.client_id)
+        return _created(outcome.body, str(replayed.id), replayed=True)
     try:
-        key = uuid.UUID(order_id)
+        with idempotency.recorded_with_order(db.session(), outcome, _render):
+            order = _place(body)
+    except BaseException:
+        idempotency.release(db.engine, outcome)
+        raise
+    return _created(_render(order), str(order.id))
+
+
+@bp.get("/orders/<order_id>", summary="Read one order", responses={200: OrderOut, **problem_responses(404)})
+def get_order(path: OrderPath) -> Response:
+    try:
+        key = uuid.UUID(path.order_id)
     except ValueError:
-        raise NotFound(f"No order {order_id!r}.") from None
+        raise NotFound(f"No order {path.order_id!r}.") from None
     order = db.session.get(Order, key)
     if order is None:
-        raise NotFound(f"No order {order_id!r}.")
+        raise NotFound(f"No order {path.order_id!r}.")
     return _json(OrderOut.of(order))
 
 
@@ -76,30 +124,41 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise BadRequest("The cursor is not one this API issued.") from None
 
 
-@bp.get("/orders")
-def list_orders() -> Response:
+def _filtered(query: OrderQuery) -> Select[tuple[Order]]:
+    stmt = select(Order).order_by(Order.created_at.desc(), Order.id.desc()).limit(query.limit + 1)
+    if query.customer_id is not None:
+        stmt = stmt.where(Order.customer_id == query.customer_id)
+    if query.status is not None:
+        stmt = stmt.where(Order.status == query.status)
+    if query.created_gte is not None:
+        stmt = stmt.where(Order.created_at >= query.created_gte)
+    if query.created_lt is not None:
+        stmt = stmt.where(Order.created_at < query.created_lt)
+    if query.cursor is not None:
+        stmt = stmt.where(tuple_(Order.created_at, Order.id) < _decode_cursor(query.cursor))
+    return stmt
+
+
+@bp.get("/orders", summary="List orders", responses={200: OrderPage, **problem_responses(400)})
+def list_orders(query: OrderQuery) -> Response:
     """Newest first, keyset-paged by (created_at, id) so pages stay stable while orders arrive."""
-    limit = request.args.get("limit", default=50, type=int)
-    if limit is None or not 1 <= limit <= 200:
-        return problem(422, "Invalid query", "limit must be between 1 and 200", "validation")
-    query = select(Order).order_by(Order.created_at.desc(), Order.id.desc()).limit(limit + 1)
-    if customer_id := request.args.get("customer_id"):
-        query = query.where(Order.customer_id == customer_id)
-    if cursor := request.args.get("cursor"):
-        query = query.where(tuple_(Order.created_at, Order.id) < _decode_cursor(cursor))
-    orders = list(db.session.scalars(query))
-    page, more = orders[:limit], len(orders) > limit
+    orders = list(db.session.scalars(_filtered(query)))
+    page, more = orders[: query.limit], len(orders) > query.limit
     return _json(
         OrderPage(data=[OrderOut.of(o) for o in page], next_cursor=_encode_cursor(page[-1]) if more else None)
     )
 
 
-@bp.get("/healthz")
+@health.get("/healthz", summary="Process alive", responses={200: Status})
 def healthz() -> Response:
     return Response('{"status":"ok"}', mimetype="application/json")
 
 
-@bp.get("/readyz")
+@health.get(
+    "/readyz",
+    summary="Database reachable",
+    responses={200: Status, **problem_responses(503)},
+)
 def readyz() -> Response:
     db.session.execute(text("SELECT 1"))
     return Response('{"status":"ready"}', mimetype="application/json")

@@ -13,16 +13,58 @@ from werkzeug.exceptions import HTTPException
 from order_service.extensions import db
 from order_service.services import OrderRefused
 
-__all__ = ["PROBLEM_JSON", "problem", "register_error_handlers", "validation_problem"]
+__all__ = [
+    "PROBLEM_JSON",
+    "openapi_validation_error",
+    "problem",
+    "problem_responses",
+    "register_error_handlers",
+    "validation_problem",
+]
 
 log = structlog.get_logger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 _TYPE_BASE = "https://errors.order-service.example/"
+_PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+_HEADER_MODELS = {"IdempotencyHeader"}
+_PARAMETER_MODELS = {"OrderQuery", "OrderPath"}
+
+_DESCRIPTIONS = {
+    400: "Malformed JSON, or a cursor this API did not issue",
+    401: "Missing or unknown API key",
+    404: "No such resource",
+    409: "A request with this Idempotency-Key is still in flight",
+    413: "Body larger than the configured limit",
+    415: "Body is not application/json",
+    422: "Invalid input; `errors` names each field by JSON pointer or parameter",
+    429: "Rate limit of this API key exceeded",
+    500: "Unexpected server error (no details leak)",
+    503: "Database unavailable; retry",
+}
+_HEADERS = {
+    401: {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    429: {"Retry-After": {"schema": {"type": "string"}}},
+    503: {"Retry-After": {"schema": {"type": "string"}}},
+}
 
 
-def problem(status: int, title: str, detail: str, slug: str, **extra: Any) -> Response:
-    body = {"type": _TYPE_BASE + slug, "title": title, "status": status, "detail": detail, **extra}
+def problem_responses(*statuses: int) -> dict[int, dict[str, Any]]:
+    """OpenAPI response objects for the given error statuses, all ``application/problem+json``."""
+    return {
+        status: {
+            "description": _DESCRIPTIONS[status],
+            "content": {PROBLEM_JSON: {"schema": _PROBLEM_REF}},
+            **({"headers": _HEADERS[status]} if status in _HEADERS else {}),
+        }
+        for status in statuses
+    }
+
+
+def problem(status: int, title: str, detail: str, slug: str | None = None, **extra: Any) -> Response:
+    """A problem response; without a slug the type is ``about:blank`` and the title the status phrase."""
+    kind = _TYPE_BASE + slug if slug else "about:blank"
+    body = {"type": kind, "title": title, "status": status, "detail": detail, **extra}
     return Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
 
 
@@ -30,23 +72,35 @@ def _pointer(location: tuple[int | str, ...]) -> str:
     return "".join(f"/{str(part).replace('~', '~0').replace('/', '~1')}" for part in location)
 
 
-def validation_problem(error: ValidationError) -> Response:
-    """422 naming every invalid field by its JSON pointer into the request body."""
-    errors = [
-        {"pointer": _pointer(item["loc"]), "detail": item["msg"], "code": item["type"]}
-        for item in error.errors(include_url=False, include_input=False)
-    ]
-    fields = ", ".join(e["pointer"] or "/" for e in errors)
-    return problem(422, "Invalid order", f"Invalid fields: {fields}", "validation", errors=errors)
+def validation_problem(error: ValidationError, where: str = "pointer") -> Response:
+    """422 naming every invalid field: a JSON pointer into the body, or a parameter / header name."""
+    errors = []
+    for item in error.errors(include_url=False, include_input=False, include_context=False):
+        location = _pointer(item["loc"]) if where == "pointer" else ".".join(map(str, item["loc"]))
+        errors.append({where: location, "detail": item["msg"], "code": item["type"]})
+    fields = ", ".join(e[where] or "/" for e in errors)
+    return problem(422, "Invalid request", f"Invalid {where}s: {fields}", "validation", errors=errors)
+
+
+def openapi_validation_error(error: ValidationError) -> Response:
+    """flask-openapi3's validation hook: its errors become the same 422 problem as ours."""
+    if error.title in _HEADER_MODELS:
+        return validation_problem(error, "header")
+    if error.title in _PARAMETER_MODELS:
+        return validation_problem(error, "parameter")
+    return validation_problem(error)
 
 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
+        if isinstance(exc.response, Response):
+            return exc.response  # already rendered, e.g. flask-openapi3's abort(validation response)
         status = exc.code or 500
-        response = problem(status, exc.name, exc.description or exc.name, f"http-{status}")
-        if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
-            response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        response = problem(status, exc.name, exc.description or exc.name)
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value  # Allow (405), WWW-Authenticate (401), ...
         return response
 
     @app.errorhandler(ValidationError)

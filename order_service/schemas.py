@@ -1,18 +1,47 @@
-"""The HTTP contract of the order API: request and response bodies."""
+"""The HTTP contract of the order API: request, response and problem bodies (the OpenAPI source)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
 
 from order_service.models import Order
 
-__all__ = ["OrderIn", "OrderLineIn", "OrderLineOut", "OrderOut", "OrderPage"]
+__all__ = [
+    "FieldError",
+    "IdempotencyHeader",
+    "OrderCreated",
+    "OrderIn",
+    "OrderLineIn",
+    "OrderLineOut",
+    "OrderOut",
+    "OrderPage",
+    "OrderPath",
+    "OrderQuery",
+    "Problem",
+    "Status",
+]
 
 MAX_UNIT_AMOUNT = 100_000_000_00
 """Bounded so that 100 lines x 10 000 units still fits comfortably in a BIGINT."""
+
+TEXT = r"^[^\x00-\x1f\x7f]+$"
+"""Any Unicode but control characters (Postgres refuses NUL in text; the rest is never meant)."""
+
+
+def _to_utc(value: datetime) -> datetime:
+    """Reject instants that only exist in a local zone (year 1 at +01:00) instead of failing later."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of the representable range in UTC") from None
+
+
+Instant = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+CustomerId = Annotated[str, Field(min_length=1, max_length=64, pattern=TEXT, examples=["cus_42"])]
 
 
 class OrderLineIn(BaseModel):
@@ -26,9 +55,11 @@ class OrderLineIn(BaseModel):
 
 
 class OrderIn(BaseModel):
+    """The order a client submits; the server sets id, status, totals and timestamps."""
+
     model_config = ConfigDict(extra="forbid")
 
-    customer_id: Annotated[str, Field(min_length=1, max_length=64, examples=["cus_42"])]
+    customer_id: CustomerId
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code", examples=["EUR"])]
     lines: Annotated[list[OrderLineIn], Field(min_length=1, max_length=100)]
 
@@ -41,7 +72,7 @@ class OrderLineOut(BaseModel):
 
 
 class OrderOut(BaseModel):
-    id: str
+    id: uuid.UUID
     status: Literal["placed"]
     customer_id: str
     currency: str
@@ -52,7 +83,7 @@ class OrderOut(BaseModel):
     @classmethod
     def of(cls, order: Order) -> OrderOut:
         return cls(
-            id=str(order.id),
+            id=order.id,
             status="placed",
             customer_id=order.customer_id,
             currency=order.currency,
@@ -70,6 +101,78 @@ class OrderOut(BaseModel):
         )
 
 
+class OrderCreated(OrderOut):
+    """The placed order; a replayed ``Idempotency-Key`` answers the stored original."""
+
+    model_config = ConfigDict(
+        openapi_extra={
+            "headers": {
+                "Location": {"schema": {"type": "string"}, "description": "URL of the order"},
+                "Idempotent-Replayed": {
+                    "schema": {"type": "string", "enum": ["true"]},
+                    "description": "Present when this is the stored response of an earlier request",
+                },
+            }
+        }
+    )
+
+
+class Status(BaseModel):
+    status: str
+
+
 class OrderPage(BaseModel):
     data: list[OrderOut]
-    next_cursor: str | None
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last")
+
+
+class OrderQuery(BaseModel):
+    """Filters of ``GET /orders``; newest first."""
+
+    customer_id: CustomerId | None = None
+    status: Literal["placed"] | None = None
+    created_gte: Annotated[Instant | None, Field(description="Created at or after (RFC 3339)")] = None
+    created_lt: Annotated[Instant | None, Field(description="Created before (RFC 3339)")] = None
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+    cursor: Annotated[str | None, Field(max_length=200, description="`next_cursor` of the previous page")] = (
+        None
+    )
+
+
+class OrderPath(BaseModel):
+    order_id: str
+
+
+class IdempotencyHeader(BaseModel):
+    idempotency_key: Annotated[
+        str | None,
+        Field(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Same key and body again: the first response (keys expire; 24 h by default)",
+        ),
+    ] = None
+
+
+class FieldError(BaseModel):
+    """One invalid input: ``pointer`` into the JSON body, or the ``parameter`` / ``header`` name."""
+
+    detail: str
+    code: str
+    pointer: str | None = None
+    parameter: str | None = None
+    header: str | None = None
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details; ``errors`` lists the invalid fields of a 422."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None

@@ -1,4 +1,7 @@
-"""Unit tests: SQLite files in a temporary folder, no network."""
+"""Unit tests: SQLite files in a temporary folder, no network.
+
+The app is configured with one known API key and ``client`` sends it, as any real client must.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +17,19 @@ from order_service import create_app
 from order_service.extensions import db
 from shared.config import Settings
 
+API_KEY = "osk_unit-test-key-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
 
 @pytest.fixture
-def app(sqlite_settings: Settings) -> Iterator[Flask]:
-    app = create_app(sqlite_settings)
+def api_settings(sqlite_settings: Settings) -> Settings:
+    """Embedded-mode settings with a known API key (instead of a generated dev key)."""
+    return sqlite_settings.model_copy(update={"api_keys": API_KEY})
+
+
+@pytest.fixture
+def app(api_settings: Settings) -> Iterator[Flask]:
+    app = create_app(api_settings)
     with app.app_context():
         db.create_all()
     yield app
@@ -27,7 +39,9 @@ def app(sqlite_settings: Settings) -> Iterator[Flask]:
 
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = AUTH["Authorization"]
+    return client
 
 
 @pytest.fixture

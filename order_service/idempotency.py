@@ -1,0 +1,235 @@
+"""Idempotency-Key (IETF httpapi draft / Stripe semantics) for ``POST /orders``.
+
+A key is claimed by INSERTing its row in a short transaction of its own: the UNIQUE
+(client_id, key) constraint decides the race between concurrent retries, never a check-then-insert.
+The stored response is written by a session ``after_flush`` hook *inside the order's transaction*,
+so the order and its replayable response commit together: no crash can leave an order whose key
+still looks unanswered. The order's unit of work and its receivers stay untouched.
+A claim whose request died (process crash) can be taken over after ``IDEMPOTENCY_LOCK_SECONDS``;
+the takeover changes the lock token, so a late original would fail its conditional update and roll back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import click
+import structlog
+from flask import Flask, Response
+from sqlalchemy import Engine, String, Text, UniqueConstraint, delete, event, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from order_service.extensions import db
+from order_service.models import Order
+from order_service.problems import problem
+from shared.config import Settings
+from shared.db import BigIntPK, UTCDateTime, utcnow
+
+__all__ = [
+    "Claim",
+    "IdempotencyKey",
+    "KeyInFlight",
+    "KeyReused",
+    "Replay",
+    "claim",
+    "init_idempotency",
+    "prune",
+    "recorded_with_order",
+    "release",
+    "request_hash",
+]
+
+log = structlog.get_logger(__name__)
+
+
+class IdempotencyKey(db.Model):  # type: ignore[name-defined,misc]
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("client_id", "key", name="uq_idempotency_keys_client_key"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    lock_token: Mapped[uuid.UUID]
+    locked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    response_status: Mapped[int | None]
+    response_body: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+_table = IdempotencyKey.__table__
+
+
+class KeyReused(Exception):
+    """The key was first used with a different request."""
+
+
+class KeyInFlight(Exception):
+    """The first request with this key has not finished."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    row_id: int
+    token: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    status: int
+    body: str
+
+
+def request_hash(method: str, path: str, body: Any) -> str:
+    """Fingerprint of the request: key order and whitespace of the JSON do not matter."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{method} {path}\n{canonical}".encode(errors="surrogatepass")).hexdigest()
+
+
+def _insert(engine: Engine, values: dict[str, Any]) -> int | None:
+    try:
+        with engine.begin() as conn:
+            return int(conn.execute(insert(_table).values(**values)).inserted_primary_key[0])
+    except IntegrityError:
+        return None
+
+
+def claim(
+    engine: Engine,
+    settings: Settings,
+    client_id: str,
+    key: str,
+    fingerprint: str,
+    now: datetime | None = None,
+) -> Claim | Replay:
+    """Own the key (``Claim``), or learn the stored answer (``Replay``); raises on misuse or in-flight."""
+    now = now or utcnow()
+    token = uuid.uuid4()
+    values = {
+        "client_id": client_id,
+        "key": key,
+        "request_hash": fingerprint,
+        "lock_token": token,
+        "locked_at": now,
+        "created_at": now,
+        "expires_at": now + timedelta(seconds=settings.idempotency_key_ttl_seconds),
+    }
+    for _attempt in range(3):
+        row_id = _insert(engine, values)
+        if row_id is not None:
+            return Claim(row_id, token)
+        with engine.begin() as conn:
+            row = conn.execute(
+                select(_table).where(_table.c.client_id == client_id, _table.c.key == key)
+            ).first()
+            if row is None:
+                continue  # pruned between our insert and this read
+            if row.expires_at <= now:
+                conn.execute(delete(_table).where(_table.c.id == row.id, _table.c.expires_at <= now))
+                continue
+            if row.request_hash != fingerprint:
+                raise KeyReused(key)
+            if row.response_status is not None:
+                return Replay(row.response_status, row.response_body or "")
+            stale = now - timedelta(seconds=settings.idempotency_lock_seconds)
+            taken = conn.execute(
+                update(_table)
+                .where(
+                    _table.c.id == row.id, _table.c.lock_token == row.lock_token, _table.c.locked_at <= stale
+                )
+                .values(lock_token=token, locked_at=now)
+            )
+            if taken.rowcount == 1:
+                log.warning("idempotency.stale_claim_taken_over", client=client_id)
+                return Claim(row.id, token)
+            raise KeyInFlight(key)
+    raise KeyInFlight(key)
+
+
+@contextmanager
+def recorded_with_order(session: Session, owned: Claim, render: Callable[[Order], str]) -> Iterator[None]:
+    """While placing one order, write its 201 response onto the claimed row in the same transaction."""
+
+    def after_flush(flushing: Session, _context: object) -> None:
+        for order in [o for o in flushing.new if isinstance(o, Order)]:
+            stored = flushing.connection().execute(
+                update(_table)
+                .where(
+                    _table.c.id == owned.row_id,
+                    _table.c.lock_token == owned.token,
+                    _table.c.response_status.is_(None),
+                )
+                .values(response_status=201, response_body=render(order))
+            )
+            if stored.rowcount != 1:
+                raise KeyInFlight("the claim was taken over")  # rolls the order back
+
+    event.listen(session, "after_flush", after_flush)
+    try:
+        yield
+    finally:
+        event.remove(session, "after_flush", after_flush)
+
+
+def release(engine: Engine, owned: Claim) -> None:
+    """Forget a claim whose request failed, so the client may retry with the same key."""
+    with engine.begin() as conn:
+        conn.execute(delete(_table).where(_table.c.id == owned.row_id, _table.c.lock_token == owned.token))
+
+
+def prune(engine: Engine, now: datetime | None = None) -> int:
+    with engine.begin() as conn:
+        return int(conn.execute(delete(_table).where(_table.c.expires_at <= (now or utcnow()))).rowcount)
+
+
+@dataclass
+class _Pruner:
+    interval: float
+    last: float = 0.0
+
+    def maybe(self, engine: Engine) -> None:
+        """Prune at most once per interval per process, so expired keys never pile up."""
+        if time.monotonic() - self.last >= self.interval:
+            self.last = time.monotonic()
+            if removed := prune(engine):
+                log.info("idempotency.pruned", removed=removed)
+
+
+def prune_when_due(app: Flask, engine: Engine) -> None:
+    app.extensions["order_service.idempotency_pruner"].maybe(engine)
+
+
+idempotency_cli = click.Group("idempotency-keys", help="Maintain stored Idempotency-Key responses.")
+
+
+@idempotency_cli.command("prune")
+def _prune() -> None:
+    """Delete expired keys now."""
+    click.echo(f"pruned {prune(db.engine)} expired idempotency keys")
+
+
+def init_idempotency(app: Flask, settings: Settings) -> None:
+    app.extensions["order_service.idempotency_pruner"] = _Pruner(settings.idempotency_prune_interval)
+    app.cli.add_command(idempotency_cli)
+
+    @app.errorhandler(KeyReused)
+    def _reused(exc: KeyReused) -> Response:
+        detail = "This Idempotency-Key was used with a different request; use a new key."
+        return problem(422, "Idempotency-Key reused", detail, "idempotency-key-reused")
+
+    @app.errorhandler(KeyInFlight)
+    def _in_flight(exc: KeyInFlight) -> Response:
+        detail = "A request with this Idempotency-Key is still being processed; retry shortly."
+        response = problem(409, "Request in progress", detail, "idempotency-key-in-flight")
+        response.headers["Retry-After"] = "1"
+        return response
