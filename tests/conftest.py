@@ -77,4 +77,6 @@ def pg_settings(pg_databases: DatabasePair, redis_url: str, queue_prefix: str, t
 @pytest.fixture
 def sqlite_settings(tmp_path: Path) -> Settings:
     """Embedded-mode settings under a temporary folder."""
-    return Settings(var_dir=tmp_path / "var")
+    settings = Settings(var_dir=tmp_path / "var")
+    settings.ensure_var_dir()
+    return settings

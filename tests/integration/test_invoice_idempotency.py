@@ -1,0 +1,55 @@
+"""Concurrent duplicate deliveries race on the UNIQUE constraints of real Postgres."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy import func, select
+
+from invoice_worker.database import InvoiceDatabase
+from invoice_worker.invoicing import Outcome, create_invoice
+from invoice_worker.models import Invoice, ProcessedMessage
+from tests.support.events import order_placed_event
+
+ROUNDS = 25
+
+
+def test_the_same_message_delivered_concurrently_gives_one_invoice(pg_invoice_db: InvoiceDatabase) -> None:
+    outcomes: list[Outcome] = []
+    for _ in range(ROUNDS):
+        event, message_id = order_placed_event(), uuid.uuid4()
+        start = threading.Barrier(2)
+
+        def deliver(event=event, message_id=message_id, start=start) -> Outcome:  # type: ignore[no-untyped-def]
+            with pg_invoice_db.session() as session:
+                start.wait(timeout=10)
+                return create_invoice(session, message_id, event)
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            outcomes.extend(pool.map(lambda _: deliver(), range(2)))
+
+    with pg_invoice_db.session() as session:
+        invoices = session.scalar(select(func.count()).select_from(Invoice))
+        orders = session.scalar(select(func.count(func.distinct(Invoice.order_id))))
+        processed = session.scalar(select(func.count()).select_from(ProcessedMessage))
+    assert invoices == orders == processed == ROUNDS
+    assert outcomes.count(Outcome.CREATED) == ROUNDS
+
+
+def test_different_messages_for_one_order_racing_give_one_invoice(pg_invoice_db: InvoiceDatabase) -> None:
+    event = order_placed_event()
+    start = threading.Barrier(4)
+
+    def deliver(_: int) -> Outcome:
+        with pg_invoice_db.session() as session:
+            start.wait(timeout=10)
+            return create_invoice(session, uuid.uuid4(), event)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = list(pool.map(deliver, range(4)))
+
+    assert outcomes.count(Outcome.CREATED) == 1
+    with pg_invoice_db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Invoice)) == 1
