@@ -40,3 +40,19 @@ up:
 
 down:
 	docker compose down
+
+# Benchmarks (bench/): `make bench` on the local Postgres and Redis (BENCH_QUICK=1 for a smoke run),
+# `make load` runs the locust file against a running stack at HOST.
+HOST ?= http://127.0.0.1:8000
+LOAD_USERS ?= 20
+LOAD_SPAWN_RATE ?= 5
+LOAD_TIME ?= 60s
+.PHONY: bench load
+
+bench: install
+	@$(BIN)/python -c "import aiohttp, psutil, pyinstrument" 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(BIN)/python -m bench.e2e
+
+load: install
+	@$(BIN)/python -c "import locust" 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,load]'
+	$(BIN)/locust -f bench/locustfile.py --headless --host $(HOST) -u $(LOAD_USERS) -r $(LOAD_SPAWN_RATE) -t $(LOAD_TIME) --only-summary

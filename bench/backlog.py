@@ -18,7 +18,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy import make_url
 
-from bench.load import order_body
+from bench.orders import order_body
 from order_service.receivers import order_placed_message
 from shared.contracts import ORDER_PLACED, SCHEMA_VERSION_HEADER
 from shared.db import utcnow

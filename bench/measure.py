@@ -2,26 +2,38 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psutil
 from sqlalchemy import Engine, create_engine, text
 
-__all__ = ["Delivery", "InvoiceProbe", "rss_mb"]
+__all__ = ["Delivery", "InvoiceProbe", "RssSampler", "cpu_seconds", "publish_rate", "rss_mb"]
 
 
 @dataclass(frozen=True)
 class Delivery:
-    """Invoices of one run (orders tagged by customer prefix): how many, over what span, how late."""
+    """Invoices of one run (orders tagged by customer prefix): how many, when, how late (epoch seconds)."""
 
     count: int
-    span_seconds: float
+    first_placed: float
+    first_created: float
+    last_created: float
     latencies_ms: list[float]
 
     @property
     def throughput(self) -> float:
-        return self.count / self.span_seconds if self.span_seconds > 0 else 0.0
+        """Orders/s from the first order written to the last invoice written."""
+        span = self.last_created - self.first_placed
+        return self.count / span if span > 0 else 0.0
+
+    @property
+    def drain_rate(self) -> float:
+        """Invoices/s from the first invoice to the last (a backlog's orders were all placed earlier)."""
+        span = self.last_created - self.first_created
+        return self.count / span if span > 0 else 0.0
 
 
 class InvoiceProbe:
@@ -57,12 +69,62 @@ class InvoiceProbe:
         with self._engine.connect() as conn:
             rows = conn.execute(query, {"tag": f"{tag}%"}).all()
         if not rows:
-            return Delivery(0, 0.0, [])
-        span = float(max(r.created for r in rows)) - float(min(r.placed for r in rows))
-        return Delivery(len(rows), span, [float(r.latency) for r in rows])
+            return Delivery(0, 0.0, 0.0, 0.0, [])
+        created = [float(r.created) for r in rows]
+        return Delivery(
+            len(rows),
+            first_placed=min(float(r.placed) for r in rows),
+            first_created=min(created),
+            last_created=max(created),
+            latencies_ms=[float(r.latency) for r in rows],
+        )
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def publish_rate(orders_url: str) -> float:
+    """Messages/s the relay published, first publish to last (the outbox keeps ``published_at``)."""
+    engine = create_engine(orders_url, pool_size=1, max_overflow=0)
+    query = text(
+        "SELECT count(*) AS n, extract(epoch FROM max(published_at) - min(published_at)) AS span"
+        " FROM outbox WHERE published_at IS NOT NULL"
+    )
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(query).one()
+    finally:
+        engine.dispose()
+    return row.n / float(row.span) if row.span else 0.0
+
+
+class RssSampler:
+    """Samples the resident memory of named process trees in a thread: first and peak MiB of each."""
+
+    def __init__(self, trees: dict[str, Callable[[], list[psutil.Process]]], interval: float = 0.25) -> None:
+        self._trees = trees
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.first: dict[str, float] = {}
+        self.peak: dict[str, float] = dict.fromkeys(trees, 0.0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, tree in self._trees.items():
+                rss = rss_mb(tree())
+                if rss:
+                    self.first.setdefault(name, rss)
+                    self.peak[name] = max(self.peak[name], rss)
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def rss_mb(processes: list[psutil.Process]) -> float:
@@ -74,3 +136,15 @@ def rss_mb(processes: list[psutil.Process]) -> float:
         except psutil.NoSuchProcess:
             continue
     return total / 2**20
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User + system CPU time a process tree has used so far."""
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total

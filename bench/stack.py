@@ -63,7 +63,7 @@ class Stack:
         command = [
             str(BIN / "gunicorn"), app, "--bind", f"127.0.0.1:{port}",
             "--workers", str(self.knobs.gunicorn_workers), "--threads", str(self.knobs.gunicorn_threads),
-            "--backlog", "2048", "--keep-alive", "30",
+            "--backlog", "2048", "--keep-alive", "30", "--no-control-socket",
         ]  # fmt: skip
         self.services["api"] = Service("api", command, self.env, self.log_dir / "api.log").start()
         self.base_url = f"http://127.0.0.1:{port}"
@@ -137,11 +137,14 @@ class StackFactory:
             broker_url=self.redis_url,
             var_dir=log_dir / "var",
             queue_prefix=prefix,
+        )
+        env.update(
             API_KEYS=API_KEY,
+            BENCH_API_KEY=API_KEY,
             LOG_LEVEL=self.knobs.log_level,
             DATABASE_POOL_SIZE=str(self.knobs.gunicorn_threads),
             RELAY_BATCH_SIZE=str(self.knobs.relay_batch_size),
-            RELAY_POLL_INTERVAL="1.0",
+            RATE_LIMIT=os.environ.get("BENCH_RATE_LIMIT", "1000000 per second"),
             **self.extra_env,
         )
         stack = Stack(name, databases, env, log_dir, self.knobs)

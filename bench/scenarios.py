@@ -1,0 +1,181 @@
+"""The four measured scenarios; each returns the median of its runs plus the raw runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench.backlog import fill_backlog
+from bench.load import LoadResult, closed_loop, open_loop
+from bench.measure import InvoiceProbe, RssSampler, cpu_seconds, publish_rate
+from bench.stack import API_KEY, Stack, StackFactory
+from bench.stats import median_of, ratio, summarize
+
+__all__ = ["Plan", "backlog_drain", "pipeline", "write_path"]
+
+REAL_APP = "order_service.wsgi:app"
+
+
+def _env(name: str, quick: float, full: float) -> float:
+    return float(os.environ.get(name, quick if os.environ.get("BENCH_QUICK") else full))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure; ``BENCH_QUICK=1`` shrinks everything for a smoke run."""
+
+    runs: int
+    concurrency: int
+    seconds: float
+    rate: float
+    backlog: int
+    backlog_runs: int
+
+    @classmethod
+    def from_env(cls) -> Plan:
+        return cls(
+            runs=int(_env("BENCH_RUNS", 3, 3)),
+            concurrency=int(_env("BENCH_CONCURRENCY", 16, 16)),
+            seconds=_env("BENCH_SECONDS", 3, 10),
+            rate=_env("BENCH_RATE", 100, 100),
+            backlog=int(_env("BENCH_BACKLOG", 3_000, 100_000)),
+            backlog_runs=int(_env("BENCH_BACKLOG_RUNS", 3, 3)),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _load_figures(load: LoadResult, label: str) -> dict[str, float]:
+    if load.errors:
+        print(f"warning: {label}: failed requests {load.errors}", file=sys.stderr)
+    errors = float(sum(load.errors.values()))
+    return {"rps": load.throughput, **summarize(load.latencies_ms), "errors": errors}
+
+
+def write_path(factory: StackFactory, plan: Plan) -> dict[str, Any]:
+    """1. POST /orders at a fixed concurrency: the real service vs the same without the outbox receiver."""
+    stacks = {
+        "outbox": factory.stack("write-outbox").start_api(REAL_APP),
+        "bare": factory.stack("write-bare").start_api("bench.apps:bare"),
+    }
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in stacks}
+    try:
+        for run in range(plan.runs):
+            for name, stack in stacks.items():  # interleaved, so drift in the shared CPU hits both alike
+                load = closed_loop(
+                    f"{stack.base_url}/orders", API_KEY, f"w{run}{name}-", plan.concurrency, plan.seconds
+                )
+                runs[name].append(_load_figures(load, f"write {name}"))
+    finally:
+        for stack in stacks.values():
+            stack.stop()
+    medians = {name: median_of(r) for name, r in runs.items()}
+    return {
+        **medians,
+        "ratio": ratio(medians["outbox"]["rps"], medians["bare"]["rps"]),
+        "runs": runs,
+    }
+
+
+def _cpu(stack: Stack) -> dict[str, float]:
+    return {name: cpu_seconds(stack.processes(name)) for name in stack.services}
+
+
+def _cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {f"cpu_s_{name}": after[name] - before.get(name, 0.0) for name in after}
+
+
+def _deliver(stack: Stack, probe: InvoiceProbe, tag: str, send: Any) -> tuple[LoadResult, dict[str, float]]:
+    """Send one run's orders, wait until all are invoiced, return the load and per-process CPU used."""
+    before = _cpu(stack)
+    load: LoadResult = send(f"{stack.base_url}/orders", tag)
+    invoiced = probe.wait_for(tag, load.ok, timeout=120 + load.ok / 50)
+    if invoiced != load.ok:
+        raise RuntimeError(f"{stack.name}: {load.ok} orders placed but {invoiced} invoiced ({stack.log_dir})")
+    return load, _cpu_delta(before, _cpu(stack))
+
+
+def pipeline(factory: StackFactory, plan: Plan) -> dict[str, Any]:
+    """2. sustained HTTP-in → invoice orders/s and 3. commit → invoice latency: outbox vs dual write."""
+    stacks = {
+        "outbox": factory.stack("pipe-outbox").start_api(REAL_APP).start_relay().start_worker(),
+        "dual_write": factory.stack("pipe-dual").start_api("bench.apps:dual_write").start_worker(),
+    }
+    probes = {name: InvoiceProbe(stack.databases.invoices_url) for name, stack in stacks.items()}
+    throughput: dict[str, list[dict[str, float]]] = {name: [] for name in stacks}
+    latency: dict[str, list[dict[str, float]]] = {name: [] for name in stacks}
+
+    def saturate(url: str, tag: str) -> LoadResult:
+        return closed_loop(url, API_KEY, tag, plan.concurrency, plan.seconds)
+
+    def steady(url: str, tag: str) -> LoadResult:
+        return open_loop(url, API_KEY, tag, plan.rate, plan.seconds)
+
+    try:
+        for run in range(plan.runs):
+            for name, stack in stacks.items():
+                load, cpu = _deliver(stack, probes[name], f"t{run}{name}-", saturate)
+                delivery = probes[name].delivery(f"t{run}{name}-")
+                throughput[name].append({"e2e_rps": delivery.throughput, "api_rps": load.throughput, **cpu})
+            for name, stack in stacks.items():
+                load, cpu = _deliver(stack, probes[name], f"l{run}{name}-", steady)
+                delivery = probes[name].delivery(f"l{run}{name}-")
+                latency[name].append({**summarize(delivery.latencies_ms), "sent_rps": load.throughput, **cpu})
+    finally:
+        for probe in probes.values():
+            probe.close()
+        for stack in stacks.values():
+            stack.stop()
+    sustained = {name: median_of(r) for name, r in throughput.items()}
+    delays = {name: median_of(r) for name, r in latency.items()}
+    return {
+        "throughput": {
+            **sustained,
+            "ratio": ratio(sustained["outbox"]["e2e_rps"], sustained["dual_write"]["e2e_rps"]),
+            "runs": throughput,
+        },
+        "latency": {
+            **delays,
+            "p50_ratio": ratio(delays["outbox"]["p50"], delays["dual_write"]["p50"]),
+            "runs": latency,
+        },
+    }
+
+
+def _drain_once(factory: StackFactory, size: int) -> dict[str, float]:
+    databases = factory.databases()
+    fill_backlog(databases.orders_url, size, "bl-")
+    stack = factory.stack("backlog", databases)
+    probe = InvoiceProbe(databases.invoices_url)
+    trees = {name: (lambda name=name: stack.processes(name)) for name in ("relay", "worker")}
+    try:
+        with RssSampler(trees) as memory:
+            started = time.monotonic()
+            stack.start_relay().start_worker()
+            count = probe.wait_for("bl-", size, timeout=120 + size / 50)
+            elapsed = time.monotonic() - started
+        if count < size:
+            raise RuntimeError(f"backlog: {count} of {size} invoiced before the deadline ({stack.log_dir})")
+        delivery = probe.delivery("bl-")
+    finally:
+        probe.close()
+        stack.stop()
+    return {
+        "wall_s": elapsed,
+        "invoices_per_s": delivery.drain_rate,
+        "relay_publish_per_s": publish_rate(databases.orders_url),
+        "relay_rss_start_mb": memory.first.get("relay", 0.0),
+        "relay_rss_peak_mb": memory.peak["relay"],
+        "worker_rss_start_mb": memory.first.get("worker", 0.0),
+        "worker_rss_peak_mb": memory.peak["worker"],
+    }
+
+
+def backlog_drain(factory: StackFactory, plan: Plan) -> dict[str, Any]:
+    """4. Workers stopped while ``plan.backlog`` orders pile up, then started: time to drain, memory."""
+    runs = [_drain_once(factory, plan.backlog) for _ in range(plan.backlog_runs)]
+    return {**median_of(runs), "orders": plan.backlog, "runs": runs}
