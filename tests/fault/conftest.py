@@ -1,0 +1,65 @@
+"""Fault tests: each owns a private Redis (a private Postgres where it restarts one) and real processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fault.harness import Cluster
+from tests.support.databases import PostgresFactory
+from tests.support.servers import PrivatePostgres, PrivateRedis
+
+pytestmark = pytest.mark.fault
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def persistent_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """Redis as compose runs it: append-only file, fsync on every write."""
+    server = PrivateRedis(tmp_path / "redis", persistent=True).start()
+    yield server
+    server.stop()
+
+
+def _cluster(root: Path, redis: PrivateRedis, factory: PostgresFactory) -> Iterator[Cluster]:
+    cluster = Cluster(root=root, redis=redis, databases=factory.fresh_pair())
+    yield cluster
+    cluster.close()
+    print(cluster.logs())  # pytest shows it only for a failed test
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, postgres: PostgresFactory, private_redis: PrivateRedis) -> Iterator[Cluster]:
+    """Databases on the shared Postgres (never restarted here), a private Redis."""
+    yield from _cluster(tmp_path, private_redis, postgres)
+
+
+@pytest.fixture
+def persistent_cluster(
+    tmp_path: Path, postgres: PostgresFactory, persistent_redis: PrivateRedis
+) -> Iterator[Cluster]:
+    yield from _cluster(tmp_path, persistent_redis, postgres)
+
+
+@pytest.fixture
+def private_postgres(tmp_path: Path) -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres(tmp_path / "pg").init().start()
+    yield server
+    server.stop("immediate")
+
+
+@pytest.fixture
+def private_pg_cluster(
+    tmp_path: Path, private_postgres: PrivatePostgres, private_redis: PrivateRedis
+) -> Iterator[Cluster]:
+    """Both databases on a Postgres this test may stop and restart."""
+    factory = PostgresFactory(private_postgres.url())
+    yield from _cluster(tmp_path, private_redis, factory)

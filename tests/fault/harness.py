@@ -1,0 +1,151 @@
+"""A private pipeline for one fault test: its own Redis, its databases, and real processes.
+
+The fault tests and the chaos soak both drive a ``Cluster``: start and SIGKILL the relay and
+``celery worker`` as subprocesses, restart servers, and ask the checker what really happened.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.fault.checker import Checker, Verdict
+from tests.support.databases import DatabasePair
+from tests.support.processes import (
+    Service,
+    api_service,
+    free_port,
+    pipeline_env,
+    relay_service,
+    wait_for_http,
+    worker_service,
+)
+from tests.support.servers import PrivateRedis
+from tests.support.waiting import wait_until
+
+FAULT_ENV = {
+    "BROKER_VISIBILITY_TIMEOUT": "4",
+    "WORKER_MAX_DELIVERIES": "4",
+    "WORKER_MAX_RETRIES": "40",
+    "WORKER_RETRY_BACKOFF": "0.2",
+    "WORKER_RETRY_BACKOFF_MAX": "1.5",
+    "RELAY_MAX_BACKOFF": "1",
+    "RELAY_POLL_INTERVAL": "0.2",
+    "RATE_LIMIT": "1000000 per minute",
+}
+"""Short timeouts and backoffs, so that redelivery and recovery happen within a test's time."""
+
+
+def order_headers(api_key: str) -> dict[str, str]:
+    """Every order request's headers, in one place: the API key and a fresh Idempotency-Key."""
+    return {"Authorization": f"Bearer {api_key}", "Idempotency-Key": str(uuid.uuid4())}
+
+
+@dataclass
+class Cluster:
+    root: Path
+    redis: PrivateRedis
+    databases: DatabasePair
+    overrides: dict[str, str] = field(default_factory=dict)
+    queue_prefix: str = field(default_factory=lambda: f"fault-{uuid.uuid4().hex[:8]}-")
+    api_key: str = field(default_factory=lambda: f"osk_{secrets.token_urlsafe(24)}")
+    services: list[Service] = field(default_factory=list)
+    base_url: str = ""
+    _checker: Checker | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = pipeline_env(
+            orders_url=self.databases.orders_url,
+            invoices_url=self.databases.invoices_url,
+            broker_url=self.redis.url,
+            var_dir=self.root / "var",
+            queue_prefix=self.queue_prefix,
+        )
+        return {**env, **FAULT_ENV, "API_KEYS": self.api_key, **self.overrides}
+
+    @property
+    def queue(self) -> str:
+        return f"{self.queue_prefix}invoices"
+
+    @property
+    def log_dir(self) -> Path:
+        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        return self.root / "logs"
+
+    @property
+    def checker(self) -> Checker:
+        if self._checker is None:
+            self._checker = Checker(self.databases.orders_url, self.databases.invoices_url)
+        return self._checker
+
+    def _track(self, service: Service) -> Service:
+        self.services.append(service)
+        return service.start()
+
+    def start_relay(self, name: str = "relay") -> Service:
+        relay = self._track(relay_service(self.env, self.log_dir, name=name))
+        relay.wait_for_log("relay.started")
+        return relay
+
+    def start_worker(
+        self, name: str = "worker", concurrency: int = 2, app: str = "invoice_worker", ready: bool = True
+    ) -> Service:
+        worker = worker_service(self.env, self.log_dir, self.queue, concurrency=concurrency, name=name)
+        worker.command[worker.command.index("invoice_worker")] = app
+        self._track(worker)
+        if ready:
+            worker.wait_for_log("ready", timeout=60)
+        return worker
+
+    def start_api(self, workers: int = 2) -> str:
+        port = free_port()
+        self._track(api_service(self.env, self.log_dir, port, workers=workers))
+        self.base_url = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{self.base_url}/healthz", timeout=60)
+        return self.base_url
+
+    def post_order(self, client: httpx.Client, body: dict[str, Any]) -> httpx.Response:
+        return client.post("/orders", json=body, headers=order_headers(self.api_key))
+
+    def place_orders(self, bodies: Iterable[dict[str, Any]]) -> list[str]:
+        """POST each order through the running API; every one must be accepted."""
+        ids = []
+        with httpx.Client(base_url=self.base_url, timeout=30) as client:
+            for body in bodies:
+                response = self.post_order(client, body)
+                assert response.status_code == 201, response.text
+                ids.append(response.json()["id"])
+        return ids
+
+    def wait_settled(self, expected_orders: int | None = None, timeout: float = 90) -> Verdict:
+        return wait_until(
+            lambda: self.checker.settled(expected_orders),
+            timeout=timeout,
+            interval=0.5,
+            message=f"pipeline to settle ({self.checker.verdict().summary()})",
+        )
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {s.name} ({s.log_path})\n{s.logs()[-4000:]}" for s in self.services)
+
+    def close(self) -> None:
+        for service in reversed(self.services):
+            service.stop(timeout=10)
+        if self._checker is not None:
+            self._checker.close()
+        self.redis.stop()
+
+
+def report(label: str, verdict: Verdict) -> None:
+    """The checker's counts, printed in every fault test's output."""
+    print(f"[{label}] {verdict.summary()}", flush=True)
+    if os.environ.get("FAULT_VERBOSE"):
+        print(f"[{label}] lost={sorted(verdict.lost)} doubled={sorted(verdict.doubled)}")
