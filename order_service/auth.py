@@ -21,6 +21,7 @@ from datetime import datetime
 import click
 import structlog
 from flask import Flask, Response, current_app, g, request
+from flask.cli import AppGroup
 from sqlalchemy import String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -125,7 +126,7 @@ def authenticate() -> Response | None:
     return None
 
 
-api_keys_cli = click.Group("api-keys", help="Manage the API keys stored in the orders database.")
+api_keys_cli = AppGroup("api-keys", help="Manage the API keys stored in the orders database.")
 
 
 @api_keys_cli.command("create")

@@ -24,6 +24,7 @@ from typing import Any
 import click
 import structlog
 from flask import Flask, Response
+from flask.cli import AppGroup
 from sqlalchemy import Engine, String, Text, UniqueConstraint, delete, event, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
@@ -209,7 +210,7 @@ def prune_when_due(app: Flask, engine: Engine) -> None:
     app.extensions["order_service.idempotency_pruner"].maybe(engine)
 
 
-idempotency_cli = click.Group("idempotency-keys", help="Maintain stored Idempotency-Key responses.")
+idempotency_cli = AppGroup("idempotency-keys", help="Maintain stored Idempotency-Key responses.")
 
 
 @idempotency_cli.command("prune")

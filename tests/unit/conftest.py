@@ -5,16 +5,19 @@ The app is configured with one known API key and ``client`` sends it, as any rea
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import func, select
 
 from invoice_worker.database import InvoiceDatabase
 from invoice_worker.models import Base as InvoiceBase
 from order_service import create_app
 from order_service.extensions import db
+from order_service.idempotency import IdempotencyKey
+from order_service.models import Order, OrderLine, outbox
 from shared.config import Settings
 
 API_KEY = "osk_unit-test-key-0123456789abcdef"
@@ -50,3 +53,17 @@ def invoice_db(sqlite_settings: Settings) -> Iterator[InvoiceDatabase]:
     InvoiceBase.metadata.create_all(database.engine)
     yield database
     database.engine.dispose()
+
+
+@pytest.fixture
+def row_counts(app: Flask) -> Callable[[], dict[str, int]]:
+    """Rows in every table a POST /orders could write."""
+
+    def count() -> dict[str, int]:
+        with app.app_context():
+            return {
+                table.name: db.session.scalar(select(func.count()).select_from(table)) or 0
+                for table in (Order.__table__, OrderLine.__table__, outbox, IdempotencyKey.__table__)
+            }
+
+    return count
