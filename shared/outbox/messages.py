@@ -27,11 +27,14 @@ class PendingMessage:
 class BatchOutcome:
     """Which rows of a batch reached the broker, and why the others did not.
 
-    A row in neither list was held back (an earlier row of its aggregate failed) and stays as it was.
+    A row in neither was held back (an earlier row of its aggregate failed) and stays as it was.
+    ``transient`` marks failures that were the broker's fault: they back off but are never parked,
+    so a long outage drains by itself once the broker is back.
     """
 
     published: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
+    transient: set[int] = field(default_factory=set)
 
 
 class Publisher(Protocol):

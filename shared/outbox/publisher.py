@@ -48,6 +48,7 @@ class CeleryPublisher:
             error = f"{type(exc).__name__}: {exc}"
             done = set(outcome.published)
             outcome.failed.update({m.id: error for m, _ in sendable if m.id not in done})
+            outcome.transient.update(m.id for m, _ in sendable if m.id not in done)
         return outcome
 
     def close(self) -> None:

@@ -106,6 +106,7 @@ class RedisPipelinePublisher:
         except BROKER_ERRORS as exc:
             error = f"{type(exc).__name__}: {exc}"
             outcome.failed.update({message.id: error for message, _ in sendable})
+            outcome.transient.update(message.id for message, _ in sendable)
             return outcome
         outcome.published.extend(message.id for message, _ in sendable)
         return outcome

@@ -152,9 +152,8 @@ class OutboxRelay:
             store.mark_published(conn, self.outbox, outcome.published, now)
             if outcome.failed:
                 self._guard_order = True
-                self._record_failures(
-                    conn, [(m, outcome.failed[m.id]) for m in batch if m.id in outcome.failed]
-                )
+                failures = [(m, outcome.failed[m.id]) for m in batch if m.id in outcome.failed]
+                self._record_failures(conn, failures, outcome.transient)
         log.info(
             "outbox.batch_relayed",
             published=len(outcome.published),
@@ -164,11 +163,14 @@ class OutboxRelay:
         )
         return outcome
 
-    def _record_failures(self, conn: Connection, failures: list[tuple[PendingMessage, str]]) -> None:
+    def _record_failures(
+        self, conn: Connection, failures: list[tuple[PendingMessage, str]], transient: set[int]
+    ) -> None:
         rows = store.record_failures(
             conn,
             self.outbox,
             failures,
+            transient=transient,
             now=self._clock(),
             max_attempts=self.policy.max_attempts,
             base_backoff=self.policy.base_backoff,

@@ -97,12 +97,13 @@ def record_failures(
     t: Table,
     failures: list[tuple[PendingMessage, str]],
     *,
+    transient: Collection[int] = (),
     now: datetime,
     max_attempts: int,
     base_backoff: float,
     max_backoff: float,
 ) -> list[dict[str, object]]:
-    """Back off each failed row; park it once it has used up its attempts.
+    """Back off each failed row; park it once it has used up its attempts, unless the broker was at fault.
 
     Rows of one aggregate share one retry time, so they come due together and stay in order.
     """
@@ -117,7 +118,7 @@ def record_failures(
                 "attempts": attempts,
                 "last_error": error[:2000],
                 "available_at": retry_at,
-                "parked_at": now if attempts >= max_attempts else None,
+                "parked_at": now if attempts >= max_attempts and message.id not in transient else None,
             }
         )
     if rows:
