@@ -1,0 +1,191 @@
+"""Relay processes: three at once, one killed mid-drain, SIGTERM mid-drain, a second one on SQLite."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import Engine, func, select, text
+
+from order_service.models import outbox
+from shared.config import Settings
+from shared.db import create_db_engine
+from tests.support.outbox import consumed, insert_rows, order_violations, outbox_rows
+from tests.support.processes import ROOT, Service, pipeline_env, relay_service, run_migrations
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.e2e
+
+ROWS = 20_000
+
+
+@pytest.fixture
+def orders_engine(pg_settings: Settings) -> Iterator[Engine]:
+    engine = create_db_engine(pg_settings.orders_database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def relay_env(pg_settings: Settings, tmp_path: Path) -> dict[str, str]:
+    return pipeline_env(
+        orders_url=pg_settings.orders_database_url,
+        invoices_url=pg_settings.invoices_database_url,
+        broker_url=pg_settings.broker_url,
+        var_dir=tmp_path / "var",
+        queue_prefix=pg_settings.queue_prefix,
+        RELAY_BATCH_SIZE="200",
+        RELAY_REBALANCE_INTERVAL="0.2",
+        LOG_LEVEL="WARNING",
+    )
+
+
+@pytest.fixture
+def relays(relay_env: dict[str, str], tmp_path: Path) -> Iterator[list[Service]]:
+    started: list[Service] = []
+    yield started
+    for service in started:
+        service.stop()
+    for service in started:
+        print(f"--- {service.name}\n{service.logs()[-3000:]}")
+
+
+def _unpublished(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.scalar(select(func.count()).where(outbox.c.published_at.is_(None))) or 0
+
+
+def _status(env: dict[str, str]) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "order_service.relay", "status"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return result.stdout
+
+
+def test_three_relays_publish_each_message_exactly_once_in_aggregate_order(
+    relay_env: dict[str, str],
+    relays: list[Service],
+    orders_engine: Engine,
+    redis_client: redis.Redis,
+    pg_settings: Settings,
+    tmp_path: Path,
+) -> None:
+    queue = pg_settings.queue("invoices")
+    insert_rows(orders_engine, outbox_rows(ROWS, 1_000))
+    for n in range(3):
+        relays.append(relay_service(relay_env, tmp_path, name=f"relay-{n}").start())
+        wait_until(lambda: redis_client.llen(queue) > 0, timeout=30, message="publishing to start")
+    wait_until(lambda: _unpublished(orders_engine) == 0, timeout=120, message="the backlog to drain")
+    status = _status(relay_env)
+
+    deliveries = consumed(redis_client, queue)
+    assert len(deliveries) == ROWS
+    assert len({d.task_id for d in deliveries}) == ROWS, "a message was published twice"
+    assert order_violations(deliveries) == []
+    assert "relays_alive: 3" in status
+    held = [line.rsplit("partitions=", 1)[1] for line in status.splitlines() if line.startswith("relay:")]
+    partitions = [int(p) for share in held for p in share.split(",") if p != "-"]
+    assert sorted(partitions) == list(range(16)), status
+
+
+def test_partitions_of_a_killed_relay_are_taken_over(
+    relay_env: dict[str, str],
+    relays: list[Service],
+    orders_engine: Engine,
+    redis_client: redis.Redis,
+    pg_settings: Settings,
+    tmp_path: Path,
+) -> None:
+    queue = pg_settings.queue("invoices")
+    insert_rows(orders_engine, outbox_rows(ROWS, 1_000))
+    env = {**relay_env, "RELAY_BATCH_SIZE": "50"}
+    doomed = relay_service(env, tmp_path, name="doomed").start()
+    relays.append(doomed)
+    wait_until(lambda: redis_client.llen(queue) > 500, timeout=30, message="the doomed relay to publish")
+    survivor = relay_service(env, tmp_path, name="survivor").start()
+    relays.append(survivor)
+    wait_until(
+        lambda: "relays_alive: 2" in _status(env), timeout=30, message="both relays to hold partitions"
+    )
+    doomed.kill()
+    assert _unpublished(orders_engine) > 0, "nothing left to take over"
+
+    wait_until(lambda: _unpublished(orders_engine) == 0, timeout=120, message="the survivor to drain")
+    deliveries = consumed(redis_client, queue)
+    assert {d.task_id for d in deliveries} == {str(m) for m in _ids(orders_engine)}
+    assert order_violations(deliveries) == []
+    assert "partitions=" + ",".join(map(str, range(16))) in _status(env)
+
+
+def _ids(engine: Engine) -> list[object]:
+    with engine.connect() as conn:
+        return list(conn.scalars(select(outbox.c.message_id)))
+
+
+def test_sigterm_mid_drain_exits_cleanly_leaving_no_row_lost_or_locked(
+    relay_env: dict[str, str],
+    relays: list[Service],
+    orders_engine: Engine,
+    redis_client: redis.Redis,
+    pg_settings: Settings,
+    tmp_path: Path,
+) -> None:
+    queue = pg_settings.queue("invoices")
+    insert_rows(orders_engine, outbox_rows(ROWS, 1_000))
+    relay = relay_service({**relay_env, "RELAY_BATCH_SIZE": "50", "LOG_LEVEL": "INFO"}, tmp_path).start()
+    relays.append(relay)
+    wait_until(lambda: redis_client.llen(queue) > 1_000, timeout=30, message="the relay to be mid-drain")
+    relay.signal_group(signal.SIGTERM)
+    assert relay.process is not None
+    assert relay.process.wait(timeout=20) == 0
+    assert "relay.stopped" in relay.logs()
+
+    left = _unpublished(orders_engine)
+    assert 0 < left < ROWS
+    with orders_engine.begin() as conn:
+        locked = conn.execute(
+            text("SELECT id FROM outbox WHERE published_at IS NULL FOR UPDATE NOWAIT")
+        ).all()
+        assert len(locked) == left
+    published_ids = {str(m) for m in _ids(orders_engine)} - set(_unpublished_ids(orders_engine))
+    assert published_ids <= {d.task_id for d in consumed(redis_client, queue)}, "marked but never sent"
+
+    finish = subprocess.run(
+        [sys.executable, "-m", "order_service.relay", "--once"],
+        env=relay_env, cwd=ROOT, capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert finish.returncode == 0
+    assert _unpublished(orders_engine) == 0
+    assert {d.task_id for d in consumed(redis_client, queue)} == {str(m) for m in _ids(orders_engine)}
+
+
+def _unpublished_ids(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return [
+            str(m) for m in conn.scalars(select(outbox.c.message_id).where(outbox.c.published_at.is_(None)))
+        ]
+
+
+def test_a_second_relay_on_sqlite_says_so_and_exits_non_zero(tmp_path: Path, relays: list[Service]) -> None:
+    var = tmp_path / "var"
+    env = pipeline_env(orders_url="", invoices_url="", broker_url="", var_dir=var)
+    run_migrations(env)
+    first = relay_service(env, tmp_path, name="first").start()
+    relays.append(first)
+    first.wait_for_log("relay.started")
+
+    second = subprocess.run(
+        [sys.executable, "-m", "order_service.relay"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert second.returncode == 3
+    assert "another relay" in second.stderr
+    assert "embedded mode runs exactly one relay" in second.stderr
+    assert first.running
