@@ -34,8 +34,8 @@ def _tables(url: str) -> set[str]:
 
 
 def test_make_migrate_upgrades_empty_databases_to_head_without_drift(
-    postgres: PostgresFactory, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+    postgres: PostgresFactory, tmp_path: Path
+) -> None:
     orders_url, invoices_url = postgres.empty("orders"), postgres.empty("invoices")
     env = pipeline_env(
         orders_url=orders_url, invoices_url=invoices_url, broker_url="memory://", var_dir=tmp_path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import create_engine, text
@@ -34,9 +35,8 @@ def read_ledger(orders_url: str, invoices_url: str) -> Ledger:
     orders_engine, invoices_engine = create_engine(orders_url), create_engine(invoices_url)
     try:
         with orders_engine.connect() as conn:
-            orders = {
-                str(r.id): r.amount_total for r in conn.execute(text("SELECT id, amount_total FROM orders"))
-            }
+            rows = conn.execute(text("SELECT id, amount_total FROM orders"))
+            orders = {str(uuid.UUID(str(r.id))): r.amount_total for r in rows}  # SQLite keeps bare hex
             unpublished = conn.scalar(text("SELECT count(*) FROM outbox WHERE published_at IS NULL")) or 0
         invoices: dict[str, list[int]] = {}
         with invoices_engine.connect() as conn:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import random
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+
+from tests.support.processes import TEST_API_KEY
 
 
 def order_body(rng: random.Random | None = None) -> dict[str, Any]:
@@ -28,12 +29,9 @@ def expected_total(body: dict[str, Any]) -> int:
     return sum(line["quantity"] * line["unit_amount"] for line in body["lines"])
 
 
-def api_headers() -> dict[str, str]:
-    """Headers every request carries; the key comes from TEST_API_KEY when the API requires one."""
-    headers = {"Idempotency-Key": str(uuid.uuid4())}
-    if key := os.environ.get("TEST_API_KEY"):
-        headers["Authorization"] = f"Bearer {key}"
-    return headers
+def api_headers(key: str = TEST_API_KEY) -> dict[str, str]:
+    """What every client request carries: the API key and a fresh idempotency key."""
+    return {"Authorization": f"Bearer {key}", "Idempotency-Key": str(uuid.uuid4())}
 
 
 def post_orders(base_url: str, bodies: list[dict[str, Any]], concurrency: int = 16) -> list[dict[str, Any]]:

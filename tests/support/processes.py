@@ -15,6 +15,8 @@ from pathlib import Path
 from tests.support.waiting import wait_until
 
 BIN = Path(sys.executable).parent
+TEST_API_KEY = "osk_test_" + "k" * 40
+"""The key every pipeline started by the tests accepts (``API_KEYS``); clients send it as a Bearer token."""
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -44,8 +46,10 @@ def pipeline_env(
         LOG_FORMAT="json",
         RELAY_POLL_INTERVAL="0.5",
         PYTHONUNBUFFERED="1",
-        **extra,
+        API_KEYS=TEST_API_KEY,
+        RATE_LIMIT="100000 per minute",
     )
+    env.update(extra)
     return env
 
 
