@@ -42,8 +42,10 @@ def create_invoice(session: Session, message_id: uuid.UUID, event: OrderPlaced) 
         _insert(session, ProcessedMessage)
         .values(message_id=message_id, topic=ORDER_PLACED, processed_at=utcnow())
         .on_conflict_do_nothing(index_elements=["message_id"])
+        .returning(ProcessedMessage.message_id)
     )
-    if session.execute(inbox).rowcount == 0:
+    # RETURNING, not rowcount: an ORM-session INSERT reports rowcount -1 on psycopg.
+    if session.execute(inbox).scalar_one_or_none() is None:
         session.rollback()
         log.info("invoice.duplicate_message", message_id=str(message_id), order_id=event.order_id)
         return Outcome.DUPLICATE_MESSAGE

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,18 @@ from tests.support.databases import PostgresFactory
 from tests.support.servers import PrivatePostgres, PrivateRedis
 
 pytestmark = pytest.mark.fault
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Remember whether the test body failed, so fixtures print process logs only then."""
+    report = yield
+    if report.when == "call":
+        item.stash[FAILED] = report.failed
+    return report
+
+
+FAILED = pytest.StashKey[bool]()
 
 
 @pytest.fixture
@@ -29,24 +41,29 @@ def persistent_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.stop()
 
 
-def _cluster(root: Path, redis: PrivateRedis, factory: PostgresFactory) -> Iterator[Cluster]:
+def _cluster(
+    request: pytest.FixtureRequest, root: Path, redis: PrivateRedis, factory: PostgresFactory
+) -> Iterator[Cluster]:
     cluster = Cluster(root=root, redis=redis, databases=factory.fresh_pair())
     yield cluster
     cluster.close()
-    print(cluster.logs())  # pytest shows it only for a failed test
+    if request.node.stash.get(FAILED, True):
+        print(cluster.logs())
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, postgres: PostgresFactory, private_redis: PrivateRedis) -> Iterator[Cluster]:
+def cluster(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres: PostgresFactory, private_redis: PrivateRedis
+) -> Iterator[Cluster]:
     """Databases on the shared Postgres (never restarted here), a private Redis."""
-    yield from _cluster(tmp_path, private_redis, postgres)
+    yield from _cluster(request, tmp_path, private_redis, postgres)
 
 
 @pytest.fixture
 def persistent_cluster(
-    tmp_path: Path, postgres: PostgresFactory, persistent_redis: PrivateRedis
+    request: pytest.FixtureRequest, tmp_path: Path, postgres: PostgresFactory, persistent_redis: PrivateRedis
 ) -> Iterator[Cluster]:
-    yield from _cluster(tmp_path, persistent_redis, postgres)
+    yield from _cluster(request, tmp_path, persistent_redis, postgres)
 
 
 @pytest.fixture
@@ -58,8 +75,11 @@ def private_postgres(tmp_path: Path) -> Iterator[PrivatePostgres]:
 
 @pytest.fixture
 def private_pg_cluster(
-    tmp_path: Path, private_postgres: PrivatePostgres, private_redis: PrivateRedis
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    private_postgres: PrivatePostgres,
+    private_redis: PrivateRedis,
 ) -> Iterator[Cluster]:
     """Both databases on a Postgres this test may stop and restart."""
     factory = PostgresFactory(private_postgres.url())
-    yield from _cluster(tmp_path, private_redis, factory)
+    yield from _cluster(request, tmp_path, private_redis, factory)
