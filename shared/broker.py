@@ -20,8 +20,13 @@ def broker_config(settings: Settings) -> dict[str, Any]:
     """Celery configuration keys for the broker named by ``settings.broker_url``."""
     options: dict[str, Any] = {"visibility_timeout": settings.broker_visibility_timeout}
     if settings.uses_embedded_broker:
-        folder = str(settings.broker_folder)
-        options = {"data_folder_in": folder, "data_folder_out": folder, "store_processed": False}
+        folder = settings.broker_folder
+        options = {
+            "data_folder_in": str(folder),
+            "data_folder_out": str(folder),
+            "control_folder": str(folder / "control"),  # kombu's default is ./control, in the cwd
+            "store_processed": False,
+        }
     return {
         "broker_url": settings.broker_url,
         "broker_transport_options": options,

@@ -100,4 +100,4 @@ class Settings(BaseSettings):
         if self.orders_database_url.startswith("sqlite") or self.uses_embedded_broker:
             self.var_dir.mkdir(parents=True, exist_ok=True)
         if self.uses_embedded_broker:
-            self.broker_folder.mkdir(parents=True, exist_ok=True)
+            (self.broker_folder / "control").mkdir(parents=True, exist_ok=True)
