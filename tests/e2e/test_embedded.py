@@ -42,4 +42,4 @@ def test_embedded_mode_turns_a_posted_order_into_an_invoice(
         o["id"]: expected_total(b) for o, b in zip(created, bodies, strict=True)
     }
     assert sqlite_settings.orders_database_url.startswith("sqlite:///")
-    assert list((sqlite_settings.var_dir / "broker").iterdir()) == []  # every message consumed
+    assert list((sqlite_settings.var_dir / "broker").glob("*.msg")) == []  # every message consumed
