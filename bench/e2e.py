@@ -80,20 +80,28 @@ def _verdict(value: float, target: float, higher: bool = True) -> str:
     return f"target {'>=' if higher else '<='} {target:g}: {'met' if met else 'MISSED'}"
 
 
+def _cpu(figures: dict[str, float]) -> str:
+    parts = [
+        f"{k.removeprefix('cpu_ms_')} {v:.1f}" for k, v in sorted(figures.items()) if k.startswith("cpu_ms_")
+    ]
+    return f"CPU ms/order: {', '.join(parts)}"
+
+
 def rows(results: dict[str, Any]) -> list[Row]:
     """The printed table: medians of the runs, one line per figure."""
     out: list[Row] = []
     if write := results.get("write_path"):
         for name in ("outbox", "bare"):
             m = write[name]
-            detail = f"p50 {m['p50']:.1f} ms, p99 {m['p99']:.1f} ms, errors {m['errors']:g}"
+            detail = f"p50 {m['p50']:.1f} ms, p99 {m['p99']:.1f} ms, errors {m['errors']:g}; {_cpu(m)}"
             out.append((f"1 write POST /orders/s ({name})", f"{m['rps']:.0f}", detail))
         out.append(("1 ratio outbox/bare", f"{write['ratio']:.2f}", _verdict(write["ratio"], 0.9)))
     if pipe := results.get("pipeline"):
         through, delay = pipe["throughput"], pipe["latency"]
         for name in ("outbox", "dual_write"):
             m = through[name]
-            out.append((f"2 e2e orders/s ({name})", f"{m['e2e_rps']:.0f}", f"API side {m['api_rps']:.0f}/s"))
+            detail = f"API side {m['api_rps']:.0f}/s; {_cpu(m)}"
+            out.append((f"2 e2e orders/s ({name})", f"{m['e2e_rps']:.0f}", detail))
         out.append(("2 ratio outbox/dual_write", f"{through['ratio']:.2f}", _verdict(through["ratio"], 0.8)))
         for name in ("outbox", "dual_write"):
             m = delay[name]

@@ -25,9 +25,16 @@ __all__ = ["LoadResult", "closed_loop", "open_loop"]
 class LoadResult:
     sent: int = 0
     ok: int = 0
+    warmup_ok: int = 0
+    offered_rps: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     seconds: float = 0.0
+
+    @property
+    def placed(self) -> int:
+        """Every order the server accepted, warm-up included."""
+        return self.ok + self.warmup_ok
 
     @property
     def throughput(self) -> float:
@@ -61,6 +68,7 @@ class _Poster:
             result.error(type(exc).__name__)
             return
         if not record:
+            result.warmup_ok += status == 201
             return
         result.sent += 1
         if status == 201:
@@ -117,6 +125,7 @@ async def _open(url: str, api_key: str, tag: str, rate: float, seconds: float) -
             task = asyncio.create_task(poster.post(result))
             pending.add(task)
             task.add_done_callback(pending.discard)
+        result.offered_rps = total / max(time.perf_counter() - started, 1e-9)
         if pending:
             await asyncio.wait(pending)
         result.seconds = time.perf_counter() - started

@@ -8,9 +8,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import psutil
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, make_url, text
 
-__all__ = ["Delivery", "InvoiceProbe", "RssSampler", "cpu_seconds", "publish_rate", "rss_mb"]
+__all__ = [
+    "Delivery",
+    "InvoiceProbe",
+    "RssSampler",
+    "cpu_by_pid",
+    "cpu_used",
+    "postgres_backends",
+    "publish_rate",
+    "rss_mb",
+]
 
 
 @dataclass(frozen=True)
@@ -138,13 +147,37 @@ def rss_mb(processes: list[psutil.Process]) -> float:
     return total / 2**20
 
 
-def cpu_seconds(processes: list[psutil.Process]) -> float:
-    """User + system CPU time a process tree has used so far."""
-    total = 0.0
+def cpu_by_pid(processes: list[psutil.Process]) -> dict[int, float]:
+    """User + system CPU seconds each process has used so far (so a delta survives new children)."""
+    used: dict[int, float] = {}
     for process in processes:
         try:
             times = process.cpu_times()
         except psutil.NoSuchProcess:
             continue
-        total += times.user + times.system
-    return total
+        used[process.pid] = times.user + times.system
+    return used
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
+def postgres_backends(urls: list[str]) -> list[psutil.Process]:
+    """The server processes serving these databases (same machine): their CPU is the database's share."""
+    url = make_url(urls[0])
+    names = [make_url(u).database for u in urls]
+    engine = create_engine(url.set(database="postgres"), pool_size=1, max_overflow=0)
+    try:
+        with engine.connect() as conn:
+            query = text("SELECT pid FROM pg_stat_activity WHERE datname = ANY(:names)")
+            pids = list(conn.scalars(query, {"names": names}))
+    finally:
+        engine.dispose()
+    backends = []
+    for pid in pids:
+        try:
+            backends.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    return backends
