@@ -22,17 +22,22 @@ def bodies(count: int, seed: int, customer_id: str | None = None) -> list[dict[s
     return made
 
 
-def place_in_process(cluster: Cluster, orders: Iterable[dict[str, Any]]) -> list[str]:
-    """The order service's own code path (Flask test client): a committed order and its outbox row."""
-    settings = Settings(
+def cluster_settings(cluster: Cluster) -> Settings:
+    """The settings the cluster's processes run with, for in-process use by a test."""
+    return Settings(
         orders_database_url=cluster.databases.orders_url,
         invoices_database_url=cluster.databases.invoices_url,
         broker_url=cluster.redis.url,
+        queue_prefix=cluster.queue_prefix,
         api_keys=cluster.api_key,
         rate_limit="1000000 per minute",
         var_dir=cluster.root / "var",
     )
-    app = create_app(settings)
+
+
+def place_in_process(cluster: Cluster, orders: Iterable[dict[str, Any]]) -> list[str]:
+    """The order service's own code path (Flask test client): a committed order and its outbox row."""
+    app = create_app(cluster_settings(cluster))
     ids = []
     try:
         client = app.test_client()
