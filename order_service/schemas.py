@@ -50,7 +50,12 @@ class OrderLineIn(BaseModel):
     sku: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", examples=["BOOK-1"])]
     quantity: Annotated[StrictInt, Field(ge=1, le=10_000)]
     unit_amount: Annotated[
-        StrictInt, Field(ge=0, le=MAX_UNIT_AMOUNT, description="In the currency's minor unit")
+        StrictInt,
+        Field(
+            ge=0,
+            le=MAX_UNIT_AMOUNT,
+            description="Minor units, as an integer literal (1250.0 is refused)",
+        ),
     ]
 
 
@@ -127,7 +132,9 @@ class OrderPage(BaseModel):
 
 
 class OrderQuery(BaseModel):
-    """Filters of ``GET /orders``; newest first."""
+    """Filters of ``GET /orders``; newest first. An unknown (misspelt) filter is a 422, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
     customer_id: CustomerId | None = None
     status: Literal["placed"] | None = None
