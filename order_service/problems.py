@@ -78,8 +78,9 @@ def validation_problem(error: ValidationError, where: str = "pointer") -> Respon
     for item in error.errors(include_url=False, include_input=False, include_context=False):
         location = _pointer(item["loc"]) if where == "pointer" else ".".join(map(str, item["loc"]))
         errors.append({where: location, "detail": item["msg"], "code": item["type"]})
-    fields = ", ".join(e[where] or "/" for e in errors)
-    return problem(422, "Invalid request", f"Invalid {where}s: {fields}", "validation", errors=errors)
+    names = ", ".join(e[where] or "/" for e in errors)
+    kind = {"pointer": "fields", "parameter": "parameters", "header": "headers"}[where]
+    return problem(422, "Invalid request", f"Invalid {kind}: {names}", "validation", errors=errors)
 
 
 def openapi_validation_error(error: ValidationError) -> Response:

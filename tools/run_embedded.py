@@ -23,17 +23,27 @@ PROCESSES = {
 HELP = """
   The pipeline is running (embedded mode: SQLite + file broker under var/).
 
-  API:    http://{host}:{port}
+  API:    http://{host}:{port}   (docs: http://{host}:{port}/docs/, contract: /openapi.json)
+  API key: {key}
   Place an order:
-    curl -s -X POST http://{host}:{port}/orders -H 'Content-Type: application/json' \\
+    curl -s -X POST http://{host}:{port}/orders -H 'Authorization: Bearer {key}' \\
+      -H 'Content-Type: application/json' -H 'Idempotency-Key: my-first-order' \\
       -d '{{"customer_id": "cus_42", "currency": "EUR",
            "lines": [{{"sku": "BOOK-1", "quantity": 2, "unit_amount": 1250}}]}}'
-  See the order:        curl -s http://{host}:{port}/orders/<id>
+  See the order:        curl -s -H 'Authorization: Bearer {key}' http://{host}:{port}/orders/<id>
   See its invoice:      .venv/bin/python -m invoice_worker invoices
   Outbox status:        .venv/bin/python -m order_service.relay status
 
   Ctrl-C stops all three.
 """
+
+
+def _api_key() -> str:
+    """The key to show: the dev key the API generated under var/, unless API_KEYS sets the keys."""
+    if os.environ.get("API_KEYS"):
+        return "<one of your API_KEYS>"
+    dev_key = Path(os.environ.get("VAR_DIR", "var")) / "dev-api-key"
+    return dev_key.read_text().strip() if dev_key.exists() else "<see the api.dev_key log line>"
 
 
 def _wait_until_ready(url: str, deadline: float) -> bool:
@@ -57,7 +67,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     if _wait_until_ready(f"http://{HOST}:{PORT}/readyz", time.monotonic() + 30):
-        print(HELP.format(host=HOST, port=PORT), flush=True)
+        print(HELP.format(host=HOST, port=PORT, key=_api_key()), flush=True)
     else:
         print("The API did not become ready within 30 s; see the logs above.", file=sys.stderr)
         stopping = True
