@@ -56,3 +56,9 @@ bench: install
 load: install
 	@$(BIN)/python -c "import locust" 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,load]'
 	$(BIN)/locust -f bench/locustfile.py --headless --host $(HOST) -u $(LOAD_USERS) -r $(LOAD_SPAWN_RATE) -t $(LOAD_TIME) --only-summary
+
+# The relay benchmark (bench/relay.py): own databases on the local Postgres, own queues on Redis.
+.PHONY: bench-relay
+bench-relay: install
+	@$(BIN)/python -c "import psutil" 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(BIN)/python -m bench.relay

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Collection
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -60,8 +61,9 @@ def claim(
     the unpublished rows, so the relay turns it on only while such rows may exist; the second
     value returned is how many aggregates were held back (``None`` when unguarded).
     """
-    scope = [(t.c.bucket % partition_count).in_(sorted(partitions))] if partitions is not None else []
-    query: Select[tuple[object, ...]] = select(
+    everything = partitions is None or len(partitions) == partition_count
+    scope = [] if everything else [(t.c.bucket % partition_count).in_(sorted(partitions or ()))]
+    query: Select[tuple[object, ...]] = select(  # PendingMessage's fields, in its order
         t.c.id, t.c.message_id, t.c.topic, t.c.aggregate_id, t.c.payload, t.c.headers, t.c.attempts
     ).where(t.c.published_at.is_(None), t.c.parked_at.is_(None), t.c.available_at <= now, *scope)
     if guard_order:
@@ -82,8 +84,7 @@ def claim(
     query = query.order_by(t.c.id).limit(limit).with_for_update(of=t, skip_locked=True)
     rows = conn.execute(query).all()
     troubled_count = (rows[0].troubled if rows else None) if guard_order else None
-    fields = PendingMessage.__slots__
-    return [PendingMessage(*(row._mapping[name] for name in fields)) for row in rows], troubled_count
+    return [PendingMessage(*cast(tuple[Any, ...], row[:7])) for row in rows], troubled_count
 
 
 def mark_published(conn: Connection, t: Table, ids: list[int], now: datetime) -> None:
