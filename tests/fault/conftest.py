@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.fault.harness import Cluster
-from tests.support.databases import PostgresFactory
+from tests.support.databases import DatabasePair, PostgresFactory
 from tests.support.servers import PrivatePostgres, PrivateRedis
 
 pytestmark = pytest.mark.fault
@@ -83,3 +83,21 @@ def private_pg_cluster(
     """Both databases on a Postgres this test may stop and restart."""
     factory = PostgresFactory(private_postgres.url())
     yield from _cluster(request, tmp_path, private_redis, factory)
+
+
+@pytest.fixture
+def invoices_down_cluster(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    postgres: PostgresFactory,
+    private_postgres: PrivatePostgres,
+    private_redis: PrivateRedis,
+) -> Iterator[Cluster]:
+    """Orders on the shared Postgres; invoices on a Postgres this test may stop."""
+    invoices = PostgresFactory(private_postgres.url()).fresh_pair().invoices_url
+    pair = DatabasePair(orders_url=postgres.fresh_pair().orders_url, invoices_url=invoices)
+    cluster = Cluster(root=tmp_path, redis=private_redis, databases=pair)
+    yield cluster
+    cluster.close()
+    if request.node.stash.get(FAILED, True):
+        print(cluster.logs())
