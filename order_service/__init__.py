@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
-from flask_openapi3 import Info, OpenAPI
+from flask_openapi3.models.info import Info
+from flask_openapi3.models.security_scheme import SecurityScheme
+from flask_openapi3.openapi import OpenAPI
 
 from order_service.api import bp, health
 from order_service.auth import init_auth
@@ -32,14 +34,16 @@ __all__ = ["MIGRATIONS", "create_app"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
-_SECURITY_SCHEMES = {"bearerAuth": {"type": "http", "scheme": "bearer", "description": "An API key"}}
+_SECURITY_SCHEMES: dict[str, SecurityScheme | dict[str, Any]] = {
+    "bearerAuth": {"type": "http", "scheme": "bearer", "description": "An API key"}
+}
 
 
 class _OrdersOpenAPI(OpenAPI):
     """Serves the spec at ``/openapi.json`` (docs under ``/docs``) and lists 422 only where input exists."""
 
     def generate_spec_json(self) -> None:
-        super().generate_spec_json()
+        super().generate_spec_json()  # type: ignore[no-untyped-call]
         for operations in self.spec_json["paths"].values():
             for operation in operations.values():
                 if "parameters" not in operation and "requestBody" not in operation:

@@ -9,7 +9,8 @@ from datetime import datetime
 
 import structlog
 from flask import Response, current_app, g, request, url_for
-from flask_openapi3 import APIBlueprint, Tag
+from flask_openapi3.blueprint import APIBlueprint
+from flask_openapi3.models.tag import Tag
 from sqlalchemy import Select, select, text, tuple_
 from werkzeug.exceptions import BadRequest, NotFound
 
@@ -124,7 +125,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise BadRequest("The cursor is not one this API issued.") from None
 
 
-def _filtered(query: OrderQuery) -> Select[tuple[Order]]:
+def _filtered(query: OrderQuery) -> Select[Order]:
     stmt = select(Order).order_by(Order.created_at.desc(), Order.id.desc()).limit(query.limit + 1)
     if query.customer_id is not None:
         stmt = stmt.where(Order.customer_id == query.customer_id)

@@ -100,7 +100,7 @@ def request_hash(method: str, path: str, body: Any) -> str:
 def _insert(engine: Engine, values: dict[str, Any]) -> int | None:
     try:
         with engine.begin() as conn:
-            return int(conn.execute(insert(_table).values(**values)).inserted_primary_key[0])
+            return int(conn.execute(insert(_table).values(**values).returning(_table.c.id)).scalar_one())
     except IntegrityError:
         return None
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import structlog
 from flask import Flask, Response, json
+from flask_openapi3.types import ResponseDict
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
@@ -49,7 +50,7 @@ _HEADERS = {
 }
 
 
-def problem_responses(*statuses: int) -> dict[int, dict[str, Any]]:
+def problem_responses(*statuses: int) -> ResponseDict:
     """OpenAPI response objects for the given error statuses, all ``application/problem+json``."""
     return {
         status: {

@@ -109,7 +109,7 @@ class OrderOut(BaseModel):
 class OrderCreated(OrderOut):
     """The placed order; a replayed ``Idempotency-Key`` answers the stored original."""
 
-    model_config = ConfigDict(
+    model_config = ConfigDict(  # type: ignore[typeddict-unknown-key]  # flask-openapi3's extension key
         openapi_extra={
             "headers": {
                 "Location": {"schema": {"type": "string"}, "description": "URL of the order"},
