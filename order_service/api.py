@@ -86,8 +86,8 @@ def create_order(body: OrderIn, header: IdempotencyHeader) -> Response:
         return _created(_render(order), str(order.id))
     settings: Settings = current_app.extensions["order_service.settings"]
     fingerprint = idempotency.request_hash(request.method, request.path, request.get_json())
+    idempotency.prune_when_due(current_app, db.engine)  # before claiming: a failure here holds no key
     outcome = idempotency.claim(db.engine, settings, g.client_id, key, fingerprint)
-    idempotency.prune_when_due(current_app, db.engine)
     if isinstance(outcome, idempotency.Replay):
         replayed = OrderOut.model_validate_json(outcome.body)
         log.info("order.idempotent_replay", order_id=str(replayed.id), client=g.client_id)
