@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psutil
 from sqlalchemy import Engine, create_engine, make_url, text
 
+from bench.stats import rates_by_part
+
 __all__ = [
     "Delivery",
     "InvoiceProbe",
-    "RssSampler",
     "cpu_by_pid",
     "cpu_used",
     "postgres_backends",
@@ -31,6 +30,7 @@ class Delivery:
     first_created: float
     last_created: float
     latencies_ms: list[float]
+    created: list[float] = field(default_factory=list)
 
     @property
     def throughput(self) -> float:
@@ -38,11 +38,9 @@ class Delivery:
         span = self.last_created - self.first_placed
         return self.count / span if span > 0 else 0.0
 
-    @property
-    def drain_rate(self) -> float:
-        """Invoices/s from the first invoice to the last (a backlog's orders were all placed earlier)."""
-        span = self.last_created - self.first_created
-        return self.count / span if span > 0 else 0.0
+    def rates_by_part(self, parts: int) -> list[float]:
+        """Invoices/s in each of ``parts`` consecutive equal shares of the invoices: steady, or slowing?"""
+        return rates_by_part(self.created, parts)
 
 
 class InvoiceProbe:
@@ -86,6 +84,7 @@ class InvoiceProbe:
             first_created=min(created),
             last_created=max(created),
             latencies_ms=[float(r.latency) for r in rows],
+            created=created,
         )
 
     def close(self) -> None:
@@ -105,35 +104,6 @@ def publish_rate(orders_url: str) -> float:
     finally:
         engine.dispose()
     return row.n / float(row.span) if row.span else 0.0
-
-
-class RssSampler:
-    """Samples the resident memory of named process trees in a thread: first and peak MiB of each."""
-
-    def __init__(self, trees: dict[str, Callable[[], list[psutil.Process]]], interval: float = 0.25) -> None:
-        self._trees = trees
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.first: dict[str, float] = {}
-        self.peak: dict[str, float] = dict.fromkeys(trees, 0.0)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for name, tree in self._trees.items():
-                rss = rss_mb(tree())
-                if rss:
-                    self.first.setdefault(name, rss)
-                    self.peak[name] = max(self.peak[name], rss)
-            self._stop.wait(self._interval)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 def rss_mb(processes: list[psutil.Process]) -> float:

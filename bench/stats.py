@@ -9,7 +9,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Row", "format_table", "median_of", "percentile", "ratio", "summarize", "write_results"]
+__all__ = [
+    "Row",
+    "format_table",
+    "median_of",
+    "percentile",
+    "rates_by_part",
+    "ratio",
+    "summarize",
+    "write_results",
+]
 
 Row = tuple[str, str, str]
 """(measure, value, detail): one line of the printed table."""
@@ -37,6 +46,16 @@ def median_of(runs: Sequence[Mapping[str, float]]) -> dict[str, float]:
     if not runs:
         return {}
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def rates_by_part(timestamps: Sequence[float], parts: int) -> list[float]:
+    """Events/s in each of ``parts`` consecutive equal shares of the events (by time); [] if too few."""
+    ordered = sorted(timestamps)
+    size = len(ordered) // parts
+    if size < 2:
+        return []
+    chunks = [ordered[n * size : (n + 1) * size] for n in range(parts)]
+    return [(len(c) - 1) / (c[-1] - c[0]) if c[-1] > c[0] else math.nan for c in chunks]
 
 
 def ratio(numerator: float, denominator: float) -> float:

@@ -12,7 +12,7 @@ import pytest
 
 from bench.hotspots import package_of, top
 from bench.orders import order_body
-from bench.stats import format_table, median_of, percentile, ratio, summarize, write_results
+from bench.stats import format_table, median_of, percentile, rates_by_part, ratio, summarize, write_results
 
 
 def test_percentile_interpolates_between_ranks() -> None:
@@ -43,6 +43,14 @@ def test_median_of_runs_takes_each_figure_separately() -> None:
 def test_ratio_of_zero_is_nan() -> None:
     assert ratio(9, 10) == pytest.approx(0.9)
     assert math.isnan(ratio(1, 0))
+
+
+def test_rates_by_part_show_a_slowing_drain() -> None:
+    steady = [float(t) for t in range(10)]
+    slowing = [0.0, 1.0, 2.0, 3.0, 5.0, 7.0, 9.0, 11.0, 15.0, 19.0, 23.0, 27.0]
+    assert rates_by_part(steady, 3) == [1.0, 1.0, 1.0]
+    assert rates_by_part(slowing, 3) == [1.0, 0.5, 0.25]
+    assert rates_by_part([1.0, 2.0], 3) == []
 
 
 def test_table_aligns_columns_and_shows_nan_as_na() -> None:
