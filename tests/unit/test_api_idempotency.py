@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -176,3 +177,17 @@ def test_the_prune_command_deletes_expired_keys(app: Flask, client: FlaskClient)
 
     assert result.exit_code == 0
     assert "pruned 1 expired" in result.output
+
+
+def test_requests_prune_expired_keys_in_passing(
+    app: Flask, client: FlaskClient, row_counts: Callable[[], dict[str, int]]
+) -> None:
+    client.post("/orders", json=ORDER, headers=_key())
+    with app.app_context(), db.engine.begin() as conn:
+        conn.execute(update(IdempotencyKey.__table__).values(expires_at=utcnow() - timedelta(seconds=1)))
+    pruner = app.extensions["order_service.idempotency_pruner"]
+    pruner.last = time.monotonic() - pruner.interval
+
+    client.post("/orders", json=ORDER, headers=_key())
+
+    assert row_counts()["idempotency_keys"] == 1
