@@ -7,8 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
+from order_service import create_app
+from shared.config import Settings
 from tests.unit.conftest import AUTH
 
 LINE = {"sku": "BOOK-1", "quantity": 2, "unit_amount": 1250}
@@ -124,10 +127,19 @@ def test_hostile_and_unicode_strings_are_stored_literally(client: FlaskClient, c
     assert [o["id"] for o in listed["data"]] == [stored["id"]]
 
 
-def test_the_body_limit_is_configurable(client: FlaskClient, app: Any) -> None:
+def test_the_default_body_limit_fits_the_largest_valid_order(client: FlaskClient, app: Flask) -> None:
     assert app.config["MAX_CONTENT_LENGTH"] == 64 * 1024
     lines = [{**LINE, "sku": f"SKU-{i}"} for i in range(100)]
     assert client.post("/orders", json={**ORDER, "lines": lines}).status_code == 201
+
+
+def test_the_body_limit_is_configurable(api_settings: Settings) -> None:
+    small = create_app(api_settings.model_copy(update={"max_request_bytes": 100}))
+
+    response = small.test_client().post("/orders", data=order(), content_type=JSON, headers=AUTH)
+
+    assert response.status_code == 413
+    assert response.mimetype == "application/problem+json"
 
 
 @pytest.mark.parametrize(
