@@ -122,9 +122,10 @@ class Databases:
 
 
 def release(engine: Engine) -> None:
-    """Make every row due at once and wake listening relays."""
+    """Make every row due at once (with fresh statistics, as autovacuum would give) and wake relays."""
     with engine.begin() as conn:
         conn.execute(text("UPDATE outbox SET available_at = now()"))
+        conn.execute(text("ANALYZE outbox"))
         conn.execute(text("SELECT pg_notify('outbox', '')"))
 
 
@@ -225,8 +226,9 @@ def _balanced(engine: Engine, processes: int) -> bool:
     with engine.connect() as conn:
         held = conn.execute(
             text(
-                "SELECT pid, count(*) FROM pg_locks"
-                " WHERE locktype = 'advisory' AND mode = 'ExclusiveLock' GROUP BY pid"
+                "SELECT pid, count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock'"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " GROUP BY pid"
             )
         ).all()
     return len(held) == processes and sum(count for _, count in held) == 16
