@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: install migrate run test test-unit lint up down
+.PHONY: install migrate run test test-unit lint up down chaos
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+chaos: install  ## N orders under random SIGKILLs of relays/workers and one Redis kill; fails on lost/doubled
+	$(BIN)/python -m tests.fault.chaos --orders $(or $(N),500) $(if $(SEED),--seed $(SEED))
 
 test-unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
