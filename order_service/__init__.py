@@ -21,7 +21,7 @@ from flask_openapi3.openapi import OpenAPI
 from order_service.api import bp, health
 from order_service.auth import init_auth
 from order_service.bodies import check_json_body
-from order_service.extensions import db, migrate
+from order_service.extensions import db, discard_broken_sessions, migrate
 from order_service.idempotency import init_idempotency
 from order_service.problems import openapi_validation_error, register_error_handlers
 from order_service.ratelimit import init_rate_limit
@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["order_service.settings"] = settings
     db.init_app(app)
+    discard_broken_sessions(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS))
     with app.app_context():
         install_sqlite_pragmas(db.engine)

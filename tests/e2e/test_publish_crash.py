@@ -48,6 +48,7 @@ def _place_orders(app: Flask, count: int) -> None:
         for _ in range(count):
             lines = (LineRequest(f"SKU-{rng.randint(1, 9)}", rng.randint(1, 3), rng.randint(1, 9_999)),)
             place_order(db.session(), PlaceOrder(customer_id="cus_crash", currency="EUR", lines=lines))
+        db.session.remove()
         db.engine.dispose()
 
 

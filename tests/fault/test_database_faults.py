@@ -6,7 +6,6 @@ import threading
 import time
 
 import httpx
-import pytest
 from sqlalchemy import create_engine, text
 
 from tests.fault.harness import Cluster, report
@@ -59,7 +58,7 @@ def test_orders_database_restart_under_load_answers_503_and_everything_recovers(
     unavailable = [r for r in responses if r.status_code == 503]
     bare_500s = [r for r in responses if r.status_code == 500]
     print(f"{len(responses)} requests during the restart: {statuses}, {len(unavailable)} x 503")
-    assert set(statuses) <= {201, 500, 503}
+    assert set(statuses) <= {201, 503}, [r.text for r in bare_500s[:3]]
     assert unavailable  # the fault did bite
     for response in unavailable:
         assert response.headers["content-type"].startswith("application/problem+json")
@@ -71,12 +70,6 @@ def test_orders_database_restart_under_load_answers_503_and_everything_recovers(
     assert (len(verdict.lost), len(verdict.doubled)) == (0, 0)
     assert orders_without_outbox_rows(cluster) == 0
     assert relay.running
-    if bare_500s:
-        pytest.xfail(
-            f"{len(bare_500s)} bare 500(s): Flask-SQLAlchemy's teardown rolls back a connection the "
-            "restart terminated (AdminShutdown) after the view's response was made; order_service "
-            "should discard such a session in its own teardown"
-        )
 
 
 def test_invoice_database_outage_is_retried_with_backoff_until_it_returns(
