@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from sqlalchemy import Engine
 
 from shared.config import Settings
+from shared.db import create_db_engine
 from tests.support.databases import DatabasePair, PostgresFactory
 
 TEST_POSTGRES_URL = os.environ.get(
@@ -72,6 +74,14 @@ def pg_settings(pg_databases: DatabasePair, redis_url: str, queue_prefix: str, t
         queue_prefix=queue_prefix,
         var_dir=tmp_path / "var",
     )
+
+
+@pytest.fixture
+def orders_engine(pg_settings: Settings) -> Iterator[Engine]:
+    """An engine on this test's orders database."""
+    engine = create_db_engine(pg_settings.orders_database_url)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from sqlalchemy import Engine, func, select, text
 
 from order_service.models import outbox
 from shared.config import Settings
-from shared.db import create_db_engine
 from shared.outbox.partitions import LockKeys, relay_holdings
 from tests.support.outbox import consumed, insert_rows, order_violations, outbox_rows
 from tests.support.processes import ROOT, Service, pipeline_env, relay_service, run_migrations
@@ -23,13 +22,6 @@ from tests.support.waiting import wait_until
 pytestmark = pytest.mark.e2e
 
 ROWS = 20_000
-
-
-@pytest.fixture
-def orders_engine(pg_settings: Settings) -> Iterator[Engine]:
-    engine = create_db_engine(pg_settings.orders_database_url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

@@ -14,17 +14,9 @@ from sqlalchemy import Engine, func, select, text
 from order_service.models import outbox
 from order_service.relay import build_relay
 from shared.config import Settings
-from shared.db import create_db_engine
 from tests.support.outbox import consumed, insert_rows, order_violations, outbox_rows, running_relay
 from tests.support.servers import PrivateRedis
 from tests.support.waiting import wait_until
-
-
-@pytest.fixture
-def orders_engine(pg_settings: Settings) -> Iterator[Engine]:
-    engine = create_db_engine(pg_settings.orders_database_url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

@@ -12,17 +12,9 @@ from sqlalchemy import Engine, select, text
 from order_service.models import outbox
 from order_service.relay import build_relay
 from shared.config import Settings
-from shared.db import create_db_engine
 from shared.outbox.messages import BatchOutcome, PendingMessage, Publisher
 from shared.outbox.relay import OutboxRelay
 from tests.support.outbox import consumed, insert_rows, order_violations, outbox_rows
-
-
-@pytest.fixture
-def orders_engine(pg_settings: Settings) -> Iterator[Engine]:
-    engine = create_db_engine(pg_settings.orders_database_url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
-import pytest
 import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -13,19 +11,11 @@ from sqlalchemy.orm import Session
 from order_service.models import outbox
 from order_service.relay import build_relay
 from shared.config import Settings
-from shared.db import create_db_engine
 from shared.outbox.writer import OutboxMessage, add_message
 from tests.support.outbox import insert_rows, order_payload, outbox_rows, running_relay
 from tests.support.waiting import wait_until
 
 POLL_INTERVAL = 5.0
-
-
-@pytest.fixture
-def orders_engine(pg_settings: Settings) -> Iterator[Engine]:
-    engine = create_db_engine(pg_settings.orders_database_url)
-    yield engine
-    engine.dispose()
 
 
 def _commit_one_message(engine: Engine, order_id: str) -> None:
