@@ -293,7 +293,7 @@ def main() -> int:
         }.items():
             queue_prefix = prefix()
             results[key] = finish(key, run(databases.clone(), queue_prefix), queue_prefix)
-        lat = latency(databases.clone(), client, prefix())
+        lat = latency(databases.factory.fresh_pair().orders_url, client, prefix())  # idle: an empty outbox
     finally:
         for used in prefixes:
             keys = list(client.scan_iter(match=f"{used}*"))
