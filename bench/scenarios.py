@@ -43,7 +43,7 @@ class Plan:
             seconds=_env("BENCH_SECONDS", 3, 10),
             rate=_env("BENCH_RATE", 100, 100),
             backlog=int(_env("BENCH_BACKLOG", 3_000, 100_000)),
-            backlog_runs=int(_env("BENCH_BACKLOG_RUNS", 3, 1)),
+            backlog_runs=int(_env("BENCH_BACKLOG_RUNS", 3, 3)),
         )
 
     def as_dict(self) -> dict[str, Any]:
