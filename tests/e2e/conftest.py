@@ -13,8 +13,8 @@ from tests.support.processes import (
     Service,
     api_service,
     free_port,
-    pipeline_env,
     relay_service,
+    settings_env,
     wait_for_http,
     worker_service,
 )
@@ -40,13 +40,7 @@ class Pipeline:
 
 def start_pipeline(settings: Settings, log_dir: Path) -> Pipeline:
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = pipeline_env(
-        orders_url=settings.orders_database_url,
-        invoices_url=settings.invoices_database_url,
-        broker_url=settings.broker_url,
-        var_dir=settings.var_dir,
-        queue_prefix=settings.queue_prefix,
-    )
+    env = settings_env(settings)
     port = free_port()
     pipeline = Pipeline(
         base_url=f"http://127.0.0.1:{port}",

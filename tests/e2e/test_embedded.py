@@ -8,21 +8,14 @@ from shared.config import Settings
 from tests.e2e.conftest import start_pipeline
 from tests.support.checks import read_ledger
 from tests.support.orders import expected_total, order_body, post_orders
-from tests.support.processes import pipeline_env, run_migrations
+from tests.support.processes import run_migrations, settings_env
 from tests.support.waiting import wait_until
 
 
 def test_embedded_mode_turns_a_posted_order_into_an_invoice(
     sqlite_settings: Settings, tmp_path: Path
 ) -> None:
-    run_migrations(
-        pipeline_env(
-            orders_url=sqlite_settings.orders_database_url,
-            invoices_url=sqlite_settings.invoices_database_url,
-            broker_url=sqlite_settings.broker_url,
-            var_dir=sqlite_settings.var_dir,
-        )
-    )
+    run_migrations(settings_env(sqlite_settings))
     pipeline = start_pipeline(sqlite_settings, tmp_path / "logs")
     try:
         bodies = [order_body() for _ in range(5)]

@@ -17,7 +17,7 @@ from order_service.services import LineRequest, PlaceOrder, place_order
 from shared.config import Settings
 from shared.outbox.messages import BatchOutcome, PendingMessage, Publisher
 from tests.support.checks import read_ledger
-from tests.support.processes import pipeline_env, worker_service
+from tests.support.processes import settings_env, worker_service
 from tests.support.waiting import wait_until
 
 ORDERS = 50
@@ -73,13 +73,7 @@ def test_crash_between_publish_and_mark_redelivers_but_invoices_once(
     restarted.disconnect()
     engine.dispose()
 
-    env = pipeline_env(
-        orders_url=pg_settings.orders_database_url,
-        invoices_url=pg_settings.invoices_database_url,
-        broker_url=pg_settings.broker_url,
-        var_dir=pg_settings.var_dir,
-        queue_prefix=pg_settings.queue_prefix,
-    )
+    env = settings_env(pg_settings)
     worker = worker_service(env, tmp_path, pg_settings.queue("invoices")).start()
     try:
         wait_until(

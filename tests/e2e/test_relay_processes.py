@@ -16,7 +16,7 @@ from order_service.models import outbox
 from shared.config import Settings
 from shared.outbox.partitions import LockKeys, relay_holdings
 from tests.support.outbox import consumed, insert_rows, order_violations, outbox_rows
-from tests.support.processes import ROOT, Service, pipeline_env, relay_service, run_migrations
+from tests.support.processes import ROOT, Service, pipeline_env, relay_service, run_migrations, settings_env
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -25,13 +25,9 @@ ROWS = 20_000
 
 
 @pytest.fixture
-def relay_env(pg_settings: Settings, tmp_path: Path) -> dict[str, str]:
-    return pipeline_env(
-        orders_url=pg_settings.orders_database_url,
-        invoices_url=pg_settings.invoices_database_url,
-        broker_url=pg_settings.broker_url,
-        var_dir=tmp_path / "var",
-        queue_prefix=pg_settings.queue_prefix,
+def relay_env(pg_settings: Settings) -> dict[str, str]:
+    return settings_env(
+        pg_settings,
         RELAY_BATCH_SIZE="200",
         RELAY_REBALANCE_INTERVAL="0.2",
         LOG_LEVEL="WARNING",

@@ -13,7 +13,7 @@ from shared.db import create_db_engine
 from shared.outbox.redis_publisher import RedisPipelinePublisher
 from tests.support.checks import read_ledger
 from tests.support.outbox import insert_rows, outbox_rows
-from tests.support.processes import pipeline_env, worker_service
+from tests.support.processes import settings_env, worker_service
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -40,13 +40,7 @@ def test_pipelined_messages_become_invoices_in_a_real_celery_worker(
     assert _relay_everything(pg_settings, engine) == ORDERS
     engine.dispose()
 
-    env = pipeline_env(
-        orders_url=pg_settings.orders_database_url,
-        invoices_url=pg_settings.invoices_database_url,
-        broker_url=pg_settings.broker_url,
-        var_dir=tmp_path / "var",
-        queue_prefix=pg_settings.queue_prefix,
-    )
+    env = settings_env(pg_settings)
     worker = worker_service(env, tmp_path, pg_settings.queue("invoices")).start()
     try:
         wait_until(

@@ -12,6 +12,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.config import Settings
 from tests.support.waiting import wait_until
 
 BIN = Path(sys.executable).parent
@@ -51,6 +52,18 @@ def pipeline_env(
     )
     env.update(extra)
     return env
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """``pipeline_env`` for the databases, broker and queues that ``settings`` names."""
+    return pipeline_env(
+        orders_url=settings.orders_database_url,
+        invoices_url=settings.invoices_database_url,
+        broker_url=settings.broker_url,
+        var_dir=settings.var_dir,
+        queue_prefix=settings.queue_prefix,
+        **extra,
+    )
 
 
 @dataclass
