@@ -34,6 +34,10 @@ class Pipeline:
     def services(self) -> list[Service]:
         return [self.api, self.relay, self.worker]
 
+    def stop(self) -> None:
+        for service in self.services():
+            service.stop()
+
     def logs(self) -> str:
         return "\n".join(f"--- {s.name}\n{s.logs()[-3000:]}" for s in self.services())
 
@@ -50,8 +54,13 @@ def start_pipeline(settings: Settings, log_dir: Path) -> Pipeline:
         worker=worker_service(env, log_dir, settings.queue("invoices")).start(),
         log_dir=log_dir,
     )
-    wait_for_http(f"{pipeline.base_url}/readyz")
-    pipeline.worker.wait_for_log("ready", timeout=60)
+    try:
+        wait_for_http(f"{pipeline.base_url}/readyz", timeout=60)
+        pipeline.worker.wait_for_log("ready", timeout=60)
+    except BaseException:
+        pipeline.stop()  # a pipeline that never came up must not outlive the test
+        print(pipeline.logs())
+        raise
     return pipeline
 
 
@@ -60,6 +69,5 @@ def pipeline(pg_settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
     """The production shape on this test's own Postgres databases and Redis queue."""
     running = start_pipeline(pg_settings, tmp_path / "logs")
     yield running
-    for service in running.services():
-        service.stop()
+    running.stop()
     print(running.logs())  # shown by pytest only when the test failed

@@ -27,8 +27,7 @@ def test_embedded_mode_turns_a_posted_order_into_an_invoice(
 
         wait_until(invoiced, timeout=60, interval=0.5, message="an invoice for every embedded order")
     finally:
-        for service in pipeline.services():
-            service.stop()
+        pipeline.stop()
     ledger = read_ledger(sqlite_settings.orders_database_url, sqlite_settings.invoices_database_url)
     assert ledger.lost == ledger.doubled == ledger.wrong_totals == set()
     assert {o["id"]: o["amount_total"] for o in created} == {
