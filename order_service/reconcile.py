@@ -24,7 +24,7 @@ from order_service.models import outbox
 from shared.config import Settings
 from shared.db import create_db_engine, is_postgres, utcnow
 from shared.logs import configure_logging
-from shared.outbox.writer import NOTIFY_CHANNEL
+from shared.outbox.table import NOTIFY_CHANNEL
 
 __all__ = ["main", "republish_unconfirmed"]
 

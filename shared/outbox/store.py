@@ -26,7 +26,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from shared.db import is_postgres
 from shared.outbox.messages import PendingMessage
-from shared.outbox.writer import NOTIFY_CHANNEL
+from shared.outbox.table import NOTIFY_CHANNEL
 
 __all__ = ["backoff", "claim", "mark_published", "purge_published", "record_failures", "retry_parked"]
 

@@ -6,10 +6,13 @@ from sqlalchemy import Column, Index, Integer, MetaData, SmallInteger, String, T
 
 from shared.db import BigIntPK, JSONDocument, UTCDateTime
 
-__all__ = ["BUCKETS", "define_outbox"]
+__all__ = ["BUCKETS", "NOTIFY_CHANNEL", "define_outbox", "drop_notify_trigger_ddl", "notify_trigger_ddl"]
 
 BUCKETS = 1024
 """Rows are hashed by aggregate into this many buckets; relays own buckets to keep per-aggregate order."""
+
+NOTIFY_CHANNEL = "outbox"
+"""Relays LISTEN here; every statement that inserts outbox rows NOTIFYs it (Postgres)."""
 
 _PENDING = text("published_at IS NULL AND parked_at IS NULL")
 
@@ -41,3 +44,24 @@ def define_outbox(metadata: MetaData, name: str = "outbox") -> Table:
         ),
         Index(f"ix_{name}_published_at", "published_at"),
     )
+
+
+def notify_trigger_ddl(name: str = "outbox") -> tuple[str, ...]:
+    """Postgres DDL: NOTIFY once per INSERT statement, delivered at commit (for a migration).
+
+    A trigger rather than a ``pg_notify`` call from the writer: the notification rides on the
+    INSERT itself, with no extra round trip, and no writer can forget it.
+    """
+    return (
+        f"""CREATE FUNCTION {name}_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify('{NOTIFY_CHANNEL}', '');
+            RETURN NULL;
+        END $$""",
+        f"CREATE TRIGGER {name}_notify AFTER INSERT ON {name} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {name}_notify()",
+    )
+
+
+def drop_notify_trigger_ddl(name: str = "outbox") -> tuple[str, ...]:
+    return (f"DROP TRIGGER IF EXISTS {name}_notify ON {name}", f"DROP FUNCTION IF EXISTS {name}_notify()")

@@ -11,7 +11,7 @@ import structlog
 from sqlalchemy import Engine
 
 from shared.db import is_postgres
-from shared.outbox.writer import NOTIFY_CHANNEL
+from shared.outbox.table import NOTIFY_CHANNEL
 
 __all__ = ["NotifyWaiter", "PollingWaiter", "Waiter", "waiter_for"]
 

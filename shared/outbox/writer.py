@@ -7,16 +7,13 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, insert, text
+from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session
 
-from shared.db import is_postgres, utcnow
-from shared.outbox.table import BUCKETS
+from shared.db import utcnow
+from shared.outbox.table import BUCKETS, NOTIFY_CHANNEL
 
 __all__ = ["NOTIFY_CHANNEL", "OutboxMessage", "add_message", "bucket_of"]
-
-NOTIFY_CHANNEL = "outbox"
-_NOTIFIED = "outbox_notified"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +36,9 @@ def bucket_of(aggregate_id: str) -> int:
 def add_message(session: Session, outbox: Table, message: OutboxMessage) -> None:
     """Insert ``message`` in the session's transaction; never commits.
 
-    On Postgres it also queues a NOTIFY, which the server delivers only if and when the
-    transaction commits: relays wake at once for committed rows and never for rolled-back ones.
+    On Postgres the outbox's statement trigger (``notify_trigger_ddl``) queues a NOTIFY within
+    this INSERT, which the server delivers only if and when the transaction commits: relays wake
+    at once for committed rows and never for rolled-back ones, at no extra round trip.
     """
     now = utcnow()
     session.execute(
@@ -57,7 +55,3 @@ def add_message(session: Session, outbox: Table, message: OutboxMessage) -> None
             attempts=0,
         )
     )
-    transaction = session.get_transaction()
-    if is_postgres(session.get_bind().dialect) and session.info.get(_NOTIFIED) is not transaction:
-        session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
-        session.info[_NOTIFIED] = transaction
