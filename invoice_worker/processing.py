@@ -5,7 +5,6 @@ Plain functions, so the Celery task stays a thin adapter and the CLI's replay ru
 
 from __future__ import annotations
 
-import random
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from invoice_worker.database import InvoiceDatabase
 from invoice_worker.invoicing import count_delivery, create_invoice, is_processed, record_dead_letter
+from shared.backoff import jittered_backoff
 from shared.config import Settings
 from shared.contracts import ORDER_PLACED, ROUTES, UnsupportedSchemaVersion, parse_order_placed
 
@@ -71,9 +71,7 @@ class DeliveryPolicy:
         )
 
     def backoff(self, attempt: int) -> float:
-        """Exponential, capped, jittered in its upper half so retries of a burst spread out."""
-        ceiling = min(self.backoff_max, self.backoff_base * 2 ** max(attempt - 1, 0))
-        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not crypto
+        return jittered_backoff(attempt, self.backoff_base, self.backoff_max)
 
 
 def _park(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -24,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.elements import ColumnElement
 
+from shared.backoff import jittered_backoff
 from shared.db import is_postgres
 from shared.outbox.messages import PendingMessage
 from shared.outbox.table import NOTIFY_CHANNEL
@@ -32,9 +32,8 @@ __all__ = ["backoff", "claim", "mark_published", "purge_published", "record_fail
 
 
 def backoff(attempts: int, base: float, ceiling: float) -> timedelta:
-    """Exponential with jitter in its upper half, so relays do not retry in lockstep."""
-    top = min(ceiling, base * 2 ** max(attempts - 1, 0))
-    return timedelta(seconds=random.uniform(top / 2, top))  # noqa: S311 - jitter, not crypto
+    """When a row that failed ``attempts`` times may be tried again."""
+    return timedelta(seconds=jittered_backoff(attempts, base, ceiling))
 
 
 def _ids_match(t: Table, conn: Connection, ids: list[int]) -> ColumnElement[bool]:

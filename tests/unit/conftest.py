@@ -30,14 +30,19 @@ def api_settings(sqlite_settings: Settings) -> Settings:
     return sqlite_settings.model_copy(update={"api_keys": API_KEY})
 
 
-@pytest.fixture
-def app(api_settings: Settings) -> Iterator[Flask]:
-    app = create_app(api_settings)
+def app_on_sqlite(settings: Settings) -> Iterator[Flask]:
+    """An app with its tables created on its SQLite file; its engine is disposed afterwards."""
+    app = create_app(settings)
     with app.app_context():
         db.create_all()
     yield app
     with app.app_context():
         db.engine.dispose()
+
+
+@pytest.fixture
+def app(api_settings: Settings) -> Iterator[Flask]:
+    yield from app_on_sqlite(api_settings)
 
 
 @pytest.fixture

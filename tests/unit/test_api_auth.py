@@ -9,11 +9,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from order_service import create_app
 from order_service.auth import KeyRing, digest
 from order_service.extensions import db
 from shared.config import Settings
-from tests.unit.conftest import API_KEY
+from tests.unit.conftest import API_KEY, app_on_sqlite
 
 LINE = {"sku": "A-1", "quantity": 1, "unit_amount": 5}
 ORDER = {"customer_id": "cus_1", "currency": "EUR", "lines": [LINE]}
@@ -62,20 +61,11 @@ def test_health_and_docs_need_no_key(anonymous: FlaskClient, path: str) -> None:
     assert anonymous.get(path).status_code == 200
 
 
-def _app(settings: Settings) -> Iterator[Flask]:
-    app = create_app(settings)
-    with app.app_context():
-        db.create_all()
-    yield app
-    with app.app_context():
-        db.engine.dispose()
-
-
 @pytest.fixture
 def digest_app(sqlite_settings: Settings) -> Iterator[Flask]:
     """API_KEYS holding a digest and a raw key, with stray spaces."""
     keys = f" sha256:{digest('osk_from-a-digest').upper()} , osk_raw-key ,"
-    yield from _app(sqlite_settings.model_copy(update={"api_keys": keys}))
+    yield from app_on_sqlite(sqlite_settings.model_copy(update={"api_keys": keys}))
 
 
 @pytest.mark.parametrize("key", ["osk_from-a-digest", "osk_raw-key"])
@@ -103,7 +93,7 @@ def test_the_digest_command_prints_an_api_keys_entry(app: Flask) -> None:
 
 def test_embedded_mode_without_keys_shares_one_generated_dev_key(tmp_path: Path) -> None:
     settings = Settings(var_dir=tmp_path / "var")
-    apps = [next(_app(settings)), next(_app(settings))]  # two gunicorn workers
+    apps = [next(app_on_sqlite(settings)), next(app_on_sqlite(settings))]  # two gunicorn workers
     key = (tmp_path / "var" / "dev-api-key").read_text().strip()
 
     assert key.startswith("osk_")
