@@ -60,8 +60,13 @@ class Settings(BaseSettings):
     worker_max_retries: int = Field(default=8, ge=0, validation_alias="WORKER_MAX_RETRIES")
     worker_max_deliveries: int = Field(default=5, ge=1, validation_alias="WORKER_MAX_DELIVERIES")
     worker_retry_backoff: float = Field(default=1.0, gt=0, validation_alias="WORKER_RETRY_BACKOFF")
-    worker_retry_backoff_max: float = Field(default=60.0, gt=0, validation_alias="WORKER_RETRY_BACKOFF_MAX")
-    broker_visibility_timeout: int = Field(default=3600, ge=1, validation_alias="BROKER_VISIBILITY_TIMEOUT")
+    worker_retry_backoff_max: float = Field(default=20.0, gt=0, validation_alias="WORKER_RETRY_BACKOFF_MAX")
+    broker_visibility_timeout: int = Field(
+        default=60,
+        ge=1,
+        validation_alias="BROKER_VISIBILITY_TIMEOUT",
+        description="Seconds before Redis restores an unacknowledged task (a lost worker's reservations)",
+    )
 
     def model_post_init(self, _context: object) -> None:
         """Fill the embedded-mode defaults (SQLite files and a file broker under ``var_dir``)."""
