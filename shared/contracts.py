@@ -11,17 +11,21 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 __all__ = [
+    "INVOICE_CREATED",
     "ORDER_PLACED",
     "ROUTES",
     "SCHEMA_VERSION_HEADER",
+    "InvoiceCreated",
     "OrderPlaced",
     "OrderPlacedLine",
     "Route",
     "UnsupportedSchemaVersion",
+    "parse_invoice_created",
     "parse_order_placed",
 ]
 
 ORDER_PLACED: Final = "order.placed"
+INVOICE_CREATED: Final = "invoice.created"
 SCHEMA_VERSION_HEADER: Final = "schema_version"
 
 
@@ -36,12 +40,13 @@ class Route(BaseModel):
 
 ROUTES: Final[dict[str, Route]] = {
     ORDER_PLACED: Route(task="invoices.order_placed", queue="invoices"),
+    INVOICE_CREATED: Route(task="orders.invoice_created", queue="orders"),
 }
 
 
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
-        raise ValueError("placed_at must carry a timezone")
+        raise ValueError("timestamps must carry a timezone")
     return value.astimezone(UTC)
 
 
@@ -87,6 +92,29 @@ class OrderPlaced(BaseModel):
         return self.model_dump(mode="json")
 
 
+class InvoiceCreated(BaseModel):
+    """``invoice.created`` v1: the invoice for an order exists; it answers one ``order.placed``.
+
+    ``causation_id`` is the ``message_id`` of the ``order.placed`` it answers: the order side
+    acknowledges its outbox row by it. A re-driven ``order.placed`` keeps its ``message_id``, so
+    a repeated answer for an existing invoice carries the same number and acknowledges the same row.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = 1
+    order_id: str = Field(min_length=1, max_length=64)
+    invoice_number: str = Field(min_length=1, max_length=64)
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    amount_total: Amount
+    causation_id: str = Field(min_length=1, max_length=64)
+    invoiced_at: Annotated[datetime, AfterValidator(_utc)]
+
+    def to_payload(self) -> dict[str, Any]:
+        """Plain JSON types only: what goes into the outbox and over the broker."""
+        return self.model_dump(mode="json")
+
+
 class UnsupportedSchemaVersion(ValueError):
     """The message's major version is not one this consumer understands."""
 
@@ -97,3 +125,11 @@ def parse_order_placed(payload: dict[str, Any]) -> OrderPlaced:
     if version != 1:
         raise UnsupportedSchemaVersion(f"order.placed schema_version {version!r} is not supported")
     return OrderPlaced.model_validate(payload)
+
+
+def parse_invoice_created(payload: dict[str, Any]) -> InvoiceCreated:
+    """Validate an ``invoice.created`` payload; unknown major versions are refused, not guessed at."""
+    version = payload.get("schema_version")
+    if version != 1:
+        raise UnsupportedSchemaVersion(f"invoice.created schema_version {version!r} is not supported")
+    return InvoiceCreated.model_validate(payload)
