@@ -3,6 +3,9 @@
 Postgres and Redis are the machine's shared servers (TEST_POSTGRES_URL, TEST_REDIS_URL); a run
 isolates itself with its own databases and its own queue prefix. Tests that stop a server start
 their own instead (see tests/support/servers.py).
+
+Markers come from the directory a test lives in (``pytestmark`` in a conftest.py marks nothing):
+``pytest -m unit``, ``-m integration``, ``-m e2e``, ``-m fault``, ``-m "not fault"``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,28 @@ TEST_POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+TESTS_ROOT = Path(__file__).resolve().parent
+LAYER_MARKERS = {"unit": "unit", "integration": "integration", "e2e": "e2e", "fault": "fault"}
+"""Top-level folder under tests/ → the marker every test in it carries."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The other layers' markers are declared in pyproject.toml; ``unit`` is only ever given here.
+    config.addinivalue_line("markers", "unit: fast, no network (tests/unit)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before the mark plugin deselects by ``-m``
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test by its layer's folder: a new test file is selected by ``-m`` with no line of its own."""
+    for item in items:
+        try:
+            layer = item.path.resolve().relative_to(TESTS_ROOT).parts[0]
+        except ValueError:
+            continue
+        marker = LAYER_MARKERS.get(layer)
+        if marker is not None:
+            item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")

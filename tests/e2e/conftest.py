@@ -19,8 +19,6 @@ from tests.support.processes import (
     worker_service,
 )
 
-pytestmark = pytest.mark.e2e
-
 
 @dataclass
 class Pipeline:

@@ -19,8 +19,6 @@ from tests.support.outbox import consumed, insert_rows, order_violations, outbox
 from tests.support.processes import ROOT, Service, pipeline_env, relay_service, run_migrations, settings_env
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.e2e
-
 ROWS = 20_000
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from sqlalchemy import Engine
 
 from order_service.relay import build_relay
@@ -15,8 +14,6 @@ from tests.support.checks import read_ledger
 from tests.support.outbox import insert_rows, outbox_rows
 from tests.support.processes import settings_env, worker_service
 from tests.support.waiting import wait_until
-
-pytestmark = pytest.mark.e2e
 
 ORDERS = 300
 

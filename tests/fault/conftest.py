@@ -11,8 +11,6 @@ from tests.fault.harness import Cluster
 from tests.support.databases import DatabasePair, PostgresFactory
 from tests.support.servers import PrivatePostgres, PrivateRedis
 
-pytestmark = pytest.mark.fault
-
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestReport, pytest.TestReport]:

@@ -12,8 +12,6 @@ from order_service import create_app
 from order_service.extensions import db
 from shared.config import Settings
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def pg_app(pg_settings: Settings) -> Iterator[Flask]:
