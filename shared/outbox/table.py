@@ -15,10 +15,28 @@ NOTIFY_CHANNEL = "outbox"
 """Relays LISTEN here; every statement that inserts outbox rows NOTIFYs it (Postgres)."""
 
 _PENDING = text("published_at IS NULL AND parked_at IS NULL")
+_UNACKNOWLEDGED = text("acknowledged_at IS NULL AND published_at IS NOT NULL")
 
 
-def define_outbox(metadata: MetaData, name: str = "outbox") -> Table:
-    """Add the outbox table to ``metadata`` (once per service) and return it."""
+def define_outbox(metadata: MetaData, name: str = "outbox", *, answered: bool = False) -> Table:
+    """Add the outbox table to ``metadata`` (once per service) and return it.
+
+    ``answered``: some of its topics expect an answer (``RelayPolicy.expects_answer``), so the
+    unacknowledged published rows get the index the re-drive looks them up by.
+    """
+    redrive_index = (
+        [
+            Index(
+                f"ix_{name}_unacknowledged",
+                "redrives",
+                "published_at",
+                postgresql_where=_UNACKNOWLEDGED,
+                sqlite_where=_UNACKNOWLEDGED,
+            )
+        ]
+        if answered
+        else []
+    )
     return Table(
         name,
         metadata,
@@ -36,6 +54,8 @@ def define_outbox(metadata: MetaData, name: str = "outbox") -> Table:
         Column("last_error", Text),
         Column("published_at", UTCDateTime),
         Column("parked_at", UTCDateTime),
+        Column("acknowledged_at", UTCDateTime, comment="the answer arrived (topics that expect one)"),
+        Column("redrives", Integer, nullable=False, server_default="0", comment="republished, unanswered"),
         Index(
             f"ix_{name}_pending",
             "id",
@@ -43,6 +63,7 @@ def define_outbox(metadata: MetaData, name: str = "outbox") -> Table:
             sqlite_where=_PENDING,
         ),
         Index(f"ix_{name}_published_at", "published_at"),
+        *redrive_index,  # one range per re-drive level: the lookup touches only rows that are due
     )
 
 
