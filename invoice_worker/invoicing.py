@@ -12,12 +12,18 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from invoice_worker.models import DeadLetter, Invoice, MessageDelivery, ProcessedMessage
+from invoice_worker.receivers import connect_receivers
+from invoice_worker.signals import invoice_created, invoice_requested_again
 from shared.contracts import ORDER_PLACED, OrderPlaced
 from shared.db import utcnow
 
 __all__ = ["Outcome", "count_delivery", "create_invoice", "is_processed", "record_dead_letter"]
 
 log = structlog.get_logger(__name__)
+
+# The worker has no app factory: the receivers are wired where the signals are sent, once per
+# process (idempotent), so every path that invoices (task, replay, tests) writes the answer.
+connect_receivers()
 
 
 class Outcome(enum.StrEnum):
@@ -33,10 +39,16 @@ def _insert(session: Session, model: type[Any]) -> Insert:
 
 
 def create_invoice(session: Session, message_id: uuid.UUID, event: OrderPlaced) -> Outcome:
-    """In one transaction: record the message in the inbox and make the order's invoice.
+    """In one transaction: record the message in the inbox, make the order's invoice and its answer.
 
     Both writes sit behind UNIQUE constraints, so concurrent duplicates serialise on the index
-    and the loser does nothing, instead of racing through a check-then-insert.
+    and the loser does nothing, instead of racing through a check-then-insert. The answer
+    (``invoice.created`` in the outbox) is written by the ``invoice_created`` receivers before
+    commit: the invoice and its answer commit together or not at all.
+
+    An ``order.placed`` for an order that already has its invoice is answered again: the order
+    side re-drives it when it never heard back (the broker may have lost the answer), and the
+    invoice, not the broker, is what acknowledges it.
     """
     inbox = (
         _insert(session, ProcessedMessage)
@@ -48,6 +60,7 @@ def create_invoice(session: Session, message_id: uuid.UUID, event: OrderPlaced) 
     if session.execute(inbox).scalar_one_or_none() is None:
         session.rollback()
         log.info("invoice.duplicate_message", message_id=str(message_id), order_id=event.order_id)
+        _answer_again(session, message_id, event.order_id)
         return Outcome.DUPLICATE_MESSAGE
 
     invoice = (
@@ -68,20 +81,40 @@ def create_invoice(session: Session, message_id: uuid.UUID, event: OrderPlaced) 
     )
     invoice_id = session.execute(invoice).scalar_one_or_none()
     if invoice_id is None:
-        session.commit()
         log.info("invoice.already_exists", message_id=str(message_id), order_id=event.order_id)
+        _answer_again(session, message_id, event.order_id)  # commits the inbox row with the answer
         return Outcome.ALREADY_INVOICED
     number = f"INV-{invoice_id:08d}"
-    session.execute(update(Invoice).where(Invoice.id == invoice_id).values(number=number))
+    numbered = session.scalars(
+        update(Invoice).where(Invoice.id == invoice_id).values(number=number).returning(Invoice)
+    ).one()
     # A message parked too early (e.g. redelivered while a slow first delivery still ran) is settled now.
     session.execute(
         update(DeadLetter)
         .where(DeadLetter.message_id == message_id, DeadLetter.replayed_at.is_(None))
         .values(replayed_at=utcnow())
     )
+    invoice_created.send(create_invoice, invoice=numbered, causation_id=message_id, session=session)
     session.commit()
     log.info("invoice.created", message_id=str(message_id), order_id=event.order_id, number=number)
     return Outcome.CREATED
+
+
+def _answer_again(session: Session, message_id: uuid.UUID, order_id: str) -> None:
+    """Answer ``message_id`` with the order's existing invoice, and commit the session's transaction.
+
+    How often this runs is bounded by the order side's re-drive backoff and cap; a broker
+    redelivery of a settled message costs one extra answer, which the order side ignores.
+    """
+    invoice = session.scalars(select(Invoice).where(Invoice.order_id == order_id)).one_or_none()
+    if invoice is None:
+        # The inbox holds the message but no invoice exists (deleted by hand): nothing to answer with.
+        session.commit()
+        log.warning("invoice.reanswer_without_invoice", message_id=str(message_id), order_id=order_id)
+        return
+    invoice_requested_again.send(create_invoice, invoice=invoice, causation_id=message_id, session=session)
+    session.commit()
+    log.info("invoice.reanswered", message_id=str(message_id), order_id=order_id, number=invoice.number)
 
 
 def record_dead_letter(

@@ -1,4 +1,4 @@
-"""The invoices database: invoices, the inbox of processed messages, and the dead letters."""
+"""The invoices database: invoices, the inbox of processed messages, the dead letters and the outbox."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from sqlalchemy import BigInteger, Integer, String, Text, Uuid
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import BigIntPK, JSONDocument, UTCDateTime, utcnow
+from shared.outbox import define_outbox
 
-__all__ = ["Base", "DeadLetter", "Invoice", "MessageDelivery", "ProcessedMessage"]
+__all__ = ["Base", "DeadLetter", "Invoice", "MessageDelivery", "ProcessedMessage", "outbox"]
 
 
 class Base(DeclarativeBase):
@@ -34,13 +35,16 @@ class Invoice(Base):
 
 
 class ProcessedMessage(Base):
-    """The inbox: a message id is recorded in the same transaction as its effect."""
+    """The inbox: a message id is recorded in the same transaction as its effect.
+
+    Pruned after ``INBOX_RETENTION_SECONDS`` (``invoice_worker.retention``), by the index on ``processed_at``.
+    """
 
     __tablename__ = "processed_messages"
 
     message_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     topic: Mapped[str] = mapped_column(String(100))
-    processed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    processed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
 class DeadLetter(Base):
@@ -62,7 +66,7 @@ class MessageDelivery(Base):
     """How often a message has started processing, committed before its work begins.
 
     A delivery that kills its worker leaves no other trace, so this count is what stops a poison
-    message from looping forever through redeliveries.
+    message from looping forever through redeliveries. Pruned with the inbox, by ``last_delivered_at``.
     """
 
     __tablename__ = "message_deliveries"
@@ -70,4 +74,8 @@ class MessageDelivery(Base):
     message_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     deliveries: Mapped[int] = mapped_column(Integer, default=1)
     first_delivered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    last_delivered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_delivered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+outbox = define_outbox(Base.metadata)
+"""``invoice.created`` answers, written in the invoice's transaction; the invoice relay publishes them."""
