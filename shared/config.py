@@ -53,9 +53,38 @@ class Settings(BaseSettings):
     relay_rebalance_interval: float = Field(default=1.0, gt=0, validation_alias="RELAY_REBALANCE_INTERVAL")
     relay_purge_interval: float = Field(default=60.0, gt=0, validation_alias="RELAY_PURGE_INTERVAL")
     relay_purge_batch: int = Field(default=5_000, ge=1, validation_alias="RELAY_PURGE_BATCH")
+    relay_stall_seconds: float = Field(
+        default=30.0,
+        ge=5,
+        validation_alias="RELAY_STALL_SECONDS",
+        description="A relay making no progress this long is unhealthy; live relays take its partitions",
+    )
+    relay_metrics_port: int = Field(
+        default=9101, ge=0, le=65535, validation_alias="RELAY_METRICS_PORT", description="0: a free port"
+    )
     outbox_retention_seconds: float = Field(
         default=7 * 24 * 3600, ge=0, validation_alias="OUTBOX_RETENTION_SECONDS"
     )
+    outbox_redrive_after_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        validation_alias="OUTBOX_REDRIVE_AFTER_SECONDS",
+        description="Republish a message that expects an answer if none came this long after publishing",
+    )
+    outbox_redrive_max_interval: float = Field(
+        default=3600.0,
+        gt=0,
+        validation_alias="OUTBOX_REDRIVE_MAX_INTERVAL",
+        description="Ceiling of the re-drive backoff (redrive_after * 2**redrives)",
+    )
+    outbox_redrive_max: int = Field(
+        default=20,
+        ge=0,
+        validation_alias="OUTBOX_REDRIVE_MAX",
+        description="Re-drives per message; after that it stays unacknowledged for an operator",
+    )
+    relay_redrive_interval: float = Field(default=5.0, gt=0, validation_alias="RELAY_REDRIVE_INTERVAL")
+    relay_redrive_batch: int = Field(default=5_000, ge=1, validation_alias="RELAY_REDRIVE_BATCH")
 
     worker_max_retries: int = Field(default=8, ge=0, validation_alias="WORKER_MAX_RETRIES")
     worker_max_deliveries: int = Field(default=5, ge=1, validation_alias="WORKER_MAX_DELIVERIES")
@@ -67,6 +96,15 @@ class Settings(BaseSettings):
         validation_alias="BROKER_VISIBILITY_TIMEOUT",
         description="Seconds before Redis restores an unacknowledged task (a lost worker's reservations)",
     )
+    inbox_retention_seconds: float = Field(
+        default=30 * 24 * 3600,
+        gt=0,
+        validation_alias="INBOX_RETENTION_SECONDS",
+        description="Keep processed-message ids and delivery counts this long; must exceed the longest "
+        "redelivery window (re-drive cap x re-drive backoff ceiling), checked at the worker's start",
+    )
+    inbox_prune_interval: float = Field(default=300.0, gt=0, validation_alias="INBOX_PRUNE_INTERVAL")
+    inbox_prune_batch: int = Field(default=5_000, ge=1, validation_alias="INBOX_PRUNE_BATCH")
 
     def model_post_init(self, _context: object) -> None:
         """Fill the embedded-mode defaults (SQLite files and a file broker under ``var_dir``)."""

@@ -136,14 +136,23 @@ def record_failures(
     return rows
 
 
-def purge_published(conn: Connection, t: Table, *, cutoff: datetime, limit: int) -> int:
-    """Delete up to ``limit`` rows published before ``cutoff`` (oldest first, by the published_at index)."""
+def purge_published(
+    conn: Connection, t: Table, *, cutoff: datetime, limit: int, expects_answer: Collection[str] = ()
+) -> int:
+    """Delete up to ``limit`` rows published before ``cutoff`` (oldest first, by the published_at index).
+
+    A row of a topic in ``expects_answer`` goes only once acknowledged: until then it is the
+    re-drive's only record of a message that may still need sending.
+    """
     oldest = (
         select(t.c.id)
         .where(t.c.published_at.is_not(None), t.c.published_at < cutoff)
         .order_by(t.c.published_at)
         .limit(limit)
     )
+    if expects_answer:
+        answered = t.c.acknowledged_at.is_not(None)
+        oldest = oldest.where(or_(answered, t.c.topic.not_in(sorted(expects_answer))))
     return conn.execute(delete(t).where(t.c.id.in_(oldest.scalar_subquery()))).rowcount
 
 
