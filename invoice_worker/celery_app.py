@@ -39,6 +39,10 @@ app = Celery("invoice_worker", include=["invoice_worker.tasks"])
 app.conf.update(
     _worker_broker_config(),
     task_acks_late=True,
+    # A task that failed or hit a time limit is not an acknowledgement. On Redis a failure is removed
+    # either way (reject without requeue is a delete there), which is why the task body lets nothing
+    # escape (invoice_worker.tasks); a time limit, though, is requeued instead of acknowledged.
+    task_acks_on_failure_or_timeout=False,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
     task_default_queue=settings.queue(ROUTES[ORDER_PLACED].queue),

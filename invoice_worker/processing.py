@@ -11,7 +11,8 @@ from typing import Any
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from invoice_worker.database import InvoiceDatabase
 from invoice_worker.invoicing import count_delivery, create_invoice, is_processed, record_dead_letter
@@ -20,8 +21,8 @@ from shared.config import Settings
 from shared.contracts import ORDER_PLACED, ROUTES, UnsupportedSchemaVersion, parse_order_placed
 
 __all__ = [
+    "DATABASE_ERRORS",
     "PERMANENT_ERRORS",
-    "TRANSIENT_ERRORS",
     "DeliveryPolicy",
     "InvalidPayload",
     "RetryLater",
@@ -32,8 +33,15 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 TASK_NAME = ROUTES[ORDER_PLACED].task
-TRANSIENT_ERRORS: tuple[type[DBAPIError], ...] = (OperationalError, InterfaceError)
-"""The invoice database is unreachable or dropped the connection: the message itself is fine."""
+DATABASE_ERRORS: tuple[type[Exception], ...] = (DBAPIError, PoolTimeout)
+"""Trouble with the invoice database, not with the message: every DBAPIError family and a pool timeout.
+
+Unreachable or dropped (Operational/InterfaceError), read-only after a failover onto a replica or an
+idle-in-transaction timeout (InternalError), a schema in mid-migration (ProgrammingError), and any
+IntegrityError, since the uniqueness that makes a duplicate is settled by ON CONFLICT in
+``create_invoice`` and never raises. None of them says the message is bad, so none is acknowledged:
+each is retried, bounded by ``retries`` (the database cannot count deliveries it refuses to record).
+"""
 
 DEAD_LETTERED = "dead-lettered"
 
@@ -59,15 +67,21 @@ class DeliveryPolicy:
     max_retries: int = 8
     max_deliveries: int = 5
     backoff_base: float = 1.0
-    backoff_max: float = 60.0
+    backoff_max: float = 20.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryPolicy:
+        """The settings' policy, with retry countdowns capped at half the visibility timeout.
+
+        A countdown retry is a new message that a worker reserves at once and holds unacknowledged
+        until it is due; held past the visibility timeout, Redis restores a second copy, and every
+        later retry of both copies doubles again. Half the timeout leaves room for the task's own run.
+        """
         return cls(
             max_retries=settings.worker_max_retries,
             max_deliveries=settings.worker_max_deliveries,
             backoff_base=settings.worker_retry_backoff,
-            backoff_max=settings.worker_retry_backoff_max,
+            backoff_max=min(settings.worker_retry_backoff_max, settings.broker_visibility_timeout / 2),
         )
 
     def backoff(self, attempt: int) -> float:
@@ -103,7 +117,7 @@ def _deliver(
         return invoice_payload(database, message_id, payload)
     except PERMANENT_ERRORS as exc:
         return _park(database, message_id, payload, f"{type(exc).__name__}: {exc}", deliveries)
-    except TRANSIENT_ERRORS:
+    except DATABASE_ERRORS:
         raise
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
@@ -113,6 +127,11 @@ def _deliver(
         raise RetryLater(policy.backoff(deliveries), reason) from exc
 
 
+def _describe(exc: Exception) -> str:
+    detail = exc.orig if isinstance(exc, DBAPIError) else exc
+    return f"invoice database trouble: {type(exc).__name__}: {str(detail).strip()}"
+
+
 def handle_order_placed(
     database: InvoiceDatabase,
     message_id: uuid.UUID,
@@ -120,21 +139,23 @@ def handle_order_placed(
     retries: int,
     policy: DeliveryPolicy,
 ) -> str:
-    """Process one delivery; return the outcome or raise ``RetryLater``.
+    """Process one delivery; return the outcome (invoiced or dead-lettered) or raise ``RetryLater``.
 
     Deliveries are counted in the invoice database before the work starts, which bounds every kind of
-    failure (exceptions, and crashes that leave no other trace). Database outages cannot be counted
-    there, so they are bounded by ``retries``; after that the message is parked if the database can
-    take it, and otherwise kept in the broker at the longest backoff: never dropped.
+    failure (exceptions, and crashes that leave no other trace). Database trouble cannot be counted
+    there, so it is bounded by ``retries``; after that the message is parked if the database can
+    take it, and otherwise kept in the broker at the longest backoff: never dropped. Anything else
+    that escapes is the task's to keep (see ``invoice_worker.tasks``).
     """
     try:
         return _deliver(database, message_id, payload, policy)
-    except TRANSIENT_ERRORS as exc:
-        reason = f"invoice database unavailable: {type(exc).__name__}: {str(exc.orig).strip()}"
-        log.warning("invoice.database_unavailable", retries=retries, error=reason)
+    except DATABASE_ERRORS as exc:
+        reason = _describe(exc)
+        log.warning("invoice.database_trouble", retries=retries, error=reason)
         if retries < policy.max_retries:
             raise RetryLater(policy.backoff(retries + 1), reason) from exc
         try:
             return _park(database, message_id, payload, reason, retries + 1)
-        except TRANSIENT_ERRORS:
+        except DATABASE_ERRORS as park_error:
+            log.warning("invoice.dead_letter_refused", retries=retries, error=_describe(park_error))
             raise RetryLater(policy.backoff_max, reason) from exc

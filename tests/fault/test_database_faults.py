@@ -91,4 +91,4 @@ def test_invoice_database_outage_is_retried_with_backoff_until_it_returns(
     report("invoice database outage", verdict)
     assert (len(verdict.lost), len(verdict.doubled)) == (0, 0)
     assert verdict.dead_letters == 0
-    assert worker.logs().count("invoice.database_unavailable") >= 20
+    assert worker.logs().count("invoice.database_trouble") >= 20

@@ -8,7 +8,17 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import (
+    DatabaseError,
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+)
 
 import invoice_worker.processing as processing
 from invoice_worker.database import InvoiceDatabase
@@ -119,7 +129,7 @@ def test_database_outage_retries_with_growing_backoff_then_parks(
         countdowns.append(retry.value.countdown)
     assert countdowns[0] <= 0.01 < countdowns[1] * 2
     assert handle_order_placed(invoice_db, uuid.uuid4(), payload(), 2, POLICY) == "dead-lettered"
-    assert "invoice database unavailable" in letters(invoice_db)[0].reason
+    assert "invoice database trouble" in letters(invoice_db)[0].reason
 
 
 def test_replay_after_fix_makes_one_invoice_and_replaying_again_does_not_double(
@@ -146,3 +156,103 @@ def test_replay_that_fails_again_stays_pending_with_one_more_attempt(invoice_db:
     assert not replay(invoice_db, letter_id).succeeded
     assert pending_ids(invoice_db) == [letter_id]
     assert letters(invoice_db)[0].attempts == 2
+
+
+DATABASE_ERROR_FAMILIES = [
+    OperationalError,
+    InterfaceError,
+    InternalError,  # a read-only transaction (failover onto a replica), an idle-in-transaction timeout
+    ProgrammingError,  # e.g. a table missing while a migration runs
+    DataError,
+    NotSupportedError,
+    DatabaseError,
+    IntegrityError,  # not the uniqueness that create_invoice settles with ON CONFLICT
+]
+
+
+def database_error(family: type[DBAPIError]) -> DBAPIError:
+    return family("INSERT INTO message_deliveries ...", {}, Exception(f"{family.__name__} from the driver"))
+
+
+def failing(family: type[DBAPIError]) -> Any:
+    def fail(*_: Any) -> None:
+        raise database_error(family)
+
+    return fail
+
+
+@pytest.mark.parametrize("step", ["count_delivery", "create_invoice"])
+@pytest.mark.parametrize("family", DATABASE_ERROR_FAMILIES, ids=lambda f: f.__name__)
+def test_every_database_error_is_retried_never_a_silent_success(
+    invoice_db: InvoiceDatabase, monkeypatch: pytest.MonkeyPatch, family: type[DBAPIError], step: str
+) -> None:
+    monkeypatch.setattr(processing, step, failing(family))
+    for retries in range(POLICY.max_retries):
+        with pytest.raises(RetryLater) as retry:
+            handle_order_placed(invoice_db, uuid.uuid4(), payload(), retries, POLICY)
+        assert retry.value.reason.startswith("invoice database trouble")
+        assert family.__name__ in retry.value.reason
+    assert (count(invoice_db, Invoice), letters(invoice_db)) == (0, [])
+
+
+@pytest.mark.parametrize("family", DATABASE_ERROR_FAMILIES, ids=lambda f: f.__name__)
+def test_database_error_past_the_retry_bound_is_dead_lettered_when_the_database_takes_it(
+    invoice_db: InvoiceDatabase, monkeypatch: pytest.MonkeyPatch, family: type[DBAPIError]
+) -> None:
+    monkeypatch.setattr(processing, "create_invoice", failing(family))
+    message_id = uuid.uuid4()
+    outcome = handle_order_placed(invoice_db, message_id, payload(), POLICY.max_retries, POLICY)
+    assert outcome == "dead-lettered"
+    [letter] = letters(invoice_db)
+    assert (letter.message_id, letter.attempts) == (message_id, POLICY.max_retries + 1)
+    assert family.__name__ in letter.reason
+
+
+@pytest.mark.parametrize("family", DATABASE_ERROR_FAMILIES, ids=lambda f: f.__name__)
+def test_read_only_database_past_the_retry_bound_keeps_the_message_at_the_longest_backoff(
+    invoice_db: InvoiceDatabase, monkeypatch: pytest.MonkeyPatch, family: type[DBAPIError]
+) -> None:
+    """The dead letter cannot be written either: the message stays in the broker, never dropped."""
+    monkeypatch.setattr(processing, "count_delivery", failing(family))
+    monkeypatch.setattr(processing, "record_dead_letter", failing(InternalError))
+    for retries in (POLICY.max_retries, POLICY.max_retries + 50):
+        with pytest.raises(RetryLater) as retry:
+            handle_order_placed(invoice_db, uuid.uuid4(), payload(), retries, POLICY)
+        assert retry.value.countdown == POLICY.backoff_max
+
+
+def test_poison_message_while_the_database_is_read_only_is_retried_not_dropped(
+    invoice_db: InvoiceDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parking needs a write too: a dead letter that cannot be written is no reason to acknowledge."""
+    monkeypatch.setattr(processing, "record_dead_letter", failing(InternalError))
+    with pytest.raises(RetryLater):
+        handle_order_placed(invoice_db, uuid.uuid4(), payload(schema_version=2), 0, POLICY)
+
+
+def test_message_is_invoiced_once_the_database_is_writable_again(
+    invoice_db: InvoiceDatabase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message_id, body = uuid.uuid4(), payload()
+    with monkeypatch.context() as read_only:
+        read_only.setattr(processing, "count_delivery", failing(InternalError))
+        read_only.setattr(processing, "record_dead_letter", failing(InternalError))
+        for retries in range(POLICY.max_retries + 3):
+            with pytest.raises(RetryLater):
+                handle_order_placed(invoice_db, message_id, body, retries, POLICY)
+    assert handle_order_placed(invoice_db, message_id, body, POLICY.max_retries + 3, POLICY) == "created"
+    assert (count(invoice_db, Invoice), letters(invoice_db)) == (1, [])
+
+
+@pytest.mark.parametrize(
+    ("backoff_max", "visibility_timeout", "cap"),
+    [(20.0, 60, 20.0), (20.0, 10, 5.0), (1.5, 4, 1.5)],
+)
+def test_retry_countdown_stays_below_the_visibility_timeout(
+    backoff_max: float, visibility_timeout: int, cap: float
+) -> None:
+    """A countdown retry waits unacked in a worker; past the timeout Redis would restore a second copy."""
+    settings = Settings(worker_retry_backoff_max=backoff_max, broker_visibility_timeout=visibility_timeout)
+    policy = DeliveryPolicy.from_settings(settings)
+    assert policy.backoff_max == cap
+    assert max(policy.backoff(attempt) for attempt in range(1, 200)) <= cap
