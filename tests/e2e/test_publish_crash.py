@@ -1,45 +1,39 @@
-"""A relay that dies after publishing and before marking republishes; the worker still invoices once."""
+"""A relay process SIGKILLed after the broker accepted its batch and before its mark committed.
+
+How the test holds the relay exactly there, without a test-only switch in the product: it keeps
+``LOCK TABLE outbox IN SHARE MODE`` open in its own transaction. That lock lets the relay claim
+(``SELECT … FOR UPDATE SKIP LOCKED`` takes ROW SHARE, which SHARE allows) and publish, but its mark
+(``UPDATE outbox``, ROW EXCLUSIVE) waits. The test sees both facts from outside (the batch in the
+Redis queue, the relay's session waiting on a lock inside ``UPDATE outbox``), then SIGKILLs the
+process while it holds its row locks and partition locks.
+"""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from flask import Flask
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import Engine, func, select, text
 
 from order_service import create_app
 from order_service.extensions import db
 from order_service.models import outbox
-from order_service.relay import build_relay
 from order_service.services import LineRequest, PlaceOrder, place_order
 from shared.config import Settings
-from shared.outbox.messages import BatchOutcome, PendingMessage, Publisher
+from shared.outbox.partitions import LockKeys, relay_holdings
 from tests.support.checks import read_ledger
-from tests.support.processes import settings_env, worker_service
+from tests.support.processes import Service, relay_service, settings_env, worker_service
 from tests.support.waiting import wait_until
 
 ORDERS = 50
+BATCH = 20
+"""The killed relay's batch: published to Redis, never marked; the rest it never claimed."""
 
-
-class ProcessDied(BaseException):
-    """Stands for SIGKILL: nothing after the publish runs, and no handler catches it."""
-
-
-class DiesAfterPublishing:
-    """Publishes the batch for real, then 'dies' before the relay can mark it."""
-
-    def __init__(self, inner: Publisher) -> None:
-        self.inner = inner
-        self.published: list[int] = []
-
-    def publish(self, messages: list[PendingMessage]) -> BatchOutcome:
-        self.published = self.inner.publish(messages).published
-        raise ProcessDied
-
-    def close(self) -> None:
-        self.inner.close()
+RELAY_SESSION = "application_name LIKE 'outbox-relay%' AND datname = current_database()"
 
 
 def _place_orders(app: Flask, count: int) -> None:
@@ -52,45 +46,116 @@ def _place_orders(app: Flask, count: int) -> None:
         db.engine.dispose()
 
 
-def test_crash_between_publish_and_mark_redelivers_but_invoices_once(
-    pg_settings: Settings, tmp_path: Path
+def _unpublished(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.scalar(select(func.count()).where(outbox.c.published_at.is_(None))) or 0
+
+
+def _relay_waiting_to_mark(engine: Engine) -> int | None:
+    """The backend pid of a relay session blocked on a lock inside its ``UPDATE outbox`` (the mark)."""
+    with engine.connect() as conn:
+        pid = conn.scalar(
+            text(
+                f"SELECT pid FROM pg_stat_activity WHERE {RELAY_SESSION} AND state = 'active'"
+                " AND wait_event_type = 'Lock' AND query ILIKE 'UPDATE outbox%'"
+            )
+        )
+    return int(pid) if pid is not None else None
+
+
+def _session_alive(engine: Engine, pid: int) -> bool:
+    with engine.connect() as conn:
+        return bool(conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"), {"p": pid}))
+
+
+def _rows_locked_by_others(engine: Engine) -> int:
+    """Unpublished rows that another session holds ``FOR UPDATE`` (skipped by ours, then released)."""
+    with engine.connect() as conn, conn.begin():
+        free = conn.execute(
+            text("SELECT id FROM outbox WHERE published_at IS NULL FOR UPDATE SKIP LOCKED")
+        ).all()
+        total = conn.scalar(text("SELECT count(*) FROM outbox WHERE published_at IS NULL")) or 0
+        conn.rollback()
+    return total - len(free)
+
+
+def _partitions_held(engine: Engine, pid: int) -> tuple[int, ...]:
+    with engine.connect() as conn:
+        held = relay_holdings(conn, LockKeys.for_table("outbox"))
+    return next((relay.partitions for relay in held if relay.pid == pid), ())
+
+
+@pytest.fixture
+def services() -> Iterator[list[Service]]:
+    started: list[Service] = []
+    yield started
+    for service in started:
+        service.stop()
+    for service in started:
+        print(f"--- {service.name}\n{service.logs()[-3000:]}")
+
+
+def test_relay_sigkilled_between_publish_and_mark_republishes_and_the_worker_invoices_once(
+    pg_settings: Settings,
+    orders_engine: Engine,
+    redis_client: redis.Redis,
+    services: list[Service],
+    tmp_path: Path,
 ) -> None:
     _place_orders(create_app(pg_settings), ORDERS)
-    engine = create_engine(pg_settings.orders_database_url)
-    crashing = build_relay(pg_settings, engine)
-    dying = DiesAfterPublishing(crashing.publisher)
-    crashing.publisher = dying
-    with pytest.raises(ProcessDied):
-        crashing.relay_batch()
-    crashing.disconnect()
-    assert len(dying.published) == ORDERS
-    with engine.connect() as conn:
-        assert conn.scalar(select(func.count()).where(outbox.c.published_at.is_(None))) == ORDERS
-
-    restarted = build_relay(pg_settings, engine)
-    assert restarted.drain() == ORDERS  # every row goes out again
-    restarted.publisher.close()
-    restarted.disconnect()
-    engine.dispose()
-
-    env = settings_env(pg_settings)
-    worker = worker_service(env, tmp_path, pg_settings.queue("invoices")).start()
+    queue = pg_settings.queue("invoices")
+    env = settings_env(pg_settings, RELAY_BATCH_SIZE=str(BATCH))
+    lock_holder = orders_engine.connect()
+    blocking = lock_holder.begin()
+    lock_holder.execute(text("LOCK TABLE outbox IN SHARE MODE"))
     try:
-        wait_until(
-            lambda: worker.logs().count("succeeded in") >= 2 * ORDERS,
-            timeout=90,
-            interval=0.5,
-            message="both deliveries of every message to be processed",
+        doomed = relay_service(env, tmp_path, name="doomed").start()
+        services.append(doomed)
+        pid = wait_until(
+            lambda: _relay_waiting_to_mark(orders_engine),
+            timeout=30,
+            message="the relay to block in its mark, after publishing",
         )
+        assert redis_client.llen(queue) == BATCH, "the broker holds the published batch"
+        assert _rows_locked_by_others(orders_engine) == BATCH, "the relay holds its claimed rows"
+        assert _partitions_held(orders_engine, pid) == tuple(range(pg_settings.relay_partitions))
+        doomed.kill()
+        assert doomed.process is not None
+        assert doomed.process.returncode == -9
     finally:
-        worker.stop()
+        blocking.rollback()  # the dead relay's UPDATE now runs, in a transaction nobody will commit
+        lock_holder.close()
+
+    wait_until(
+        lambda: not _session_alive(orders_engine, pid), timeout=30, message="the dead relay's session to end"
+    )
+    assert _unpublished(orders_engine) == ORDERS, "the killed relay's mark was committed"
+    assert _rows_locked_by_others(orders_engine) == 0
+    assert _partitions_held(orders_engine, pid) == ()
+    assert "outbox.batch_relayed" not in doomed.logs()
+    assert redis_client.llen(queue) == BATCH
+
+    restarted = relay_service(env, tmp_path, name="restarted").start()
+    services.append(restarted)
+    wait_until(lambda: _unpublished(orders_engine) == 0, timeout=60, message="the restarted relay to drain")
+    assert redis_client.llen(queue) == ORDERS + BATCH, "every row again, plus the batch sent before the kill"
+
+    worker = worker_service(env, tmp_path, queue).start()
+    services.append(worker)
+    wait_until(
+        lambda: redis_client.llen(queue) == 0 and worker.logs().count("succeeded in") == ORDERS + BATCH,
+        timeout=90,
+        interval=0.5,
+        message="every delivery, duplicates included, to be processed",
+    )
 
     ledger = read_ledger(pg_settings.orders_database_url, pg_settings.invoices_database_url)
-    print(f"lost={len(ledger.lost)} doubled={len(ledger.doubled)} deliveries={2 * ORDERS}")
+    logs = worker.logs()
+    duplicates = logs.count("invoice.duplicate_message") + logs.count("invoice.already_exists")
+    print(f"deliveries={ORDERS + BATCH} invoices={len(ledger.invoices)} duplicates_absorbed={duplicates}")
     assert len(ledger.invoices) == ORDERS
     assert ledger.lost == set()
     assert ledger.doubled == set()
     assert ledger.wrong_totals == set()
-    received = [line for line in worker.logs().splitlines() if "] received" in line]
-    assert len(received) == 2 * ORDERS
-    assert worker.logs().count("invoice.created") == ORDERS
+    assert logs.count("invoice.created") == ORDERS
+    assert duplicates == BATCH
