@@ -1,20 +1,19 @@
-"""Operator commands: ``python -m invoice_worker migrate | invoices | dead-letters … | confirmed``."""
+"""Operator commands: ``python -m invoice_worker migrate | invoices | dead-letters … | prune``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
-from datetime import timedelta
 
 from sqlalchemy import select
 
 from invoice_worker.database import InvoiceDatabase
-from invoice_worker.dead_letters import confirmed_message_ids, pending_ids, replay
+from invoice_worker.dead_letters import pending_ids, replay
 from invoice_worker.migrations_cli import upgrade
 from invoice_worker.models import DeadLetter, Invoice
+from invoice_worker.retention import InboxRetention, prune_inbox
 from shared.config import Settings
-from shared.db import utcnow
 from shared.logs import configure_logging
 
 __all__ = ["main"]
@@ -52,9 +51,17 @@ def _replay(database: InvoiceDatabase, letter_id: int | None, replay_all: bool) 
     return 1 if failures else 0
 
 
-def _confirmed(database: InvoiceDatabase, since_seconds: float) -> int:
-    for message_id in confirmed_message_ids(database, utcnow() - timedelta(seconds=since_seconds)):
-        print(message_id)
+def _prune(database: InvoiceDatabase, settings: Settings) -> int:
+    try:
+        policy = InboxRetention.from_settings(settings)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    pruned = prune_inbox(database.engine, policy)
+    counts = f"processed_messages={pruned.processed_messages} message_deliveries={pruned.message_deliveries}"
+    print(f"pruned {counts}")
+    if pruned.skipped:
+        print("another process holds the prune lock: it is pruning the rest", file=sys.stderr)
     return 0
 
 
@@ -79,10 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     dead_replay = actions.add_parser("replay", help="process dead letters again (idempotent)")
     dead_replay.add_argument("id", nargs="?", type=int)
     dead_replay.add_argument("--all", action="store_true", help="every pending dead letter")
-    confirmed = commands.add_parser(
-        "confirmed", help="message ids settled (invoiced or dead-lettered) recently, one per line"
+    commands.add_parser(
+        "prune", help="delete inbox rows (processed ids, delivery counts) older than INBOX_RETENTION_SECONDS"
     )
-    confirmed.add_argument("--since", type=float, default=24 * 3600, help="look-back in seconds")
     return parser
 
 
@@ -98,8 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "invoices":
             return _list_invoices(database, args.limit)
-        if args.command == "confirmed":
-            return _confirmed(database, args.since)
+        if args.command == "prune":
+            return _prune(database, settings)
         if args.action == "list":
             return _list_dead_letters(database, args.all)
         return _replay(database, args.id, args.all)

@@ -1,0 +1,218 @@
+"""Inbox retention: processed-message ids and delivery counts are deleted once no redelivery can need them.
+
+Both tables grow by one row per message. A row may only go once nothing can deliver its message
+again, so ``INBOX_RETENTION_SECONDS`` (default 30 days) must exceed the longest redelivery window:
+the order relay's re-drive (up to ``OUTBOX_REDRIVE_MAX`` republishes, at most
+``OUTBOX_REDRIVE_MAX_INTERVAL`` apart: 20 x 1 h with the defaults) plus the worker's own retries
+and broker redeliveries (minutes). ``check_retention`` refuses a shorter setting at start.
+
+Even past it nothing doubles: ``invoices.order_id`` is UNIQUE, so a message whose inbox row is
+gone is answered again (ALREADY_INVOICED), never invoiced twice. An inbox row is also kept while
+its delivery count is younger than the cutoff, so a late redelivery is never mistaken for a
+poison message that was "delivered N times without completing".
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from celery import Celery, bootsteps
+from sqlalchemy import Connection, Engine, and_, delete, exists, func, select, text
+
+from invoice_worker.database import InvoiceDatabase
+from invoice_worker.models import MessageDelivery, ProcessedMessage
+from shared.config import Settings
+from shared.db import is_postgres, utcnow
+
+__all__ = [
+    "InboxPruner",
+    "InboxRetention",
+    "Pruned",
+    "check_retention",
+    "install_inbox_pruning",
+    "prune_inbox",
+    "redelivery_window",
+]
+
+log = structlog.get_logger(__name__)
+
+_LOCK_KEY = zlib.crc32(b"invoice_worker:inbox-prune") & 0x7FFFFFFF
+"""One pruner at a time per database (Postgres advisory lock); the others skip that round."""
+
+
+def redelivery_window(settings: Settings) -> timedelta:
+    """The longest a message can still arrive after it was first processed (an upper bound)."""
+    redrive = (
+        settings.outbox_redrive_after_seconds
+        + settings.outbox_redrive_max * settings.outbox_redrive_max_interval
+    )
+    worker = (
+        settings.worker_max_retries * settings.worker_retry_backoff_max
+        + settings.worker_max_deliveries * settings.broker_visibility_timeout
+    )
+    return timedelta(seconds=redrive + worker)
+
+
+def check_retention(settings: Settings) -> None:
+    """Refuse a retention that would forget messages which can still be redelivered."""
+    window = redelivery_window(settings)
+    if timedelta(seconds=settings.inbox_retention_seconds) <= window:
+        raise ValueError(
+            f"INBOX_RETENTION_SECONDS={settings.inbox_retention_seconds:g} must exceed the redelivery window "
+            f"({window.total_seconds():g} s: OUTBOX_REDRIVE_MAX x OUTBOX_REDRIVE_MAX_INTERVAL + retries)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InboxRetention:
+    retention: timedelta = timedelta(days=30)
+    batch: int = 5_000
+    """Rows per DELETE, each in its own short transaction."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InboxRetention:
+        check_retention(settings)
+        return cls(timedelta(seconds=settings.inbox_retention_seconds), settings.inbox_prune_batch)
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    processed_messages: int = 0
+    message_deliveries: int = 0
+    skipped: bool = False
+    """Another process held the prune lock; it is doing this round."""
+
+    def __add__(self, other: Pruned) -> Pruned:
+        return Pruned(
+            self.processed_messages + other.processed_messages,
+            self.message_deliveries + other.message_deliveries,
+            self.skipped or other.skipped,
+        )
+
+
+def _database_now(conn: Connection) -> datetime:
+    """The database's clock on Postgres (shared by every host); SQLite lives on this host."""
+    if is_postgres(conn.dialect):
+        now: datetime = conn.execute(select(func.now())).scalar_one()
+        return now
+    return utcnow()
+
+
+def _prune_batch(conn: Connection, cutoff: datetime, batch: int) -> Pruned:
+    deliveries = select(MessageDelivery.message_id).where(MessageDelivery.last_delivered_at < cutoff)
+    delivered = delete(MessageDelivery).where(
+        MessageDelivery.message_id.in_(
+            deliveries.order_by(MessageDelivery.last_delivered_at).limit(batch).scalar_subquery()
+        )
+    )
+    recently_delivered = exists().where(
+        and_(
+            MessageDelivery.message_id == ProcessedMessage.message_id,
+            MessageDelivery.last_delivered_at >= cutoff,
+        )
+    )
+    processed = (
+        select(ProcessedMessage.message_id)
+        .where(ProcessedMessage.processed_at < cutoff, ~recently_delivered)
+        .order_by(ProcessedMessage.processed_at)
+        .limit(batch)
+    )
+    inbox = delete(ProcessedMessage).where(ProcessedMessage.message_id.in_(processed.scalar_subquery()))
+    return Pruned(
+        processed_messages=conn.execute(inbox).rowcount, message_deliveries=conn.execute(delivered).rowcount
+    )
+
+
+def prune_inbox(engine: Engine, policy: InboxRetention, max_batches: int | None = None) -> Pruned:
+    """Delete inbox rows older than the retention, oldest first, ``policy.batch`` rows per transaction.
+
+    Stops when a batch comes back short (caught up) or after ``max_batches``; the cutoff is read
+    once from the database clock, so a long run does not chase rows that age while it works.
+    """
+    with engine.connect() as conn:
+        cutoff = _database_now(conn) - policy.retention
+    total = Pruned()
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        batches += 1
+        with engine.begin() as conn:
+            if is_postgres(conn.dialect) and not conn.scalar(
+                text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _LOCK_KEY}
+            ):
+                return total + Pruned(skipped=True)
+            pruned = _prune_batch(conn, cutoff, policy.batch)
+        total += pruned
+        if max(pruned.processed_messages, pruned.message_deliveries) < policy.batch:
+            break
+    if total.processed_messages or total.message_deliveries:
+        log.info(
+            "inbox.pruned",
+            processed_messages=total.processed_messages,
+            message_deliveries=total.message_deliveries,
+            cutoff=cutoff.isoformat(),
+        )
+    return total
+
+
+@dataclass
+class InboxPruner:
+    """Prunes the inbox every ``interval`` seconds on a daemon thread of the worker's main process.
+
+    Off the consumer's event loop, so a large first prune never delays deliveries; a failed round
+    (database down) is logged and tried again next interval.
+    """
+
+    database: InvoiceDatabase
+    policy: InboxRetention
+    interval: float = 300.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, database: InvoiceDatabase) -> InboxPruner:
+        return cls(database, InboxRetention.from_settings(settings), settings.inbox_prune_interval)
+
+    def prune_once(self) -> Pruned | None:
+        """One round; never raises (housekeeping must not take the worker down)."""
+        try:
+            return prune_inbox(self.database.engine, self.policy)
+        except Exception as exc:
+            log.warning("inbox.prune_failed", error=f"{type(exc).__name__}: {exc}")
+            return None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.prune_once()
+            self._stop.wait(self.interval)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="inbox-pruner", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+
+def install_inbox_pruning(app: Celery, pruner: InboxPruner) -> None:
+    """Run ``pruner`` for the life of every ``celery worker`` of ``app`` (its main process only)."""
+
+    class InboxPruning(bootsteps.StartStopStep):  # type: ignore[misc]
+        def start(self, worker: Any) -> None:
+            pruner.start()
+
+        def stop(self, worker: Any) -> None:
+            pruner.stop()
+
+        shutdown = stop
+
+    app.steps["worker"].add(InboxPruning)
