@@ -1,18 +1,26 @@
-"""The orders database: orders, their lines, and the outbox written in the same transaction."""
+"""The orders database: orders, their lines, the outbox written in the same transaction, and the inbox.
+
+The inbox (``processed_messages``, ``dead_letters``) belongs to the order-side consumer of
+``invoice.created`` (``order_service.worker``).
+"""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from order_service.extensions import db
-from shared.db import BigIntPK, UTCDateTime, utcnow
+from shared.db import BigIntPK, JSONDocument, UTCDateTime, utcnow
 from shared.outbox import define_outbox
 
-__all__ = ["Order", "OrderLine", "outbox"]
+__all__ = ["INVOICED", "PLACED", "DeadLetter", "Order", "OrderLine", "ProcessedMessage", "outbox"]
+
+PLACED = "placed"
+INVOICED = "invoiced"
 
 
 class Order(db.Model):  # type: ignore[name-defined,misc]
@@ -21,9 +29,11 @@ class Order(db.Model):  # type: ignore[name-defined,misc]
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     customer_id: Mapped[str] = mapped_column(String(64), index=True)
     currency: Mapped[str] = mapped_column(String(3))
-    status: Mapped[str] = mapped_column(String(20), default="placed")
+    status: Mapped[str] = mapped_column(String(20), default=PLACED)  # placed -> invoiced, never back
     amount_total: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    invoice_number: Mapped[str | None] = mapped_column(String(64), default=None, comment="the first one wins")
+    invoiced_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     lines: Mapped[list[OrderLine]] = relationship(
         back_populates="order", order_by="OrderLine.position", cascade="all, delete-orphan", lazy="selectin"
     )
@@ -42,4 +52,29 @@ class OrderLine(db.Model):  # type: ignore[name-defined,misc]
     order: Mapped[Order] = relationship(back_populates="lines")
 
 
-outbox = define_outbox(db.metadata)
+class ProcessedMessage(db.Model):  # type: ignore[name-defined,misc]
+    """The consumer's inbox: a message id is recorded in the same transaction as its effect."""
+
+    __tablename__ = "processed_messages"
+
+    message_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    topic: Mapped[str] = mapped_column(String(100))
+    processed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class DeadLetter(db.Model):  # type: ignore[name-defined,misc]
+    """A message the consumer can never apply as it is, kept with its reason for an operator."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    message_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    task_name: Mapped[str] = mapped_column(String(200))
+    payload: Mapped[Any] = mapped_column(JSONDocument)
+    reason: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+outbox = define_outbox(db.metadata, answered=True)
+"""``order.placed`` expects ``invoice.created``: the consumer acknowledges the row, the relay re-drives it."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
 
@@ -21,6 +21,7 @@ __all__ = [
     "OrderPage",
     "OrderPath",
     "OrderQuery",
+    "OrderStatus",
     "Problem",
     "Status",
 ]
@@ -76,20 +77,26 @@ class OrderLineOut(BaseModel):
     amount_total: int
 
 
+OrderStatus = Literal["placed", "invoiced"]
+"""``placed`` when accepted; ``invoiced`` once the invoice service confirmed its invoice. Never back."""
+
+
 class OrderOut(BaseModel):
     id: uuid.UUID
-    status: Literal["placed"]
+    status: Annotated[OrderStatus, Field(description="placed, then invoiced once its invoice exists")]
     customer_id: str
     currency: str
     amount_total: int
     lines: list[OrderLineOut]
     created_at: datetime
+    invoice_number: Annotated[str | None, Field(description="Set when invoiced; null before")] = None
+    invoiced_at: Annotated[datetime | None, Field(description="When the invoice was made; else null")] = None
 
     @classmethod
     def of(cls, order: Order) -> OrderOut:
         return cls(
             id=order.id,
-            status="placed",
+            status=cast(OrderStatus, order.status),  # validated: an unknown status is an error, not hidden
             customer_id=order.customer_id,
             currency=order.currency,
             amount_total=order.amount_total,
@@ -103,6 +110,8 @@ class OrderOut(BaseModel):
                 for line in order.lines
             ],
             created_at=order.created_at,
+            invoice_number=order.invoice_number,
+            invoiced_at=order.invoiced_at,
         )
 
 
@@ -137,7 +146,7 @@ class OrderQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     customer_id: CustomerId | None = None
-    status: Literal["placed"] | None = None
+    status: OrderStatus | None = None
     created_gte: Annotated[Instant | None, Field(description="Created at or after (RFC 3339)")] = None
     created_lt: Annotated[Instant | None, Field(description="Created before (RFC 3339)")] = None
     limit: Annotated[int, Field(ge=1, le=200)] = 50

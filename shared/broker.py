@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 
 from shared.config import Settings
 
-__all__ = ["BROKER_ERRORS", "broker_config", "publishing_app"]
+__all__ = ["BROKER_ERRORS", "broker_config", "publishing_app", "worker_broker_config"]
 
 BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuError, RedisError, OSError, TimeoutError)
 """What a broker outage raises: a publisher reports these per row and never lets them escape."""
@@ -37,6 +37,23 @@ def broker_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,
         "enable_utc": True,
     }
+
+
+def worker_broker_config(settings: Settings) -> dict[str, Any]:
+    """``broker_config`` for a consuming worker: sweep for expired unacked messages every ``VT // 4`` s.
+
+    Kombu's default sweep runs every ~100 s whatever the visibility timeout, so a lost worker's
+    reservations would come back that late; tie the sweep to the timeout (at most every 10 s).
+    """
+    config = broker_config(settings)
+    if not settings.uses_embedded_broker:
+        sweep = max(1, min(10, settings.broker_visibility_timeout // 4))
+        config["broker_transport_options"] = {
+            **config["broker_transport_options"],
+            "unacked_restore_interval": sweep,
+            "unacked_restore_throttle": 1,
+        }
+    return config
 
 
 def publishing_app(settings: Settings, name: str) -> Celery:

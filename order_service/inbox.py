@@ -1,0 +1,168 @@
+"""Applying ``invoice.created`` to the orders database, exactly once in effect, whatever the broker does.
+
+One transaction per message: record the message id in the inbox, move the order ``placed ->
+invoiced`` (only from ``placed``, so never backwards), and acknowledge the ``order.placed``
+outbox row it answers (its ``causation_id``), which stops the relay re-driving it. Every write
+sits behind a UNIQUE key or a guarded UPDATE, so duplicates and concurrent deliveries serialise
+on the database and the loser does nothing. The order keeps the first invoice number it got;
+a later answer with another number is logged, not applied.
+
+Plain functions on a session the caller gives: the Celery task (``worker``) is a thin adapter.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import Insert, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from order_service.models import INVOICED, PLACED, DeadLetter, Order, ProcessedMessage, outbox
+from shared.contracts import INVOICE_CREATED, InvoiceCreated
+from shared.db import utcnow
+
+__all__ = [
+    "InvalidAnswer",
+    "Outcome",
+    "UnknownOrder",
+    "prune_processed",
+    "record_dead_letter",
+    "record_invoice",
+]
+
+log = structlog.get_logger(__name__)
+
+
+class Outcome(enum.StrEnum):
+    INVOICED = "invoiced"
+    DUPLICATE_MESSAGE = "duplicate-message"
+    ALREADY_INVOICED = "already-invoiced"
+    NUMBER_CONFLICT = "number-conflict"
+
+
+class InvalidAnswer(ValueError):
+    """The message is not an ``invoice.created`` this service can read."""
+
+
+class UnknownOrder(LookupError):
+    """The answer names an order this database does not hold: it can never apply here."""
+
+
+def _insert(session: Session, model: type[Any]) -> Insert:
+    """An INSERT that can say ON CONFLICT on either backend."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(model)  # type: ignore[no-any-return]
+
+
+def _order_key(event: InvoiceCreated) -> uuid.UUID:
+    try:
+        return uuid.UUID(event.order_id)
+    except ValueError:
+        raise UnknownOrder(f"order_id {event.order_id!r} is not an order id") from None
+
+
+def _causation(event: InvoiceCreated) -> uuid.UUID:
+    try:
+        return uuid.UUID(event.causation_id)
+    except ValueError:
+        raise InvalidAnswer(f"causation_id {event.causation_id!r} is not a message id") from None
+
+
+def record_invoice(session: Session, message_id: uuid.UUID, event: InvoiceCreated) -> Outcome:
+    """In one transaction: inbox, ``placed -> invoiced``, acknowledge the answered outbox row; commit.
+
+    Raises ``UnknownOrder`` or ``InvalidAnswer`` (nothing written) for an answer that can never apply.
+    """
+    order_id, causation_id = _order_key(event), _causation(event)
+    context = {"message_id": str(message_id), "order_id": event.order_id}
+    inbox = (
+        _insert(session, ProcessedMessage)
+        .values(message_id=message_id, topic=INVOICE_CREATED, processed_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["message_id"])
+        .returning(ProcessedMessage.message_id)
+    )
+    # RETURNING, not rowcount: an ORM-session INSERT reports rowcount -1 on psycopg.
+    if session.execute(inbox).scalar_one_or_none() is None:
+        session.rollback()
+        log.info("order.invoice_duplicate_message", **context)
+        return Outcome.DUPLICATE_MESSAGE
+
+    moved = session.execute(
+        update(Order)
+        .where(Order.id == order_id, Order.status == PLACED)
+        .values(status=INVOICED, invoice_number=event.invoice_number, invoiced_at=event.invoiced_at)
+        .returning(Order.id)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    outcome = Outcome.INVOICED
+    if moved is None:
+        current = session.execute(
+            select(Order.status, Order.invoice_number).where(Order.id == order_id)
+        ).one_or_none()
+        if current is None:
+            session.rollback()
+            raise UnknownOrder(f"no order {event.order_id}")
+        if current.invoice_number == event.invoice_number:
+            outcome = Outcome.ALREADY_INVOICED
+        else:
+            outcome = Outcome.NUMBER_CONFLICT
+            log.warning(
+                "order.invoice_number_conflict",
+                kept=current.invoice_number,
+                ignored=event.invoice_number,
+                status=current.status,
+                **context,
+            )
+    acknowledged = session.execute(
+        update(outbox)
+        .where(outbox.c.message_id == causation_id, outbox.c.acknowledged_at.is_(None))
+        .values(acknowledged_at=utcnow())
+    ).rowcount
+    session.commit()
+    log.info(
+        "order.invoice_recorded",
+        outcome=outcome.value,
+        invoice_number=event.invoice_number,
+        causation_id=str(causation_id),
+        acknowledged=bool(acknowledged),
+        **context,
+    )
+    return outcome
+
+
+def record_dead_letter(
+    session: Session, message_id: uuid.UUID, task_name: str, payload: Any, reason: str, attempts: int
+) -> None:
+    """Park a message that cannot apply; a redelivery of it updates the same row. Commits."""
+    statement = _insert(session, DeadLetter).values(
+        message_id=message_id,
+        task_name=task_name,
+        payload=payload,
+        reason=reason[:4000],
+        attempts=attempts,
+        created_at=utcnow(),
+    )
+    statement = statement.on_conflict_do_update(  # type: ignore[attr-defined]
+        index_elements=["message_id"],
+        set_={"reason": statement.excluded.reason, "attempts": statement.excluded.attempts},
+    )
+    session.execute(statement)
+    session.commit()
+    log.error("order.invoice_dead_lettered", message_id=str(message_id), reason=reason, attempts=attempts)
+
+
+def prune_processed(session: Session, *, older_than: timedelta, now: datetime | None = None) -> int:
+    """Forget inbox entries older than the retention; commits.
+
+    Safe past any redelivery window and even within it: a forgotten message applied again finds
+    the order already invoiced and the outbox row already acknowledged, and changes nothing.
+    """
+    cutoff = (now or utcnow()) - older_than
+    deleted = session.execute(delete(ProcessedMessage).where(ProcessedMessage.processed_at < cutoff)).rowcount
+    session.commit()
+    return int(deleted or 0)

@@ -1,0 +1,252 @@
+"""The ``celery -A order_service.worker worker -Q orders`` target: the consumer of ``invoice.created``.
+
+A plain SQLAlchemy engine on ``ORDERS_DATABASE_URL`` (no Flask app), created on first use and
+dropped after fork. The task is a thin adapter; ``deliver`` decides, and ``inbox`` applies.
+
+A delivery ends in exactly one of three ways: the answer is applied (or was already), the message
+is parked in ``dead_letters`` (it can never apply), or it is retried later / put back in the
+queue. No path acknowledges a message that has neither effect nor dead letter: every database
+error is retried. A message lost anyway (the broker's fault) costs nothing for good: its
+``order.placed`` stays unacknowledged, the order relay re-drives it, and the invoice side answers
+again.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, NoReturn
+
+import structlog
+from celery import Celery, Task
+from celery.exceptions import Reject, Retry
+from celery.signals import setup_logging, worker_process_init
+from pydantic import ValidationError
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from order_service.inbox import (
+    InvalidAnswer,
+    UnknownOrder,
+    prune_processed,
+    record_dead_letter,
+    record_invoice,
+)
+from shared.backoff import jittered_backoff
+from shared.broker import worker_broker_config
+from shared.config import Settings
+from shared.contracts import INVOICE_CREATED, ROUTES, UnsupportedSchemaVersion, parse_invoice_created
+from shared.db import create_db_engine
+from shared.logs import configure_logging
+
+__all__ = ["TASK_NAME", "DeliveryPolicy", "OrdersDatabase", "RetryLater", "app", "deliver", "invoice_created"]
+
+log = structlog.get_logger(__name__)
+
+TASK_NAME = ROUTES[INVOICE_CREATED].task
+DEAD_LETTERED = "dead-lettered"
+PERMANENT_ERRORS = (ValidationError, UnsupportedSchemaVersion, UnknownOrder, InvalidAnswer)
+"""The answer itself is wrong: no retry can help."""
+
+PRUNE_EVERY = 3600.0
+"""Seconds between inbox prunes in one worker process."""
+
+
+class OrdersDatabase:
+    """The orders database for the consumer: engine on first use, never at import, never across a fork."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._engine: Engine | None = None
+        self._sessions: sessionmaker[Session] | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = create_db_engine(self._settings.orders_database_url, pool_size=2)
+        return self._engine
+
+    def session(self) -> Session:
+        if self._sessions is None:
+            self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        return self._sessions()
+
+    def after_fork(self) -> None:
+        """Connections inherited from the parent are not ours to use: drop them without closing."""
+        if self._engine is not None:
+            self._engine.dispose(close=False)
+
+
+class RetryLater(Exception):
+    """Try the delivery again after ``countdown`` seconds."""
+
+    def __init__(self, countdown: float, reason: str) -> None:
+        super().__init__(reason)
+        self.countdown = countdown
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    max_retries: int = 8
+    backoff_base: float = 1.0
+    backoff_max: float = 20.0
+    inbox_retention: timedelta = timedelta(days=7)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DeliveryPolicy:
+        return cls(
+            max_retries=settings.worker_max_retries,
+            backoff_base=settings.worker_retry_backoff,
+            backoff_max=settings.worker_retry_backoff_max,
+            inbox_retention=timedelta(seconds=max(settings.outbox_retention_seconds, 24 * 3600)),
+        )
+
+    def backoff(self, attempt: int) -> float:
+        return jittered_backoff(attempt, self.backoff_base, self.backoff_max)
+
+
+Sessions = Callable[[], Session]
+
+
+def _park(sessions: Sessions, message_id: uuid.UUID, payload: Any, reason: str, attempts: int) -> str:
+    with sessions() as session:
+        record_dead_letter(session, message_id, TASK_NAME, payload, reason, attempts)
+    return DEAD_LETTERED
+
+
+def _apply(sessions: Sessions, message_id: uuid.UUID, payload: Any) -> str:
+    if not isinstance(payload, dict):
+        raise InvalidAnswer(f"payload is a {type(payload).__name__}, not an object")
+    event = parse_invoice_created(payload)
+    with sessions() as session:
+        return record_invoice(session, message_id, event).value
+
+
+def deliver(
+    sessions: Sessions, message_id: uuid.UUID, payload: Any, retries: int, policy: DeliveryPolicy
+) -> str:
+    """Apply one delivery; return the outcome, or raise ``RetryLater``.
+
+    Invalid answers are parked at once. Database errors (any ``DBAPIError``: unreachable,
+    read-only, a timeout) and unclassified failures retry with backoff up to ``max_retries``, then
+    are parked if the database takes the dead letter, else kept at the longest backoff: never dropped.
+    """
+    try:
+        return _apply(sessions, message_id, payload)
+    except PERMANENT_ERRORS as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        countdown = policy.backoff(retries + 1)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc.orig if isinstance(exc, DBAPIError) else exc}".strip()
+        if isinstance(exc, DBAPIError):
+            log.warning("order.database_unavailable", retries=retries, error=reason)
+        else:
+            log.exception("order.invoice_failed", retries=retries)
+        if retries < policy.max_retries:
+            raise RetryLater(policy.backoff(retries + 1), reason) from exc
+        countdown = policy.backoff_max
+    try:
+        return _park(sessions, message_id, payload, reason, retries + 1)
+    except DBAPIError as exc:
+        raise RetryLater(countdown, f"{reason}; dead letter not written: {exc.orig}") from exc
+
+
+def _message_id(task_id: str | None) -> uuid.UUID:
+    """The relay sends the outbox ``message_id`` as the task id; anything else still gets a stable key."""
+    try:
+        return uuid.UUID(str(task_id))
+    except ValueError:
+        return uuid.uuid5(uuid.NAMESPACE_URL, f"task:{task_id}")
+
+
+settings = Settings()
+database = OrdersDatabase(settings)
+POLICY = DeliveryPolicy.from_settings(settings)
+
+app = Celery("order_service.worker")
+app.conf.update(
+    worker_broker_config(settings),
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_default_queue=settings.queue(ROUTES[INVOICE_CREATED].queue),
+    worker_hijack_root_logger=False,
+    worker_send_task_events=False,
+)
+
+
+@setup_logging.connect
+def _configure_logging(**_: Any) -> None:
+    configure_logging(settings.log_level, settings.log_format)
+
+
+@worker_process_init.connect
+def _reset_database_after_fork(**_: Any) -> None:
+    database.after_fork()
+
+
+class _InboxPruner:
+    """Keeps the inbox bounded, at most once per ``PRUNE_EVERY`` in a worker process."""
+
+    def __init__(self) -> None:
+        self._next = 0.0
+
+    def __call__(self) -> None:
+        """A failure here never fails a delivery: the next one tries again."""
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + PRUNE_EVERY
+        try:
+            with database.session() as session:
+                pruned = prune_processed(session, older_than=POLICY.inbox_retention)
+            if pruned:
+                log.info("order.inbox_pruned", rows=pruned)
+        except DBAPIError as exc:
+            log.warning("order.inbox_prune_failed", error=str(exc.orig))
+
+
+_prune_when_due = _InboxPruner()
+
+
+# max_retries=None: the bounds live in DeliveryPolicy, which keeps a message rather than let Celery drop it.
+@app.task(name=TASK_NAME, bind=True, acks_late=True, max_retries=None)
+def invoice_created(self: Task, payload: Any) -> str:
+    """Move the order to ``invoiced`` and acknowledge its ``order.placed``; duplicates are no-ops."""
+    order_id = payload.get("order_id") if isinstance(payload, dict) else None
+    structlog.contextvars.bind_contextvars(message_id=self.request.id, order_id=order_id)
+    try:
+        try:
+            outcome = deliver(
+                database.session, _message_id(self.request.id), payload, self.request.retries, POLICY
+            )
+        except RetryLater as exc:
+            _retry_or_requeue(self, exc, exc.countdown)
+        except Exception as exc:  # unclassified, outside deliver: a bug is no reason to drop the answer
+            log.exception("order.invoice_unexpected_error", retries=self.request.retries)
+            _retry_or_requeue(self, exc, POLICY.backoff(self.request.retries + 1))
+        _prune_when_due()
+        return outcome
+    finally:
+        structlog.contextvars.clear_contextvars()
+
+
+def _retry_or_requeue(task: Task, reason: Exception, countdown: float) -> NoReturn:
+    """Publish the retry and raise ``Retry``; if that publish fails, put the delivery back instead.
+
+    Celery turns a failed retry publish into ``Reject(requeue=False)``, which kombu's Redis
+    transport carries out as a delete (see ``invoice_worker.tasks`` for the full story).
+    """
+    log.info("order.invoice_retry_scheduled", countdown=round(countdown, 2), retries=task.request.retries)
+    try:
+        raise task.retry(exc=reason, countdown=countdown)
+    except Retry:
+        raise
+    except Exception as publish_error:  # Celery's Reject(requeue=False), or the publish error itself
+        cause = publish_error.reason if isinstance(publish_error, Reject) else publish_error
+        error = f"retry not published: {type(cause).__name__}: {cause}"
+        log.error("order.invoice_retry_not_published", error=error)
+        raise Reject(error, requeue=True) from publish_error
