@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -46,7 +45,14 @@ def test_broker_outage_backs_off_then_drains_everything_in_order(
             message="the head row of every aggregate to be retried with backoff",
         )
         insert_rows(orders_engine, outbox_rows(300, 30, start=300), notify=True)
-        time.sleep(0.5)
+        # Proof the relay claimed with the new rows in the table: every head row is retried twice
+        # more after this point (the second claim began after the first retry committed).
+        heads = _head_attempts(orders_engine)
+        wait_until(
+            lambda: all(n >= heads[row] + 2 for row, n in _head_attempts(orders_engine).items()),
+            timeout=30,
+            message="every head row to be retried twice after the new rows arrived",
+        )
         assert thread.is_alive()
         assert _count(orders_engine, outbox.c.published_at.is_not(None)) == 0
         assert _count(orders_engine, outbox.c.last_error.like("%Connection%")) == 300
@@ -67,6 +73,18 @@ def test_broker_outage_backs_off_then_drains_everything_in_order(
     )
     assert order_violations(deliveries) == []
     assert _count(orders_engine, outbox.c.parked_at.is_not(None)) == 0
+
+
+def _head_attempts(engine: Engine) -> dict[int, int]:
+    """Attempts of each aggregate's earliest unpublished row (the one the relay keeps retrying)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT DISTINCT ON (aggregate_id) id, attempts FROM outbox"
+                " WHERE published_at IS NULL ORDER BY aggregate_id, id"
+            )
+        )
+        return {row.id: row.attempts for row in rows}
 
 
 def _message_ids(engine: Engine) -> list[object]:

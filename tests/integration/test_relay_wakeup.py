@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -11,11 +12,30 @@ from sqlalchemy.orm import Session
 from order_service.models import outbox
 from order_service.relay import build_relay
 from shared.config import Settings
+from shared.outbox.messages import BatchOutcome
+from shared.outbox.relay import OutboxRelay
 from shared.outbox.writer import OutboxMessage, add_message
 from tests.support.outbox import insert_rows, order_payload, outbox_rows, running_relay
 from tests.support.waiting import wait_until
 
 POLL_INTERVAL = 5.0
+
+
+class FinishedBatches:
+    """Counts the relay's finished batches: after one that was not full, ``run`` goes straight to wait."""
+
+    def __init__(self, relay: OutboxRelay, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.empty = 0
+        self.published = 0
+        relay_batch = relay.relay_batch
+
+        def counted() -> BatchOutcome:
+            outcome = relay_batch()
+            self.published += len(outcome.published)
+            self.empty += not outcome.published and not outcome.failed
+            return outcome
+
+        monkeypatch.setattr(relay, "relay_batch", counted)
 
 
 def _commit_one_message(engine: Engine, order_id: str) -> None:
@@ -27,29 +47,34 @@ def _commit_one_message(engine: Engine, order_id: str) -> None:
 
 
 def test_notify_publishes_a_commit_well_before_the_poll_interval(
-    pg_settings: Settings, orders_engine: Engine, redis_client: redis.Redis
+    pg_settings: Settings, orders_engine: Engine, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     queue = pg_settings.queue("invoices")
     relay = build_relay(pg_settings, orders_engine)
+    batches = FinishedBatches(relay, monkeypatch)
     latencies = []
     with running_relay(relay, POLL_INTERVAL):
-        time.sleep(0.5)  # the relay is idle, waiting on LISTEN
+        wait_until(lambda: batches.empty, timeout=10, message="the relay to find nothing and wait")
         for n in range(5):
             started = time.monotonic()
             _commit_one_message(orders_engine, f"order-{n}")
             wait_until(lambda n=n: redis_client.llen(queue) > n, timeout=POLL_INTERVAL, interval=0.002)
             latencies.append(time.monotonic() - started)
-            time.sleep(0.2)
+            # The batch that sent it has returned: the relay is back on LISTEN before the next commit.
+            wait_until(lambda n=n: batches.published > n, timeout=5, message="the batch to finish")
 
     assert sorted(latencies)[2] < POLL_INTERVAL / 10, latencies
 
 
 def test_polling_publishes_when_notifications_are_lost(
-    pg_settings: Settings, orders_engine: Engine, redis_client: redis.Redis
+    pg_settings: Settings, orders_engine: Engine, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     queue = pg_settings.queue("invoices")
     relay = build_relay(pg_settings, orders_engine)
+    batches = FinishedBatches(relay, monkeypatch)
     with running_relay(relay, poll_interval=0.5):
-        time.sleep(0.3)
+        # The relay's first claim found nothing: the rows below can only be found by a later poll.
+        wait_until(lambda: batches.empty, timeout=10, message="the relay to find nothing and wait")
         insert_rows(orders_engine, outbox_rows(25, 5), notify=False)
         wait_until(lambda: redis_client.llen(queue) == 25, timeout=10, message="polling to publish")
+    assert batches.published == 25
