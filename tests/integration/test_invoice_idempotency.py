@@ -1,4 +1,8 @@
-"""Concurrent duplicate deliveries race on the UNIQUE constraints of real Postgres."""
+"""Concurrent duplicate deliveries race on the UNIQUE constraints of real Postgres.
+
+Every delivery is answered (``invoice.created`` in the invoice outbox); the answers may repeat,
+but they all carry the one invoice's number.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,29 @@ from sqlalchemy import func, select
 
 from invoice_worker.database import InvoiceDatabase
 from invoice_worker.invoicing import Outcome, create_invoice
-from invoice_worker.models import Invoice, ProcessedMessage
+from invoice_worker.models import Invoice, ProcessedMessage, outbox
+from shared.contracts import parse_invoice_created
 from tests.support.events import order_placed_event
 
 ROUNDS = 25
+
+
+def _answered_numbers(database: InvoiceDatabase) -> dict[str, set[str]]:
+    """order_id -> the invoice numbers its ``invoice.created`` answers carry."""
+    numbers: dict[str, set[str]] = {}
+    with database.session() as session:
+        for payload in session.scalars(select(outbox.c.payload)):
+            answer = parse_invoice_created(payload)
+            numbers.setdefault(answer.order_id, set()).add(answer.invoice_number)
+    return numbers
+
+
+def _invoice_numbers(database: InvoiceDatabase) -> dict[str, set[str]]:
+    with database.session() as session:
+        return {
+            order_id: {number}
+            for order_id, number in session.execute(select(Invoice.order_id, Invoice.number))
+        }
 
 
 def test_the_same_message_delivered_concurrently_gives_one_invoice(pg_invoice_db: InvoiceDatabase) -> None:
@@ -36,6 +59,7 @@ def test_the_same_message_delivered_concurrently_gives_one_invoice(pg_invoice_db
         processed = session.scalar(select(func.count()).select_from(ProcessedMessage))
     assert invoices == orders == processed == ROUNDS
     assert outcomes.count(Outcome.CREATED) == ROUNDS
+    assert _answered_numbers(pg_invoice_db) == _invoice_numbers(pg_invoice_db)
 
 
 def test_different_messages_for_one_order_racing_give_one_invoice(pg_invoice_db: InvoiceDatabase) -> None:
@@ -53,3 +77,6 @@ def test_different_messages_for_one_order_racing_give_one_invoice(pg_invoice_db:
     assert outcomes.count(Outcome.CREATED) == 1
     with pg_invoice_db.session() as session:
         assert session.scalar(select(func.count()).select_from(Invoice)) == 1
+        causes = set(session.scalars(select(outbox.c.headers["causation_id"].as_string())))
+    assert len(causes) == 4, "each of the four messages is answered"
+    assert _answered_numbers(pg_invoice_db) == _invoice_numbers(pg_invoice_db)

@@ -1,0 +1,131 @@
+"""The invoice outbox on real Postgres and Redis: NOTIFY at commit, the shared relay routes it, retention."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from sqlalchemy import func, insert, make_url, select, text
+
+from invoice_worker.database import InvoiceDatabase
+from invoice_worker.invoicing import create_invoice
+from invoice_worker.models import Invoice, MessageDelivery, ProcessedMessage, outbox
+from invoice_worker.retention import _LOCK_KEY, InboxRetention, prune_inbox
+from invoice_worker.signals import invoice_created
+from shared.config import Settings
+from shared.contracts import INVOICE_CREATED, ROUTES, parse_invoice_created
+from shared.outbox.publisher import publisher_for
+from shared.outbox.relay import OutboxRelay, RelayPolicy
+from shared.outbox.table import NOTIFY_CHANNEL
+from tests.support.events import order_placed_event
+from tests.support.outbox import consumed
+
+
+def _listener(url: str) -> psycopg.Connection[tuple[object, ...]]:
+    conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = psycopg.connect(conninfo, autocommit=True)
+    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+    return conn
+
+
+def test_a_committed_invoice_notifies_the_relay_and_a_rolled_back_one_does_not(
+    pg_settings: Settings, pg_invoice_db: InvoiceDatabase
+) -> None:
+    def failing_receiver(sender: Any, **_: Any) -> None:
+        raise RuntimeError("a receiver failed before commit")
+
+    listener = _listener(pg_settings.invoices_database_url)
+    try:
+        with (
+            invoice_created.connected_to(failing_receiver),
+            pg_invoice_db.session() as session,
+            pytest.raises(RuntimeError),
+        ):
+            create_invoice(session, uuid.uuid4(), order_placed_event())
+        with pg_invoice_db.engine.begin() as conn:  # a marker: notifications arrive in commit order
+            conn.execute(text("SELECT pg_notify(:channel, 'marker')"), {"channel": NOTIFY_CHANNEL})
+        with pg_invoice_db.session() as session:
+            create_invoice(session, uuid.uuid4(), order_placed_event())
+
+        notifications = [n.payload for n in listener.notifies(timeout=10, stop_after=2)]
+    finally:
+        listener.close()
+
+    assert notifications == ["marker", ""], "the rolled-back invoice notified, or the committed one did not"
+
+
+def test_the_shared_relay_publishes_answers_to_the_order_service_queue(
+    pg_settings: Settings, pg_invoice_db: InvoiceDatabase, redis_client: redis.Redis
+) -> None:
+    events = [order_placed_event() for _ in range(3)]
+    causes = [uuid.uuid4() for _ in events]
+    for event, cause in zip(events, causes, strict=True):
+        with pg_invoice_db.session() as session:
+            create_invoice(session, cause, event)
+    relay = OutboxRelay(
+        pg_invoice_db.engine, outbox, publisher_for(pg_settings, ROUTES, "invoice_relay"), RelayPolicy()
+    )
+    try:
+        assert relay.drain() == 3
+    finally:
+        relay.disconnect()
+        relay.publisher.close()
+
+    deliveries = consumed(redis_client, pg_settings.queue(ROUTES[INVOICE_CREATED].queue))
+    assert {d.task for d in deliveries} == {ROUTES[INVOICE_CREATED].task}
+    answers = {parse_invoice_created(d.payload).order_id: d for d in deliveries}
+    assert set(answers) == {e.order_id for e in events}
+    with pg_invoice_db.session() as session:
+        rows = {r.aggregate_id: r for r in session.execute(select(outbox))}
+        numbers = {
+            order_id: number for order_id, number in session.execute(select(Invoice.order_id, Invoice.number))
+        }
+    for event, cause in zip(events, causes, strict=True):
+        delivered = answers[event.order_id]
+        assert delivered.task_id == str(rows[event.order_id].message_id)
+        assert delivered.headers["causation_id"] == str(cause)
+        assert parse_invoice_created(delivered.payload).invoice_number == numbers[event.order_id]
+        assert rows[event.order_id].published_at is not None
+
+
+def _seed_by_database_clock(database: InvoiceDatabase, age: timedelta, count: int) -> None:
+    with database.engine.begin() as conn:
+        stamp = conn.execute(select(func.now())).scalar_one() - age
+        ids = [uuid.uuid4() for _ in range(count)]
+        conn.execute(
+            insert(ProcessedMessage),
+            [{"message_id": i, "topic": "order.placed", "processed_at": stamp} for i in ids],
+        )
+        conn.execute(
+            insert(MessageDelivery),
+            [
+                {"message_id": i, "deliveries": 1, "first_delivered_at": stamp, "last_delivered_at": stamp}
+                for i in ids
+            ],
+        )
+
+
+def _inbox_size(database: InvoiceDatabase) -> int:
+    with database.session() as session:
+        return session.scalar(select(func.count()).select_from(ProcessedMessage)) or 0
+
+
+def test_inbox_pruning_takes_turns_and_deletes_only_what_aged_out_by_the_database_clock(
+    pg_invoice_db: InvoiceDatabase,
+) -> None:
+    policy = InboxRetention(retention=timedelta(days=30), batch=100)
+    _seed_by_database_clock(pg_invoice_db, timedelta(days=30, minutes=1), 250)
+    _seed_by_database_clock(pg_invoice_db, timedelta(days=29, hours=23), 7)
+
+    with pg_invoice_db.engine.connect() as holder, holder.begin():
+        holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+        busy = prune_inbox(pg_invoice_db.engine, policy)
+    pruned = prune_inbox(pg_invoice_db.engine, policy)
+
+    assert (busy.skipped, busy.processed_messages) == (True, 0)
+    assert (pruned.skipped, pruned.processed_messages, pruned.message_deliveries) == (False, 250, 250)
+    assert _inbox_size(pg_invoice_db) == 7
