@@ -32,8 +32,10 @@ test: install
 	$(BIN)/lint-imports
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-chaos: install  ## N orders under random SIGKILLs of relays/workers and one Redis kill; fails on lost/doubled
-	$(BIN)/python -m tests.fault.chaos --orders $(or $(N),500) $(if $(SEED),--seed $(SEED))
+# The soak runs the shipped defaults and no reconciliation; it fails on lost, doubled, wrong totals or
+# an order invoiced more than 120 s after the last fault. KEEP=1 keeps the processes' logs.
+chaos: install  ## N orders under random SIGKILLs of relays/workers and one Redis kill
+	$(BIN)/python -m tests.fault.chaos --orders $(or $(N),500) $(if $(SEED),--seed $(SEED)) $(if $(KEEP),--keep)
 
 test-unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

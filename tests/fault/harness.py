@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 
-from tests.fault.checker import Checker, Verdict
+from shared.config import Settings
+from tests.fault.evidence import Checker, Verdict
 from tests.support.databases import DatabasePair
 from tests.support.processes import (
     Service,
@@ -42,6 +43,9 @@ FAULT_ENV = {
 }
 """Short timeouts and backoffs, so that redelivery and recovery happen within a test's time."""
 
+SETTINGS_ENV = frozenset(str(f.validation_alias) for f in Settings.model_fields.values())
+"""Every variable ``Settings`` reads: a cluster on the shipped defaults inherits none of them."""
+
 
 def order_headers(api_key: str) -> dict[str, str]:
     """Every order request's headers, in one place: the API key and a fresh Idempotency-Key."""
@@ -54,6 +58,8 @@ class Cluster:
     redis: PrivateRedis
     databases: DatabasePair
     overrides: dict[str, str] = field(default_factory=dict)
+    shipped_defaults: bool = False
+    """Run as an operator would: only URLs, prefixes, keys and ``overrides``; no ``FAULT_ENV``."""
     queue_prefix: str = field(default_factory=lambda: f"fault-{uuid.uuid4().hex[:8]}-")
     api_key: str = field(default_factory=lambda: f"osk_{secrets.token_urlsafe(24)}")
     services: list[Service] = field(default_factory=list)
@@ -62,6 +68,19 @@ class Cluster:
 
     @property
     def env(self) -> dict[str, str]:
+        if self.shipped_defaults:
+            inherited = {k: v for k, v in os.environ.items() if k not in SETTINGS_ENV}
+            return {
+                **inherited,
+                "ORDERS_DATABASE_URL": self.databases.orders_url,
+                "INVOICES_DATABASE_URL": self.databases.invoices_url,
+                "BROKER_URL": self.redis.url,
+                "QUEUE_PREFIX": self.queue_prefix,
+                "VAR_DIR": str(self.root / "var"),
+                "API_KEYS": self.api_key,
+                "LOG_FORMAT": "json",
+                **self.overrides,
+            }
         env = pipeline_env(
             orders_url=self.databases.orders_url,
             invoices_url=self.databases.invoices_url,
@@ -83,7 +102,9 @@ class Cluster:
     @property
     def checker(self) -> Checker:
         if self._checker is None:
-            self._checker = Checker(self.databases.orders_url, self.databases.invoices_url)
+            self._checker = Checker(
+                self.databases.orders_url, self.databases.invoices_url, self.redis.url, self.queue
+            )
         return self._checker
 
     def _track(self, service: Service) -> Service:

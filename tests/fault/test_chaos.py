@@ -1,4 +1,9 @@
-"""The chaos soak at CI size: relays and workers SIGKILLed at random, Redis killed once, nothing lost."""
+"""The chaos soak at CI size, on the shipped defaults and with no reconciliation.
+
+Relays and workers are SIGKILLed at random and Redis once; the checker then proves from the
+client's 201s, both databases and the workers' logs that nothing was lost or doubled and that
+every order was invoiced within the lateness bound after the last fault.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,16 @@ from tests.fault.chaos import run_chaos
 from tests.support.databases import PostgresFactory
 
 
-def test_chaos_soak_loses_and_doubles_nothing(postgres: PostgresFactory, tmp_path: Path) -> None:
+def test_chaos_soak_on_shipped_defaults_loses_doubles_and_delays_nothing(
+    postgres: PostgresFactory, tmp_path: Path
+) -> None:
     orders = int(os.environ.get("CHAOS_ORDERS", "500"))
     seed = int(os.environ.get("CHAOS_SEED", "20261124"))
 
-    result = run_chaos(postgres, tmp_path, orders, seed, drain_timeout=180)
+    result = run_chaos(postgres, tmp_path, orders, seed)
 
-    print("\n".join(result.lines()))
-    assert len(result.verdict.lost) == 0, "\n".join(result.lines())
-    assert len(result.verdict.doubled) == 0, "\n".join(result.lines())
-    assert result.drained
-    assert len(result.verdict.orders) == orders
+    report = "\n".join(result.lines())
+    print(report)
+    assert result.quiescent is not None, report
+    assert result.findings.failures() == [], report
+    assert result.findings.accepted == orders, report

@@ -1,0 +1,213 @@
+"""The soak's checker can fail: fabricated evidence with one defect each, and the check that catches it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from tests.fault.checker import Accepted, Evidence, InvoiceRow, OrderRow, audit
+from tests.fault.evidence import invoice_effects
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+BOUND = 120.0
+
+
+def _body(n: int) -> dict[str, Any]:
+    return {
+        "customer_id": f"cus-{n}",
+        "currency": "EUR",
+        "lines": [{"sku": "SKU-1", "quantity": 2, "unit_amount": 100 * n}],
+    }
+
+
+def _order(n: int, body: dict[str, Any] | None = None, at: datetime = T0) -> OrderRow:
+    body = body or _body(n)
+    lines = tuple((line["sku"], line["quantity"], line["unit_amount"]) for line in body["lines"])
+    total = sum(q * u for _, q, u in lines)
+    return OrderRow(f"order-{n}", body["customer_id"], body["currency"], total, lines, at)
+
+
+def _invoice(order: OrderRow, after: float = 1.0) -> InvoiceRow:
+    return InvoiceRow(
+        order.id,
+        order.customer_id,
+        order.currency,
+        order.amount_total,
+        order.created_at + timedelta(seconds=after),
+    )
+
+
+def healthy(count: int = 3) -> Evidence:
+    """Every order accepted once, committed once, invoiced once with one effect, promptly."""
+    orders = [_order(n) for n in range(1, count + 1)]
+    return Evidence(
+        accepted=[Accepted(f"key-{n}", f"order-{n}", _body(n)) for n in range(1, count + 1)],
+        orders=orders,
+        invoices=[_invoice(o) for o in orders],
+        invoice_events={o.id: 1 for o in orders},
+        last_fault_at=T0 - timedelta(seconds=5),
+    )
+
+
+def test_healthy_evidence_passes_every_check() -> None:
+    findings = audit(healthy(), BOUND)
+
+    assert findings.failures() == []
+    assert (findings.accepted, findings.committed, findings.invoiced, findings.effects) == (3, 3, 3, 3)
+    assert findings.lateness.max == 1.0
+
+
+def test_an_accepted_order_missing_from_the_database_is_lost() -> None:
+    evidence = healthy()
+    evidence = dataclasses.replace(
+        evidence, accepted=[*evidence.accepted, Accepted("key-9", "order-9", _body(9))]
+    )
+
+    findings = audit(evidence, BOUND)
+
+    assert findings.not_committed == {"order-9"}
+    assert findings.lost == {"order-9"}
+    assert not findings.ok
+
+
+def test_a_committed_order_without_invoice_is_lost() -> None:
+    evidence = healthy()
+    evidence = dataclasses.replace(
+        evidence, invoices=evidence.invoices[1:], invoice_events={"order-2": 1, "order-3": 1}
+    )
+
+    findings = audit(evidence, BOUND)
+
+    assert findings.not_invoiced == {"order-1"}
+    assert findings.lost == {"order-1"}
+    assert not findings.ok
+
+
+def test_two_invoice_created_effects_for_one_order_are_doubled() -> None:
+    evidence = dataclasses.replace(healthy(), invoice_events={"order-1": 2, "order-2": 1, "order-3": 1})
+
+    findings = audit(evidence, BOUND)
+
+    assert findings.effects_not_once == {"order-1": 2}
+    assert findings.doubled == {"order-1"}
+    assert not findings.ok
+
+
+def test_an_invoice_without_its_effect_line_fails_the_effect_count() -> None:
+    evidence = dataclasses.replace(healthy(), invoice_events={"order-2": 1, "order-3": 1})
+
+    findings = audit(evidence, BOUND)
+
+    assert findings.effects_not_once == {"order-1": 0}
+    assert not findings.ok
+
+
+def test_one_idempotency_key_answered_with_two_order_ids_is_doubled() -> None:
+    evidence = healthy()
+    second = _order(4, body=_body(1))
+    evidence = dataclasses.replace(
+        evidence,
+        accepted=[*evidence.accepted, Accepted("key-1", second.id, _body(1))],
+        orders=[*evidence.orders, second],
+        invoices=[*evidence.invoices, _invoice(second)],
+        invoice_events={**evidence.invoice_events, second.id: 1},
+    )
+
+    findings = audit(evidence, BOUND)
+
+    assert findings.keys_with_many_ids == {"key-1": {"order-1", "order-4"}}
+    assert {"order-1", "order-4"} <= findings.doubled
+    assert not findings.ok
+
+
+def test_a_body_that_made_two_orders_is_doubled_even_when_no_201_named_the_second() -> None:
+    evidence = healthy()
+    twin = _order(4, body=_body(2))  # committed, invoiced, but the client never heard of it
+    evidence = dataclasses.replace(
+        evidence,
+        orders=[*evidence.orders, twin],
+        invoices=[*evidence.invoices, _invoice(twin)],
+        invoice_events={**evidence.invoice_events, twin.id: 1},
+    )
+
+    findings = audit(evidence, BOUND)
+
+    assert findings.bodies_not_once == {"order-2": ("order-2", "order-4")}
+    assert findings.unaccepted_orders == {"order-4"}
+    assert findings.doubled == {"order-2", "order-4"}
+    assert not findings.ok
+
+
+def test_an_invoice_total_that_differs_from_its_order_fails() -> None:
+    evidence = healthy()
+    wrong = dataclasses.replace(evidence.invoices[0], amount_total=evidence.invoices[0].amount_total + 1)
+    evidence = dataclasses.replace(evidence, invoices=[wrong, *evidence.invoices[1:]])
+
+    findings = audit(evidence, BOUND)
+
+    assert findings.wrong_amounts == {"order-1"}
+    assert not findings.ok
+
+
+def test_an_order_total_that_differs_from_the_accepted_body_fails() -> None:
+    evidence = healthy()
+    body = {**_body(1), "currency": "USD"}
+    evidence = dataclasses.replace(
+        evidence, accepted=[Accepted("key-1", "order-1", body), *evidence.accepted[1:]]
+    )
+
+    findings = audit(evidence, BOUND)
+
+    assert "order-1" in findings.wrong_amounts
+    assert not findings.ok
+
+
+def test_an_order_invoiced_past_the_bound_after_the_last_fault_fails() -> None:
+    evidence = healthy()
+    late = _invoice(evidence.orders[0], after=BOUND + 30)
+    evidence = dataclasses.replace(evidence, invoices=[late, *evidence.invoices[1:]])
+
+    findings = audit(evidence, BOUND)
+
+    # Accepted 5 s after the last fault, so measured from acceptance: 150 s.
+    assert findings.lateness.max_after_fault == BOUND + 30
+    assert findings.lateness.max == BOUND + 30
+    assert any("max lateness after the last fault" in f for f in findings.failures())
+
+
+def test_lateness_after_a_fault_counts_from_the_fault_for_orders_accepted_before_it() -> None:
+    evidence = healthy()
+    fault = T0 + timedelta(seconds=100)
+    late = _invoice(evidence.orders[0], after=150.0)  # stuck through the fault: 50 s past it
+    evidence = dataclasses.replace(evidence, invoices=[late, *evidence.invoices[1:]], last_fault_at=fault)
+
+    findings = audit(evidence, BOUND)
+
+    assert findings.lateness.after_fault == 1
+    assert findings.lateness.max_after_fault == 50.0
+    assert findings.lateness.max_plain_after_fault == 150.0
+    assert findings.ok
+
+
+def test_effects_are_counted_from_json_log_lines_and_garbled_ones_reported(tmp_path: Path) -> None:
+    order_id = "7f1c2d4e-0000-4000-8000-000000000001"
+    created = {"event": "invoice.created", "order_id": order_id, "message_id": "m", "level": "info"}
+    (tmp_path / "worker-0.log").write_text(
+        "celery banner\n" + json.dumps(created) + "\n" + '{"event": "invoice.created", "order_id": "7f1c\n'
+    )
+    (tmp_path / "worker-1.log").write_text(
+        json.dumps(created)
+        + "\n"
+        + json.dumps({"event": "invoice.already_exists", "order_id": order_id})
+        + "\n"
+    )
+
+    counts, garbled = invoice_effects(tmp_path)
+
+    assert counts == {order_id: 2}
+    assert garbled == 1  # a line cut short: an effect that cannot be attributed
+    findings = audit(dataclasses.replace(healthy(), garbled_events=garbled), BOUND)
+    assert findings.failures() == ["unparseable invoice.created log lines: 1"]
