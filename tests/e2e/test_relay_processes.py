@@ -1,7 +1,8 @@
-"""Relay processes: three at once, one killed mid-drain, SIGTERM mid-drain, a second one on SQLite."""
+"""Relay processes: three at once (each publishes), SIGKILL and SIGTERM mid-drain, SQLite's single relay."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -55,7 +56,26 @@ def _status(env: dict[str, str]) -> str:
     return result.stdout
 
 
-def test_three_relays_publish_each_message_exactly_once_in_aggregate_order(
+def _published_by(service: Service) -> int:
+    """Messages this relay process says it published: its structured ``outbox.batch_relayed`` lines."""
+    total = 0
+    for line in service.logs().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event") == "outbox.batch_relayed":
+            total += int(event["published"])
+    return total
+
+
+def _shares(engine: Engine) -> list[int]:
+    """How many partitions each live relay holds, smallest first."""
+    with engine.connect() as conn:
+        return sorted(len(relay.partitions) for relay in relay_holdings(conn, LockKeys.for_table("outbox")))
+
+
+def test_three_relays_each_publish_and_together_send_each_message_once_in_aggregate_order(
     relay_env: dict[str, str],
     relays: list[Service],
     orders_engine: Engine,
@@ -63,14 +83,28 @@ def test_three_relays_publish_each_message_exactly_once_in_aggregate_order(
     pg_settings: Settings,
     tmp_path: Path,
 ) -> None:
+    """Two relays join one that is mid-drain; a second half arrives once all three hold fair shares."""
     queue = pg_settings.queue("invoices")
-    insert_rows(orders_engine, outbox_rows(ROWS, 1_000))
+    rows = outbox_rows(ROWS, 1_000)
+    env = {**relay_env, "LOG_LEVEL": "INFO"}  # each batch's structured line counts what that process sent
+    insert_rows(orders_engine, rows[: ROWS // 2])
     for n in range(3):
-        relays.append(relay_service(relay_env, tmp_path, name=f"relay-{n}").start())
+        relays.append(relay_service(env, tmp_path, name=f"relay-{n}").start())
         wait_until(lambda: redis_client.llen(queue) > 0, timeout=30, message="publishing to start")
+    wait_until(lambda: _shares(orders_engine) == [4, 6, 6], timeout=30, message="three fair shares")
+    insert_rows(orders_engine, rows[ROWS // 2 :], notify=True)
     wait_until(lambda: _unpublished(orders_engine) == 0, timeout=120, message="the backlog to drain")
     status = _status(relay_env)
 
+    wait_until(  # a batch is logged just after its commit
+        lambda: sum(_published_by(relay) for relay in relays) >= ROWS,
+        timeout=10,
+        message="every relay's last batch line",
+    )
+    published = {relay.name: _published_by(relay) for relay in relays}
+    print(f"published per relay: {published}")
+    assert all(count > 0 for count in published.values()), published
+    assert sum(published.values()) == ROWS, published
     deliveries = consumed(redis_client, queue)
     assert len(deliveries) == ROWS
     assert len({d.task_id for d in deliveries}) == ROWS, "a message was published twice"
@@ -91,17 +125,26 @@ def test_partitions_of_a_killed_relay_are_taken_over(
 ) -> None:
     queue = pg_settings.queue("invoices")
     insert_rows(orders_engine, outbox_rows(ROWS, 1_000))
-    env = {**relay_env, "RELAY_BATCH_SIZE": "10"}  # slow enough to be caught mid-drain
+    env = {**relay_env, "RELAY_BATCH_SIZE": "10", "LOG_LEVEL": "INFO"}  # slow enough to be caught mid-drain
     doomed = relay_service(env, tmp_path, name="doomed").start()
     relays.append(doomed)
     wait_until(lambda: redis_client.llen(queue) > 500, timeout=30, message="the doomed relay to publish")
     survivor = relay_service(env, tmp_path, name="survivor").start()
     relays.append(survivor)
     wait_until(lambda: _holding(orders_engine) == 2, timeout=30, message="both relays to hold partitions")
-    doomed.kill()
-    assert _unpublished(orders_engine) > 0, "nothing left to take over"
+    doomed.kill()  # SIGKILL mid-drain, while it holds its partitions
+    assert doomed.process is not None
+    assert doomed.process.returncode == -signal.SIGKILL
+    survivor_before = _published_by(survivor)
+    left = _unpublished(orders_engine)
+    assert left > 0, "nothing left to take over"
 
     wait_until(lambda: _unpublished(orders_engine) == 0, timeout=120, message="the survivor to drain")
+    wait_until(
+        lambda: _published_by(survivor) - survivor_before >= left,
+        timeout=10,
+        message="the survivor's log to account for every row left by the killed relay",
+    )
     deliveries = consumed(redis_client, queue)
     assert {d.task_id for d in deliveries} == {str(m) for m in _ids(orders_engine)}
     assert order_violations(deliveries) == []
