@@ -1,4 +1,11 @@
-"""The order relay process: ``python -m order_service.relay [run [--once] | status | retry-parked]``."""
+"""The order relay process: ``python -m order_service.relay [run [--once] | status | retry-parked]``.
+
+``run`` also serves ``/healthz`` and ``/metrics`` on ``RELAY_METRICS_PORT`` (default 9101, all
+interfaces; 0 picks a free port and logs it). ``/healthz`` is 503 once the loop made no progress
+for ``RELAY_STALL_SECONDS`` (30 s), the same bound after which live relays retire a stopped one
+and take its partitions (see ``shared.outbox.relay``). If the port is taken (several relays on
+one host), the relay runs without it and logs ``relay.health_unavailable``.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +24,11 @@ from sqlalchemy import Engine
 
 from order_service.models import outbox
 from shared.config import Settings
-from shared.contracts import ORDER_PLACED, ROUTES
-from shared.db import create_db_engine, is_postgres, utcnow
+from shared.contracts import ROUTES
+from shared.db import create_db_engine, is_postgres, keepalive_connect_args, utcnow
 from shared.logs import configure_logging
-from shared.outbox import redrive, store
+from shared.outbox import store
+from shared.outbox.health import HealthServer
 from shared.outbox.publisher import publisher_for
 from shared.outbox.relay import OutboxRelay, RelayPolicy
 from shared.outbox.singleton import RelayAlreadyRunning, SingleRelayLock
@@ -44,12 +52,7 @@ def relay_policy(settings: Settings) -> RelayPolicy:
         rebalance_interval=settings.relay_rebalance_interval,
         purge_interval=settings.relay_purge_interval,
         purge_batch=settings.relay_purge_batch,
-        expects_answer=frozenset({ORDER_PLACED}),  # answered by invoice.created (order_service.worker)
-        redrive_after=settings.outbox_redrive_after_seconds,
-        redrive_max_interval=settings.outbox_redrive_max_interval,
-        redrive_max=settings.outbox_redrive_max,
-        redrive_interval=settings.relay_redrive_interval,
-        redrive_batch=settings.relay_redrive_batch,
+        stall_seconds=settings.relay_stall_seconds,
     )
 
 
@@ -70,19 +73,14 @@ def _sole_relay_on_sqlite(engine: Engine) -> Iterator[None]:
         lock.release()
 
 
-def _status(engine: Engine, settings: Settings) -> int:
+def _status(engine: Engine) -> int:
     with engine.connect() as conn:
         report = read_status(conn, outbox, utcnow())
-        rule = relay_policy(settings).redrive_rule()
-        answers = redrive.unanswered(conn, outbox, rule, now=redrive.database_now(conn))
     print(f"backlog: {report.backlog}")
     print(f"retrying: {report.retrying}")
     print(f"oldest_unpublished_age_s: {report.oldest_unpublished_age_s:.1f}")
     print(f"parked: {report.parked}")
     print(f"last_error: {report.last_error or '-'}")
-    print(f"unacknowledged: {answers.waiting}")
-    print(f"unacknowledged_overdue: {answers.overdue} (no answer after {rule.after:g} s)")
-    print(f"unacknowledged_redrives_exhausted: {answers.exhausted} (re-driven {rule.max_redrives} times)")
     print(f"relays_alive: {len(report.relays)}")
     for relay in report.relays:
         partitions = ",".join(map(str, relay.partitions)) or "-"
@@ -99,6 +97,17 @@ def _retry_parked(engine: Engine, ids: list[int]) -> int:
     return 0
 
 
+def _serve_health(relay: OutboxRelay, settings: Settings) -> HealthServer | None:
+    """``/healthz`` and ``/metrics`` in a daemon thread; a taken port is logged, not fatal."""
+    try:
+        server = HealthServer(relay.metrics, "0.0.0.0", settings.relay_metrics_port).start()  # noqa: S104
+    except OSError as exc:
+        log.error("relay.health_unavailable", port=settings.relay_metrics_port, error=str(exc))
+        return None
+    log.info("relay.health_serving", port=server.port, stall_bound_s=settings.relay_stall_seconds)
+    return server
+
+
 def _serve(relay: OutboxRelay, settings: Settings) -> int:
     stop = threading.Event()
 
@@ -108,7 +117,10 @@ def _serve(relay: OutboxRelay, settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, _request_stop)
     signal.signal(signal.SIGINT, _request_stop)
-    waiter = waiter_for(relay.engine, stop, settings.relay_poll_interval)
+    # The main connection must be seen working at least every third of the stall bound, idle or not.
+    interval = min(settings.relay_poll_interval, settings.relay_stall_seconds / 3)
+    waiter = waiter_for(relay.engine, stop, interval)
+    health = _serve_health(relay, settings)
     log.info(
         "relay.started",
         batch_size=relay.policy.batch_size,
@@ -121,6 +133,8 @@ def _serve(relay: OutboxRelay, settings: Settings) -> int:
     finally:
         waiter.close()
         relay.publisher.close()
+        if health is not None:
+            health.close()
     log.info("relay.stopped")
     return 0
 
@@ -135,10 +149,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
     settings.ensure_var_dir()
-    engine = create_db_engine(settings.orders_database_url, pool_size=2)
+    engine = create_db_engine(
+        settings.orders_database_url,
+        pool_size=2,
+        connect_args=keepalive_connect_args(settings.relay_stall_seconds),
+    )
     try:
         if args.command == "status":
-            return _status(engine, settings)
+            return _status(engine)
         if args.command == "retry-parked":
             return _retry_parked(engine, args.id)
         with _sole_relay_on_sqlite(engine):

@@ -5,6 +5,16 @@ one relay at a time publishes an aggregate's rows, in id order. Locks live on th
 database session: if the relay dies or its connection drops, the server frees them at once, and
 the other relays take the partitions over at their next rebalance. Each relay also holds a
 *shared* presence lock, so ``pg_locks`` counts the live relays without any table of our own.
+
+A relay that stops without its session ending (SIGSTOP, a frozen VM, a host gone without a FIN)
+would hold its locks for ever, or for the TCP keepalive default (~2 h). So live relays *retire*
+it: every relay's main connection runs a query at least every ``stall_seconds / 3`` (its
+rebalance or claim), so a presence holder whose backend has been idle (``idle``, ``idle in
+transaction``) or blocked writing to a client that does not read (``active`` on ``ClientWrite``)
+for longer than ``stall_seconds`` has stopped, and a live relay ends it with
+``pg_terminate_backend``, which frees its advisory and row locks. A relay busy in the database
+(``active`` on anything else) is never retired. Needs the right to signal the holder's backend
+(the same role, or ``pg_signal_backend``): without it, retirement is logged and skipped.
 """
 
 from __future__ import annotations
@@ -16,8 +26,9 @@ from dataclasses import dataclass, field
 
 import structlog
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
 
-__all__ = ["LockKeys", "PartitionLeases", "RelayHolding", "relay_holdings"]
+__all__ = ["LockKeys", "PartitionLeases", "RelayHolding", "RetiredRelay", "relay_holdings"]
 
 log = structlog.get_logger(__name__)
 
@@ -28,6 +39,19 @@ _CENSUS = text(
     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
       AND l.classid::bigint IN (:presence, :partition)
+    """
+)
+
+
+_STALLED = text(
+    """
+    SELECT a.pid, coalesce(a.application_name, '') AS app, coalesce(a.client_addr::text, 'local') AS client,
+           a.state, coalesce(a.wait_event, '') AS wait_event,
+           extract(epoch FROM clock_timestamp() - a.state_change)::float8 AS stalled_s
+    FROM pg_stat_activity AS a
+    WHERE a.pid = ANY(:pids) AND a.pid <> pg_backend_pid()
+      AND (a.state <> 'active' OR a.wait_event = 'ClientWrite')
+      AND a.state_change < clock_timestamp() - make_interval(secs => :stall)
     """
 )
 
@@ -64,6 +88,18 @@ class RelayHolding:
     partitions: tuple[int, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class RetiredRelay:
+    """A relay session that stopped making progress and was terminated by a live relay."""
+
+    pid: int
+    application_name: str
+    client: str
+    state: str
+    stalled_s: float
+    partitions: tuple[int, ...]
+
+
 def _census(conn: Connection, keys: LockKeys) -> tuple[set[int], dict[int, set[int]]]:
     """Live relay backends (by pid) and which pid holds which partition."""
     alive: set[int] = set()
@@ -83,6 +119,8 @@ class PartitionLeases:
 
     keys: LockKeys
     partitions: int
+    stall_seconds: float | None = None
+    """Retire relay sessions idle longer than this (``None``: never)."""
     owned: set[int] = field(default_factory=set)
     _present: bool = False
 
@@ -90,6 +128,49 @@ class PartitionLeases:
         """Forget everything: the session that held the locks is gone, and so are the locks."""
         self.owned.clear()
         self._present = False
+
+    def retire_stalled(self, conn: Connection) -> list[RetiredRelay]:
+        """Terminate the sessions of relays that stopped making progress; their locks end with them.
+
+        Runs in a savepoint: a refused ``pg_terminate_backend`` (no right to signal) is logged, and
+        the caller's transaction goes on.
+        """
+        if self.stall_seconds is None:
+            return []
+        alive, held = _census(conn, self.keys)
+        if not alive:
+            return []
+        retired: list[RetiredRelay] = []
+        try:
+            with conn.begin_nested():
+                for row in conn.execute(_STALLED, {"pids": sorted(alive), "stall": self.stall_seconds}).all():
+                    # PG 14+ waits (up to 5 s) until the backend is gone, so its locks are free on return.
+                    wait = ", 5000" if (conn.dialect.server_version_info or (0,)) >= (14,) else ""
+                    if not conn.scalar(text(f"SELECT pg_terminate_backend(:pid{wait})"), {"pid": row.pid}):
+                        continue
+                    relay = RetiredRelay(
+                        row.pid,
+                        row.app,
+                        row.client,
+                        row.state,
+                        row.stalled_s,
+                        tuple(sorted(held.get(row.pid, ()))),
+                    )
+                    retired.append(relay)
+                    log.warning(
+                        "relay.stalled_relay_retired",
+                        pid=relay.pid,
+                        application_name=relay.application_name,
+                        client=relay.client,
+                        state=relay.state,
+                        wait_event=row.wait_event,
+                        stalled_s=round(relay.stalled_s, 1),
+                        stall_bound_s=self.stall_seconds,
+                        partitions=list(relay.partitions),
+                    )
+        except DBAPIError as exc:
+            log.warning("relay.retire_refused", error=str(exc.orig), retired_before_refusal=len(retired))
+        return retired
 
     def rebalance(self, conn: Connection) -> frozenset[int]:
         """Announce presence, give back what exceeds the fair share, take free partitions up to it."""

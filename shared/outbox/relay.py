@@ -17,6 +17,27 @@ Design (why it is safe to run several):
   aggregate is held back, so a retry can never overtake. Rows of one aggregate that fail
   together get one retry time.
 * SQLite (embedded mode) has no row locks or advisory locks: one relay runs, and claims all rows.
+Liveness (the stall bound, ``RelayPolicy.stall_seconds`` = ``RELAY_STALL_SECONDS``, 30 s):
+
+* The loop survives every exception: it logs it, drops its session (its locks go with it), backs
+  off (jittered, at most 30 s) and reconnects. Only the stop event ends it.
+* A relay's main connection runs a query at least every ``stall_seconds / 3`` (the rebalance
+  period is capped at that, and the entry point caps the idle wait too), and a batch keeps its
+  transaction idle only while it publishes, which the publisher's own timeouts bound below the
+  stall bound (Redis: connect 5 s, each socket operation 10 s). So a relay session idle longer
+  than the bound has stopped (SIGSTOP, frozen VM, vanished host): live relays terminate it at
+  their rebalance (``partitions.PartitionLeases.retire_stalled``) and take its partitions. A
+  stopped relay's partitions move within ``stall_seconds`` + one rebalance period (~31 s).
+  A broker so slow that one batch outlasts the bound gets its relay retired too: its batch rolls
+  back and is republished by the new holder (at least once; consumers dedup).
+* The session also sets ``idle_in_transaction_session_timeout`` to the bound (a relay stopped
+  mid-batch, with no live relay to retire it, still releases its row locks) and server-side TCP
+  keepalives, and the entry point sets libpq keepalives and ``tcp_user_timeout`` on the client
+  side (``shared.db.keepalive_connect_args``), so a vanished peer is noticed on both ends.
+* A relay that resumes after being retired finds its session gone at its next query, reconnects
+  and rebalances. Stopped while waiting (the usual case) it had nothing claimed and publishes
+  nothing twice; stopped between claim and mark, it may publish that one batch again on resume.
+* ``metrics`` records the loop's progress for ``/healthz`` (``health.py``).
 """
 
 from __future__ import annotations
@@ -33,14 +54,19 @@ import structlog
 from sqlalchemy import Connection, Engine, Table, text
 from sqlalchemy.exc import DBAPIError
 
+from shared.backoff import jittered_backoff
 from shared.db import is_postgres, utcnow
-from shared.outbox import redrive, store
+from shared.outbox import store
+from shared.outbox.health import RelayMetrics
 from shared.outbox.messages import BatchOutcome, PendingMessage, Publisher
 from shared.outbox.partitions import LockKeys, PartitionLeases
 
 __all__ = ["OutboxRelay", "RelayPolicy"]
 
 log = structlog.get_logger(__name__)
+
+_LOOP_BACKOFF_MAX = 30.0
+"""Longest pause between attempts after the loop failed (a database or broker outage, a bug)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,25 +81,10 @@ class RelayPolicy:
     purge_interval: float = 60.0
     purge_batch: int = 5_000
     purge_max_batches: int = 20
-    expects_answer: frozenset[str] = frozenset()
-    """Topics whose rows wait for an acknowledgement; unanswered ones are re-driven (``redrive.py``)."""
-    redrive_after: float = 60.0
-    redrive_max_interval: float = 3600.0
-    redrive_max: int = 20
-    redrive_interval: float = 5.0
-    redrive_batch: int = 5_000
+    stall_seconds: float = 30.0
 
     def backoff(self, attempts: int) -> timedelta:
         return store.backoff(attempts, self.base_backoff, self.max_backoff)
-
-    def redrive_rule(self) -> redrive.RedriveRule:
-        return redrive.RedriveRule(
-            topics=self.expects_answer,
-            after=self.redrive_after,
-            max_interval=self.redrive_max_interval,
-            max_redrives=self.redrive_max,
-            batch=self.redrive_batch,
-        )
 
 
 class OutboxRelay:
@@ -94,13 +105,19 @@ class OutboxRelay:
         self._clock = clock
         postgres = is_postgres(engine)
         self.leases = (
-            PartitionLeases(LockKeys.for_table(outbox.name), self.policy.partitions) if postgres else None
+            PartitionLeases(
+                LockKeys.for_table(outbox.name), self.policy.partitions, self.policy.stall_seconds
+            )
+            if postgres
+            else None
         )
+        self.metrics = RelayMetrics(self.policy.stall_seconds)
+        # The heartbeat that tells live relays from stopped ones: a query at least this often.
+        self._rebalance_every = min(self.policy.rebalance_interval, self.policy.stall_seconds / 3)
         self._partitions: frozenset[int] | None = frozenset() if postgres else None
         self._conn: Connection | None = None
         self._next_rebalance = 0.0
         self._next_purge = 0.0
-        self._next_redrive = 0.0
         self._guard_order = True
 
     @property
@@ -116,20 +133,37 @@ class OutboxRelay:
                 self._partitions = frozenset()
                 self._next_rebalance = 0.0
                 with self._conn.begin():
-                    name = f"outbox-relay {socket.gethostname()}:{os.getpid()}"[:63]
-                    self._conn.execute(text("SELECT set_config('application_name', :n, false)"), {"n": name})
+                    self._configure_session(self._conn)
             self._guard_order = True
         return self._conn
 
+    def _configure_session(self, conn: Connection) -> None:
+        """Name the session (``status``) and bound how long the server keeps it when the relay stops."""
+        bound_ms = int(self.policy.stall_seconds * 1000)
+        settings = {
+            "application_name": f"outbox-relay {socket.gethostname()}:{os.getpid()}"[:63],
+            "idle_in_transaction_session_timeout": str(bound_ms),
+            # The server's side of a vanished client (no FIN): probes after a third of the bound.
+            "tcp_keepalives_idle": str(max(1, int(self.policy.stall_seconds / 3))),
+            "tcp_keepalives_interval": str(max(1, int(self.policy.stall_seconds / 9))),
+            "tcp_keepalives_count": "3",
+            "tcp_user_timeout": str(bound_ms),
+        }
+        for name, value in settings.items():
+            conn.execute(text("SELECT set_config(:name, :value, false)"), {"name": name, "value": value})
+
     def disconnect(self) -> None:
         """Close the session for real: its advisory locks end with it (a pooled one would keep them)."""
-        if self._conn is not None:
-            self._conn.invalidate()
-            self._conn.close()
-            self._conn = None
-        if self.leases is not None:
-            self.leases.reset()
-            self._partitions = frozenset()
+        conn, self._conn = self._conn, None
+        try:
+            if conn is not None:
+                conn.invalidate()
+                conn.close()
+        finally:
+            if self.leases is not None:
+                self.leases.reset()
+                self._partitions = frozenset()
+                self.metrics.partitions.set(0)
 
     def rebalance(self, force: bool = False) -> frozenset[int] | None:
         """Re-take this relay's fair share of partitions (at most every ``rebalance_interval``)."""
@@ -137,11 +171,15 @@ class OutboxRelay:
         if self.leases is None or (not force and time.monotonic() < self._next_rebalance):
             return self._partitions
         with conn.begin():
+            retired = self.leases.retire_stalled(conn)
             owned = self.leases.rebalance(conn)
+        self.metrics.retired.inc(len(retired))
         if owned - (self._partitions or frozenset()):
             self._guard_order = True  # new partitions may hold rows that failed under their last owner
         self._partitions = owned
-        self._next_rebalance = time.monotonic() + self.policy.rebalance_interval
+        self.metrics.partitions.set(len(owned))
+        # Partitions a retired relay held are free now (PG 14+ waits for its exit): take them at once.
+        self._next_rebalance = 0.0 if retired else time.monotonic() + self._rebalance_every
         return owned
 
     def relay_batch(self) -> BatchOutcome:
@@ -227,11 +265,7 @@ class OutboxRelay:
                 ):
                     break
                 deleted = store.purge_published(
-                    conn,
-                    self.outbox,
-                    cutoff=cutoff,
-                    limit=self.policy.purge_batch,
-                    expects_answer=self.policy.expects_answer,
+                    conn, self.outbox, cutoff=cutoff, limit=self.policy.purge_batch
                 )
             total += deleted
             if deleted < self.policy.purge_batch:
@@ -245,37 +279,57 @@ class OutboxRelay:
             self.purge_published()
             self._next_purge = time.monotonic() + self.policy.purge_interval
 
-    def redrive_unanswered(self) -> int:
-        """Put unanswered messages whose backoff has passed back in the queue (one relay at a time)."""
-        if not self.policy.expects_answer:
-            return 0
-        return redrive.redrive_unanswered(self._connection(), self.outbox, self.policy.redrive_rule())
-
-    def _redrive_when_due(self) -> None:
-        if self.policy.expects_answer and time.monotonic() >= self._next_redrive:
-            self.redrive_unanswered()
-            self._next_redrive = time.monotonic() + self.policy.redrive_interval
-
     def run(self, stop: threading.Event, wait: Callable[[], None]) -> None:
-        """Relay until ``stop`` is set; the current batch always finishes (or rolls back) first."""
-        outages = 0
+        """Relay until ``stop`` is set; the current batch always finishes (or rolls back) first.
+
+        Any exception (database, broker, a bug) is logged, the session dropped, and the loop backs
+        off and goes on: a relay that crash-looped would hold nothing, but publish nothing either.
+        """
+        failures = 0
         try:
             while not stop.is_set():
                 try:
                     outcome = self.relay_batch()
                     self._purge_when_due()
-                    self._redrive_when_due()
-                except DBAPIError as exc:
-                    outages += 1
-                    delay = store.backoff(outages, self.policy.base_backoff, 30.0).total_seconds()
-                    log.warning("relay.database_unavailable", error=str(exc.orig), retry_in_s=round(delay, 2))
-                    self.disconnect()
-                    stop.wait(delay)
-                    continue
-                if outages:
-                    log.info("relay.database_reconnected", partitions=sorted(self._partitions or ()))
-                    outages = 0
-                if outcome.failed or len(outcome.published) < self.policy.batch_size:
-                    wait()
+                    self._record_progress(outcome)
+                    if failures:
+                        log.info(
+                            "relay.recovered",
+                            after_failures=failures,
+                            partitions=sorted(self._partitions or ()),
+                        )
+                        failures = 0
+                    if outcome.failed or len(outcome.published) < self.policy.batch_size:
+                        wait()
+                        self.metrics.progressed()
+                except Exception as exc:  # the loop must outlive any one failure, whatever it is
+                    failures += 1
+                    self._back_off(exc, failures, stop)
         finally:
             self.disconnect()
+
+    def _record_progress(self, outcome: BatchOutcome) -> None:
+        self.metrics.published.inc(len(outcome.published))
+        self.metrics.failed.inc(len(outcome.failed))
+        self.metrics.progressed()
+
+    def _back_off(self, exc: Exception, failures: int, stop: threading.Event) -> None:
+        """Log the failure, drop the session (its locks and any open batch go with it), wait."""
+        self.metrics.loop_errors.inc()
+        delay = jittered_backoff(failures, self.policy.base_backoff, _LOOP_BACKOFF_MAX)
+        if isinstance(exc, DBAPIError):
+            sqlstate = getattr(exc.orig, "sqlstate", None)
+            log.warning(
+                "relay.database_unavailable",
+                error=str(exc.orig),
+                sqlstate=sqlstate,
+                attempt=failures,
+                retry_in_s=round(delay, 2),
+            )
+        else:
+            log.error("relay.loop_failed", attempt=failures, retry_in_s=round(delay, 2), exc_info=exc)
+        try:
+            self.disconnect()
+        except Exception:  # a broken connection may fail to close; it is dropped all the same
+            log.warning("relay.disconnect_failed", exc_info=True)
+        stop.wait(delay)

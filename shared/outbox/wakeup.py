@@ -10,7 +10,7 @@ import psycopg
 import structlog
 from sqlalchemy import Engine
 
-from shared.db import is_postgres
+from shared.db import is_postgres, keepalive_connect_args
 from shared.outbox.table import NOTIFY_CHANNEL
 
 __all__ = ["NotifyWaiter", "PollingWaiter", "Waiter", "waiter_for"]
@@ -44,17 +44,24 @@ class NotifyWaiter:
     """Returns as soon as a transaction that wrote outbox rows commits, or after the poll interval.
 
     The interval is the fallback for notifications lost while the listening connection was down.
+    TCP keepalives drop a connection to a vanished server within ~``keepalive_bound`` seconds, so
+    the listener reconnects instead of waiting on a dead socket for the kernel default (~2 h).
     """
 
-    def __init__(self, conninfo: str, stop: threading.Event, interval: float) -> None:
+    def __init__(
+        self, conninfo: str, stop: threading.Event, interval: float, keepalive_bound: float = 30.0
+    ) -> None:
         self._conninfo = conninfo
         self._stop = stop
         self._interval = interval
+        self._connect_args = keepalive_connect_args(keepalive_bound)
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
 
     def _listen(self) -> psycopg.Connection[tuple[object, ...]]:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
+            self._conn = psycopg.connect(
+                self._conninfo, autocommit=True, **{**self._connect_args, "connect_timeout": 5}
+            )
             self._conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
         return self._conn
 
