@@ -1,17 +1,26 @@
-"""Faults 8 and 9: the orders database restarts under load; the invoices database goes away for a while."""
+"""Faults 8 and 9: the orders database restarts under load; the invoices database goes away or read-only."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections import Counter
 
 import httpx
 from sqlalchemy import create_engine, text
 
-from tests.fault.harness import Cluster, report
+from shared.config import Settings
+from tests.fault.harness import FAULT_ENV, Cluster, report
 from tests.fault.orders import bodies, place_in_process
+from tests.support.processes import Service
+from tests.support.read_only import set_read_only
 from tests.support.servers import PrivatePostgres
 from tests.support.waiting import wait_until
+
+SHIPPED = {str(f.validation_alias): f.default for f in Settings.model_fields.values()}
+SHIPPED_DEFAULTS = {name: str(SHIPPED[name]) for name in FAULT_ENV}
+"""Overrides that put back every setting ``FAULT_ENV`` shortens: the worker runs as an operator deploys it."""
 
 
 def orders_without_outbox_rows(cluster: Cluster) -> int:
@@ -92,3 +101,56 @@ def test_invoice_database_outage_is_retried_with_backoff_until_it_returns(
     assert (len(verdict.lost), len(verdict.doubled)) == (0, 0)
     assert verdict.dead_letters == 0
     assert worker.logs().count("invoice.database_trouble") >= 20
+
+
+def events(service: Service, name: str) -> list[dict[str, object]]:
+    """The structured log lines a process wrote for one event."""
+    found = []
+    for line in service.logs().splitlines():
+        if line.startswith("{") and f'"{name}"' in line:
+            record = json.loads(line)
+            if record.get("event") == name:
+                found.append(record)
+    return found
+
+
+def test_invoice_database_read_only_for_a_while_loses_no_order_with_the_shipped_defaults(
+    invoices_down_cluster: Cluster,
+) -> None:
+    """A failover onto a replica: every write fails with an InternalError until it is writable again."""
+    cluster = invoices_down_cluster
+    cluster.overrides.update(SHIPPED_DEFAULTS)
+    cluster.start_api()
+    cluster.start_relay()
+    worker = cluster.start_worker()
+    accepted = cluster.place_orders(bodies(5, seed=95))
+    wait_until(lambda: len(cluster.checker.verdict().invoices) == 5, timeout=60, message="5 invoices")
+
+    started = time.monotonic()
+    set_read_only(cluster.databases.invoices_url, True)
+    for body in bodies(30, seed=96):  # spread over the read-only spell, as orders arrive
+        accepted += cluster.place_orders([body])
+        time.sleep(0.3)
+
+    def refused() -> set[str]:
+        return {str(e["message_id"]) for e in events(worker, "invoice.database_trouble")}
+
+    wait_until(
+        lambda: len(refused()) >= 30, timeout=30, message="every new message to meet the read-only database"
+    )
+    assert all("read-only transaction" in str(e["error"]) for e in events(worker, "invoice.database_trouble"))
+    assert len(cluster.checker.verdict().invoices) == 5  # nothing could be written meanwhile
+    time.sleep(max(0.0, 15 - (time.monotonic() - started)))  # the spell lasts 15 s in all
+    set_read_only(cluster.databases.invoices_url, False)
+    writable = time.monotonic()
+
+    verdict = cluster.wait_settled(35, timeout=60)
+    caught_up = time.monotonic() - writable
+    report(f"invoice database read-only for 15 s; all invoiced {caught_up:.1f} s after", verdict)
+    assert (len(verdict.lost), len(verdict.doubled)) == (0, 0)
+    assert verdict.dead_letters == 0
+    assert {verdict.invoices.get(order_id) for order_id in accepted} == {1}
+    created = Counter(str(e["order_id"]) for e in events(worker, "invoice.created"))
+    assert created == Counter(accepted)  # one invoice effect per accepted order, counted past any constraint
+    # No message waits longer than one capped countdown (20 s shipped) once the database is writable.
+    assert caught_up < float(SHIPPED_DEFAULTS["WORKER_RETRY_BACKOFF_MAX"]) + 10
