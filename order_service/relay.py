@@ -24,10 +24,10 @@ from sqlalchemy import Engine
 
 from order_service.models import outbox
 from shared.config import Settings
-from shared.contracts import ROUTES
+from shared.contracts import ORDER_PLACED, ROUTES
 from shared.db import create_db_engine, is_postgres, keepalive_connect_args, utcnow
 from shared.logs import configure_logging
-from shared.outbox import store
+from shared.outbox import redrive, store
 from shared.outbox.health import HealthServer
 from shared.outbox.publisher import publisher_for
 from shared.outbox.relay import OutboxRelay, RelayPolicy
@@ -52,6 +52,12 @@ def relay_policy(settings: Settings) -> RelayPolicy:
         rebalance_interval=settings.relay_rebalance_interval,
         purge_interval=settings.relay_purge_interval,
         purge_batch=settings.relay_purge_batch,
+        expects_answer=frozenset({ORDER_PLACED}),  # answered by invoice.created (order_service.worker)
+        redrive_after=settings.outbox_redrive_after_seconds,
+        redrive_max_interval=settings.outbox_redrive_max_interval,
+        redrive_max=settings.outbox_redrive_max,
+        redrive_interval=settings.relay_redrive_interval,
+        redrive_batch=settings.relay_redrive_batch,
         stall_seconds=settings.relay_stall_seconds,
     )
 
@@ -73,14 +79,19 @@ def _sole_relay_on_sqlite(engine: Engine) -> Iterator[None]:
         lock.release()
 
 
-def _status(engine: Engine) -> int:
+def _status(engine: Engine, settings: Settings) -> int:
     with engine.connect() as conn:
         report = read_status(conn, outbox, utcnow())
+        rule = relay_policy(settings).redrive_rule()
+        answers = redrive.unanswered(conn, outbox, rule, now=redrive.database_now(conn))
     print(f"backlog: {report.backlog}")
     print(f"retrying: {report.retrying}")
     print(f"oldest_unpublished_age_s: {report.oldest_unpublished_age_s:.1f}")
     print(f"parked: {report.parked}")
     print(f"last_error: {report.last_error or '-'}")
+    print(f"unacknowledged: {answers.waiting}")
+    print(f"unacknowledged_overdue: {answers.overdue} (no answer after {rule.after:g} s)")
+    print(f"unacknowledged_redrives_exhausted: {answers.exhausted} (re-driven {rule.max_redrives} times)")
     print(f"relays_alive: {len(report.relays)}")
     for relay in report.relays:
         partitions = ",".join(map(str, relay.partitions)) or "-"
@@ -156,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "status":
-            return _status(engine)
+            return _status(engine, settings)
         if args.command == "retry-parked":
             return _retry_parked(engine, args.id)
         with _sole_relay_on_sqlite(engine):

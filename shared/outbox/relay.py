@@ -56,7 +56,7 @@ from sqlalchemy.exc import DBAPIError
 
 from shared.backoff import jittered_backoff
 from shared.db import is_postgres, utcnow
-from shared.outbox import store
+from shared.outbox import redrive, store
 from shared.outbox.health import RelayMetrics
 from shared.outbox.messages import BatchOutcome, PendingMessage, Publisher
 from shared.outbox.partitions import LockKeys, PartitionLeases
@@ -81,10 +81,26 @@ class RelayPolicy:
     purge_interval: float = 60.0
     purge_batch: int = 5_000
     purge_max_batches: int = 20
+    expects_answer: frozenset[str] = frozenset()
+    """Topics whose rows wait for an acknowledgement; unanswered ones are re-driven (``redrive.py``)."""
+    redrive_after: float = 60.0
+    redrive_max_interval: float = 3600.0
+    redrive_max: int = 20
+    redrive_interval: float = 5.0
+    redrive_batch: int = 5_000
     stall_seconds: float = 30.0
 
     def backoff(self, attempts: int) -> timedelta:
         return store.backoff(attempts, self.base_backoff, self.max_backoff)
+
+    def redrive_rule(self) -> redrive.RedriveRule:
+        return redrive.RedriveRule(
+            topics=self.expects_answer,
+            after=self.redrive_after,
+            max_interval=self.redrive_max_interval,
+            max_redrives=self.redrive_max,
+            batch=self.redrive_batch,
+        )
 
 
 class OutboxRelay:
@@ -118,6 +134,7 @@ class OutboxRelay:
         self._conn: Connection | None = None
         self._next_rebalance = 0.0
         self._next_purge = 0.0
+        self._next_redrive = 0.0
         self._guard_order = True
 
     @property
@@ -265,7 +282,11 @@ class OutboxRelay:
                 ):
                     break
                 deleted = store.purge_published(
-                    conn, self.outbox, cutoff=cutoff, limit=self.policy.purge_batch
+                    conn,
+                    self.outbox,
+                    cutoff=cutoff,
+                    limit=self.policy.purge_batch,
+                    expects_answer=self.policy.expects_answer,
                 )
             total += deleted
             if deleted < self.policy.purge_batch:
@@ -279,6 +300,17 @@ class OutboxRelay:
             self.purge_published()
             self._next_purge = time.monotonic() + self.policy.purge_interval
 
+    def redrive_unanswered(self) -> int:
+        """Put unanswered messages whose backoff has passed back in the queue (one relay at a time)."""
+        if not self.policy.expects_answer:
+            return 0
+        return redrive.redrive_unanswered(self._connection(), self.outbox, self.policy.redrive_rule())
+
+    def _redrive_when_due(self) -> None:
+        if self.policy.expects_answer and time.monotonic() >= self._next_redrive:
+            self.redrive_unanswered()
+            self._next_redrive = time.monotonic() + self.policy.redrive_interval
+
     def run(self, stop: threading.Event, wait: Callable[[], None]) -> None:
         """Relay until ``stop`` is set; the current batch always finishes (or rolls back) first.
 
@@ -291,6 +323,7 @@ class OutboxRelay:
                 try:
                     outcome = self.relay_batch()
                     self._purge_when_due()
+                    self._redrive_when_due()
                     self._record_progress(outcome)
                     if failures:
                         log.info(
