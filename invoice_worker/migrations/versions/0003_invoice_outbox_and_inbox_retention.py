@@ -19,7 +19,7 @@ branch_labels = None
 depends_on = None
 
 _PENDING = sa.text('published_at IS NULL AND parked_at IS NULL')
-_UNPUBLISHED = sa.text('published_at IS NULL')
+_FAILED_UNPUBLISHED = sa.text('published_at IS NULL AND attempts > 0')
 
 
 def upgrade():
@@ -47,7 +47,7 @@ def upgrade():
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.create_index('ix_outbox_pending', ['id'], unique=False, postgresql_where=_PENDING, sqlite_where=_PENDING)
         # The claim's order guard (as orders' 0004); a new, empty table needs no CONCURRENTLY.
-        batch_op.create_index('ix_outbox_aggregate_unpublished', ['aggregate_id', 'id'], unique=False, postgresql_where=_UNPUBLISHED, sqlite_where=_UNPUBLISHED)
+        batch_op.create_index('ix_outbox_failed_unpublished', ['aggregate_id', 'id'], unique=False, postgresql_where=_FAILED_UNPUBLISHED, sqlite_where=_FAILED_UNPUBLISHED)
         batch_op.create_index('ix_outbox_published_at', ['published_at'], unique=False)
 
     if op.get_bind().dialect.name == "postgresql":
@@ -75,7 +75,7 @@ def downgrade():
 
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.drop_index('ix_outbox_published_at')
-        batch_op.drop_index('ix_outbox_aggregate_unpublished', postgresql_where=_UNPUBLISHED, sqlite_where=_UNPUBLISHED)
+        batch_op.drop_index('ix_outbox_failed_unpublished', postgresql_where=_FAILED_UNPUBLISHED, sqlite_where=_FAILED_UNPUBLISHED)
         batch_op.drop_index('ix_outbox_pending', postgresql_where=_PENDING, sqlite_where=_PENDING)
 
     op.drop_table('outbox')
