@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import Connection, Table, and_, func, or_, select, text, update
+from sqlalchemy import BigInteger, Connection, Table, Update, and_, any_, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.elements import ColumnElement
 
 from shared.db import is_postgres, utcnow
@@ -39,6 +40,7 @@ __all__ = [
     "Unanswered",
     "database_now",
     "redrive_due",
+    "redrive_statement",
     "redrive_unanswered",
     "unanswered",
 ]
@@ -121,28 +123,38 @@ def _due(t: Table, rule: RedriveRule, now: datetime) -> ColumnElement[bool]:
     return or_(*arms)
 
 
-def redrive_due(conn: Connection, t: Table, rule: RedriveRule, *, now: datetime) -> list[Redriven]:
-    """Put up to ``rule.batch`` due, unanswered rows back in the relay's queue; return them.
+def redrive_statement(t: Table, rule: RedriveRule, *, now: datetime, postgres: bool) -> Update:
+    """The UPDATE that re-drives up to ``rule.batch`` due rows, returning them.
 
-    ``available_at`` becomes the row's last publication time: in the past by any relay's clock,
-    so the next claim takes it. The outer conditions are re-checked on the locked row, so an
-    answer that commits while this runs wins and the row is left alone.
+    The rows are chosen and locked first (``FOR UPDATE SKIP LOCKED``: a row an answer is
+    acknowledging right now is skipped, and one acknowledged meanwhile fails the re-check), then
+    updated by primary key: on Postgres through ``id = ANY(ARRAY(...))``, evaluated once, so the
+    planner never joins the choice against every unacknowledged row. ``available_at`` becomes the
+    row's last publication time: in the past by any relay's clock, so the next claim takes it.
     """
-    if not rule.topics or rule.max_redrives <= 0:
-        return []
-    conditions = _unacknowledged(t, rule.topics)
     chosen = (
         select(t.c.id)
-        .where(*conditions, _due(t, rule, now))
+        .where(*_unacknowledged(t, rule.topics), _due(t, rule, now))
         .limit(rule.batch)
         .with_for_update(skip_locked=True)
+        .scalar_subquery()
     )
-    statement = (
+    chosen_ids = (
+        t.c.id == any_(func.array(chosen, type_=ARRAY(BigInteger))) if postgres else t.c.id.in_(chosen)
+    )
+    return (
         update(t)
-        .where(t.c.id.in_(chosen.scalar_subquery()), *conditions)
+        .where(chosen_ids)
         .values(published_at=None, available_at=t.c.published_at, redrives=t.c.redrives + 1)
         .returning(t.c.id, t.c.message_id, t.c.aggregate_id, t.c.redrives)
     )
+
+
+def redrive_due(conn: Connection, t: Table, rule: RedriveRule, *, now: datetime) -> list[Redriven]:
+    """Put up to ``rule.batch`` due, unanswered rows back in the relay's queue; return them."""
+    if not rule.topics or rule.max_redrives <= 0:
+        return []
+    statement = redrive_statement(t, rule, now=now, postgres=is_postgres(conn.dialect))
     rows = [Redriven(*row) for row in conn.execute(statement)]
     if rows and is_postgres(conn.dialect):
         conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
