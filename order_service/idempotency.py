@@ -5,8 +5,18 @@ A key is claimed by INSERTing its row in a short transaction of its own: the UNI
 The stored response is written by a session ``after_flush`` hook *inside the order's transaction*,
 so the order and its replayable response commit together: no crash can leave an order whose key
 still looks unanswered. The order's unit of work and its receivers stay untouched.
-A claim whose request died (process crash) can be taken over after ``IDEMPOTENCY_LOCK_SECONDS``;
-the takeover changes the lock token, so a late original would fail its conditional update and roll back.
+
+**A stored response is final.** Until the key expires, nothing deletes it or takes it over: every
+write other than expiry is conditional on ``response_status IS NULL`` (and on the writer's lock token),
+checked by the database in the same statement, not by an earlier read.
+
+- A claim whose request died (process crash) can be taken over after ``IDEMPOTENCY_LOCK_SECONDS``.
+  The takeover changes the lock token, so a late original fails its conditional update and rolls back.
+  If the original commits its answer while the takeover is under way, the takeover matches no row
+  (on Postgres its UPDATE waits for the original's row lock, then re-checks the committed row) and
+  the retry replays the answer.
+- ``release`` deletes only an unanswered claim: a request can fail *after* its COMMIT landed
+  (the acknowledgement was lost), and its stored 201 must then stay for the retry to replay.
 """
 
 from __future__ import annotations
@@ -25,7 +35,18 @@ import click
 import structlog
 from flask import Flask, Response
 from flask.cli import AppGroup
-from sqlalchemy import Engine, String, Text, UniqueConstraint, delete, event, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    Text,
+    UniqueConstraint,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -69,6 +90,7 @@ class IdempotencyKey(db.Model):  # type: ignore[name-defined,misc]
 
 
 _table = IdempotencyKey.__table__
+_unanswered = _table.c.response_status.is_(None)
 
 
 class KeyReused(Exception):
@@ -134,7 +156,7 @@ def claim(
                 select(_table).where(_table.c.client_id == client_id, _table.c.key == key)
             ).first()
             if row is None:
-                continue  # pruned between our insert and this read
+                continue  # pruned or released between our insert and this read
             if row.expires_at <= now:
                 conn.execute(delete(_table).where(_table.c.id == row.id, _table.c.expires_at <= now))
                 continue
@@ -142,19 +164,23 @@ def claim(
                 raise KeyReused(key)
             if row.response_status is not None:
                 return Replay(row.response_status, row.response_body or "")
-            stale = now - timedelta(seconds=settings.idempotency_lock_seconds)
-            taken = conn.execute(
-                update(_table)
-                .where(
-                    _table.c.id == row.id, _table.c.lock_token == row.lock_token, _table.c.locked_at <= stale
-                )
-                .values(lock_token=token, locked_at=now)
-            )
-            if taken.rowcount == 1:
-                log.warning("idempotency.stale_claim_taken_over", client=client_id)
+            if row.locked_at > now - timedelta(seconds=settings.idempotency_lock_seconds):
+                raise KeyInFlight(key)
+            if _take_over(conn, row.id, row.lock_token, token, now):
+                log.warning("idempotency.stale_claim_taken_over", client=client_id, key_row=row.id)
                 return Claim(row.id, token)
-            raise KeyInFlight(key)
+        # The row changed since we read it: answered, taken by another retry or released. Read again.
     raise KeyInFlight(key)
+
+
+def _take_over(conn: Connection, row_id: int, seen_token: uuid.UUID, token: uuid.UUID, now: datetime) -> bool:
+    """Move a stale claim to ``token`` if it is still unanswered and still the claim we read."""
+    taken = conn.execute(
+        update(_table)
+        .where(_table.c.id == row_id, _table.c.lock_token == seen_token, _unanswered)
+        .values(lock_token=token, locked_at=now)
+    )
+    return taken.rowcount == 1
 
 
 @contextmanager
@@ -168,7 +194,7 @@ def recorded_with_order(session: Session, owned: Claim, render: Callable[[Order]
                 .where(
                     _table.c.id == owned.row_id,
                     _table.c.lock_token == owned.token,
-                    _table.c.response_status.is_(None),
+                    _unanswered,
                 )
                 .values(response_status=201, response_body=render(order))
             )
@@ -183,9 +209,17 @@ def recorded_with_order(session: Session, owned: Claim, render: Callable[[Order]
 
 
 def release(engine: Engine, owned: Claim) -> None:
-    """Forget a claim whose request failed, so the client may retry with the same key."""
+    """Forget a claim whose request failed, so the client may retry with the same key.
+
+    Only while it is unanswered: if the order's COMMIT landed and only its acknowledgement was lost,
+    the stored 201 stays and the retry replays it instead of placing a second order.
+    """
     with engine.begin() as conn:
-        conn.execute(delete(_table).where(_table.c.id == owned.row_id, _table.c.lock_token == owned.token))
+        released = conn.execute(
+            delete(_table).where(_table.c.id == owned.row_id, _table.c.lock_token == owned.token, _unanswered)
+        )
+    if released.rowcount != 1:
+        log.warning("idempotency.claim_kept_answered_or_taken_over", key_row=owned.row_id)
 
 
 def prune(engine: Engine, now: datetime | None = None) -> int:

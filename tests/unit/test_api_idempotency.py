@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -11,7 +12,8 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import update
+from sqlalchemy import event, update
+from sqlalchemy.orm import Session
 
 from order_service import idempotency
 from order_service.auth import client_id, digest
@@ -189,5 +191,54 @@ def test_requests_prune_expired_keys_in_passing(
     pruner.last = time.monotonic() - pruner.interval
 
     client.post("/orders", json=ORDER, headers=_key())
+
+    assert row_counts()["idempotency_keys"] == 1
+
+
+def test_a_commit_whose_acknowledgement_is_lost_is_replayed_not_placed_again(
+    app: Flask, client: FlaskClient, row_counts: Callable[[], dict[str, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The order's COMMIT lands, then the driver raises: release() must keep the stored 201."""
+    with app.app_context():
+        dialect = db.engine.dialect
+    real_commit = dialect.do_commit
+    armed: list[bool] = []
+
+    def commit_then_lose_the_ack(dbapi_connection: Any) -> None:
+        real_commit(dbapi_connection)
+        if armed:
+            armed.clear()
+            raise sqlite3.OperationalError("disk I/O error")
+
+    def arm(*_: Any) -> None:
+        armed.append(True)
+
+    monkeypatch.setattr(dialect, "do_commit", commit_then_lose_the_ack)
+    headers = _key()
+    event.listen(Session, "before_commit", arm)  # the order's commit only: claims use Core
+    try:
+        lost = client.post("/orders", json=ORDER, headers=headers)
+    finally:
+        event.remove(Session, "before_commit", arm)
+    assert lost.status_code == 503
+    assert row_counts()["orders"] == 1
+
+    retry = client.post("/orders", json=ORDER, headers=headers)
+
+    assert retry.status_code == 201
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert row_counts() == {"orders": 1, "order_lines": 1, "outbox": 1, "idempotency_keys": 1}
+
+
+def test_release_keeps_a_claim_that_holds_a_response(
+    app: Flask, client: FlaskClient, row_counts: Callable[[], dict[str, int]]
+) -> None:
+    headers = _key()
+    owned = _claim_in_flight(app, headers["Idempotency-Key"], ORDER)
+    with app.app_context(), idempotency.recorded_with_order(db.session(), owned, lambda order: "{}"):
+        place_order(db.session(), PlaceOrder("cus_7", "EUR", (LineRequest("MUG-2", 3, 800),)))
+
+    with app.app_context():
+        idempotency.release(db.engine, owned)
 
     assert row_counts()["idempotency_keys"] == 1
