@@ -141,12 +141,13 @@ class PartitionLeases:
         if not alive:
             return []
         retired: list[RetiredRelay] = []
+        # PG 14+ waits (up to 5 s) until the backend is gone, so its locks are free on return.
+        wait = ", 5000" if (conn.dialect.server_version_info or (0,)) >= (14,) else ""
+        terminate = text(f"SELECT pg_terminate_backend(:pid{wait})")
         try:
             with conn.begin_nested():
                 for row in conn.execute(_STALLED, {"pids": sorted(alive), "stall": self.stall_seconds}).all():
-                    # PG 14+ waits (up to 5 s) until the backend is gone, so its locks are free on return.
-                    wait = ", 5000" if (conn.dialect.server_version_info or (0,)) >= (14,) else ""
-                    if not conn.scalar(text(f"SELECT pg_terminate_backend(:pid{wait})"), {"pid": row.pid}):
+                    if not conn.scalar(terminate, {"pid": row.pid}):  # already gone (another relay was first)
                         continue
                     relay = RetiredRelay(
                         row.pid,
