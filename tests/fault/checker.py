@@ -8,6 +8,10 @@ Constraints hide what they prevent: ``UNIQUE(order_id)`` on invoices makes "two 
 order" unobservable in the invoices table. So "doubled" is counted where no constraint filters:
 order ids per Idempotency-Key, orders per accepted body, and ``invoice.created`` log lines (one per
 committed invoice transaction) per order.
+
+A log line is written after its COMMIT, so a worker SIGKILLed in between leaves an invoice with no
+line. That is excused only when the invoice's message was delivered again afterwards (the killed
+delivery was never acknowledged); a line too many is never excused.
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ class InvoiceRow:
     currency: str
     amount_total: int
     created_at: datetime
+    deliveries: int = 1
+    """How often the message that made this invoice was delivered (``message_deliveries``)."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,9 @@ class Findings:
     bodies_not_once: Mapping[str, tuple[str, ...]]
     """First order id a 201 named for the body -> the orders in the database that match the body."""
     effects_not_once: Mapping[str, int]
+    unlogged_effects: frozenset[str]
+    """Invoiced orders with no line, whose message was delivered again: a worker SIGKILLed between
+    COMMIT and its log line (the later deliveries found the message in the inbox)."""
     wrong_amounts: frozenset[str]
     garbled_events: int
     lateness: Lateness
@@ -199,7 +208,7 @@ class Findings:
         late = self.lateness
         return [
             f"accepted: {self.accepted}  committed: {self.committed}  invoiced: {self.invoiced}  "
-            f"invoice.created effects: {self.effects}",
+            f"invoice.created effects: {self.effects} (+{len(self.unlogged_effects)} unlogged)",
             f"lost: {len(self.lost)}  doubled: {len(self.doubled)}",
             f"lateness (accepted -> invoiced, s): p50 {late.p50:.2f}  p99 {late.p99:.2f}  max {late.max:.2f}",
             f"after the last fault ({late.after_fault} orders): max {late.max_after_fault:.2f} s past "
@@ -246,10 +255,10 @@ def audit(evidence: Evidence, bound: float) -> Findings:
         bodies.setdefault(fingerprint(a.body), a.order_id)
 
     events = evidence.invoice_events
+    counted = set(invoices) | {o for o, n in events.items() if n}
+    unlogged = {o for o in counted if o in invoices and events.get(o, 0) == 0 and invoices[o].deliveries > 1}
     effects_not_once = {
-        o: events.get(o, 0)
-        for o in set(invoices) | {o for o, n in events.items() if n}
-        if events.get(o, 0) != 1 or o not in invoices
+        o: events.get(o, 0) for o in counted - unlogged if events.get(o, 0) != 1 or o not in invoices
     }
 
     return Findings(
@@ -268,6 +277,7 @@ def audit(evidence: Evidence, bound: float) -> Findings:
             if len(orders_per_body.get(fp, ())) != 1
         },
         effects_not_once=effects_not_once,
+        unlogged_effects=frozenset(unlogged),
         wrong_amounts=_wrong_amounts(evidence, orders),
         garbled_events=evidence.garbled_events,
         lateness=lateness(evidence),

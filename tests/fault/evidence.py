@@ -203,11 +203,18 @@ class Checker:
                     found.append((row.sku, row.quantity, row.unit_amount))
         orders = [OrderRow(o, c, cur, total, tuple(lines[o]), at) for o, (c, cur, total, at) in heads.items()]
         with self._invoices.connect() as conn:
-            invoices = [
-                InvoiceRow(_uuid(r.order_id), r.customer_id, r.currency, r.amount_total, r.created_at)
-                for r in conn.execute(
-                    text("SELECT order_id, customer_id, currency, amount_total, created_at FROM invoices")
+            rows = conn.execute(
+                text(
+                    "SELECT i.order_id, i.customer_id, i.currency, i.amount_total, i.created_at,"
+                    " coalesce(d.deliveries, 0) AS deliveries"
+                    " FROM invoices i LEFT JOIN message_deliveries d ON d.message_id = i.message_id"
                 )
+            )
+            invoices = [
+                InvoiceRow(
+                    _uuid(r.order_id), r.customer_id, r.currency, r.amount_total, r.created_at, r.deliveries
+                )
+                for r in rows
             ]
         events, garbled = invoice_effects(log_dir)
         return Evidence(list(accepted), orders, invoices, events, garbled, last_fault_at)

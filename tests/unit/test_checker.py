@@ -105,6 +105,35 @@ def test_an_invoice_without_its_effect_line_fails_the_effect_count() -> None:
     assert not findings.ok
 
 
+def test_an_unlogged_effect_is_excused_only_when_its_message_was_delivered_again() -> None:
+    """A worker SIGKILLed between COMMIT and its log line: the redelivery finds the message processed."""
+    evidence = healthy()
+    redelivered = dataclasses.replace(evidence.invoices[0], deliveries=2)
+    evidence = dataclasses.replace(
+        evidence, invoices=[redelivered, *evidence.invoices[1:]], invoice_events={"order-2": 1, "order-3": 1}
+    )
+
+    findings = audit(evidence, BOUND)
+
+    assert findings.unlogged_effects == {"order-1"}
+    assert findings.ok
+
+
+def test_a_second_effect_line_is_never_excused_by_redeliveries() -> None:
+    evidence = healthy()
+    redelivered = dataclasses.replace(evidence.invoices[0], deliveries=2)
+    evidence = dataclasses.replace(
+        evidence,
+        invoices=[redelivered, *evidence.invoices[1:]],
+        invoice_events={"order-1": 2, "order-2": 1, "order-3": 1},
+    )
+
+    findings = audit(evidence, BOUND)
+
+    assert findings.effects_not_once == {"order-1": 2}
+    assert findings.doubled == {"order-1"}
+
+
 def test_one_idempotency_key_answered_with_two_order_ids_is_doubled() -> None:
     evidence = healthy()
     second = _order(4, body=_body(1))
