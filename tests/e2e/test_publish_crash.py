@@ -116,6 +116,7 @@ def test_relay_sigkilled_between_publish_and_mark_republishes_and_the_worker_inv
             timeout=30,
             message="the relay to block in its mark, after publishing",
         )
+        assert pid is not None
         assert redis_client.llen(queue) == BATCH, "the broker holds the published batch"
         assert _rows_locked_by_others(orders_engine) == BATCH, "the relay holds its claimed rows"
         assert _partitions_held(orders_engine, pid) == tuple(range(pg_settings.relay_partitions))
