@@ -135,7 +135,6 @@ class OutboxRelay:
         self._next_rebalance = 0.0
         self._next_purge = 0.0
         self._next_redrive = 0.0
-        self._guard_order = True
 
     @property
     def partitions(self) -> frozenset[int] | None:
@@ -151,7 +150,6 @@ class OutboxRelay:
                 self._next_rebalance = 0.0
                 with self._conn.begin():
                     self._configure_session(self._conn)
-            self._guard_order = True
         return self._conn
 
     def _configure_session(self, conn: Connection) -> None:
@@ -191,8 +189,6 @@ class OutboxRelay:
             retired = self.leases.retire_stalled(conn)
             owned = self.leases.rebalance(conn)
         self.metrics.retired.inc(len(retired))
-        if owned - (self._partitions or frozenset()):
-            self._guard_order = True  # new partitions may hold rows that failed under their last owner
         self._partitions = owned
         self.metrics.partitions.set(len(owned))
         # Partitions a retired relay held are free now (PG 14+ waits for its exit): take them at once.
@@ -206,24 +202,18 @@ class OutboxRelay:
         if self._partitions is not None and not self._partitions:
             return BatchOutcome()
         with conn.begin():
-            batch, troubled = store.claim(
+            batch = store.claim(  # times: the database's clock (store's docstring)
                 conn,
                 self.outbox,
                 limit=self.policy.batch_size,
-                now=self._clock(),
                 partitions=self._partitions,
                 partition_count=self.policy.partitions,
-                guard_order=self._guard_order,
             )
-            if troubled == 0:
-                self._guard_order = False
             if not batch:
                 return BatchOutcome()
             outcome = self.publisher.publish(batch)
-            now = self._clock()
-            store.mark_published(conn, self.outbox, outcome.published, now)
+            store.mark_published(conn, self.outbox, outcome.published)
             if outcome.failed:
-                self._guard_order = True
                 failures = [(m, outcome.failed[m.id]) for m in batch if m.id in outcome.failed]
                 self._record_failures(conn, failures, outcome.transient)
         log.info(
@@ -238,26 +228,25 @@ class OutboxRelay:
     def _record_failures(
         self, conn: Connection, failures: list[tuple[PendingMessage, str]], transient: set[int]
     ) -> None:
-        rows = store.record_failures(
+        recorded = store.record_failures(
             conn,
             self.outbox,
             failures,
             transient=transient,
-            now=self._clock(),
             max_attempts=self.policy.max_attempts,
             base_backoff=self.policy.base_backoff,
             max_backoff=self.policy.max_backoff,
         )
-        for (message, error), row in zip(failures, rows, strict=True):
+        for failure in recorded:
             log.warning(
                 "outbox.publish_failed",
-                message_id=str(message.message_id),
-                aggregate_id=message.aggregate_id,
-                topic=message.topic,
-                attempts=row["attempts"],
-                parked=row["parked_at"] is not None,
-                retry_at=str(row["available_at"]),
-                error=error,
+                message_id=str(failure.message.message_id),
+                aggregate_id=failure.message.aggregate_id,
+                topic=failure.message.topic,
+                attempts=failure.attempts,
+                parked=failure.parked,
+                retry_in_s=round(failure.retry_in.total_seconds(), 3),
+                error=failure.error,
             )
 
     def drain(self, stop: threading.Event | None = None) -> int:

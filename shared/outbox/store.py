@@ -1,20 +1,32 @@
-"""The relay's SQL: claim, mark, back off, purge, retry parked. Each runs on a connection it is given."""
+"""The relay's SQL: claim, mark, back off, purge, retry parked. Each runs on a connection it is given.
+
+Times come from the database's clock on Postgres (``statement_timestamp()``), the clock the writer
+stamps rows with (``shared.outbox.writer``): a relay or an API host whose clock is off can neither
+hide new rows nor release backed-off ones early. SQLite is embedded, on one machine: Python's clock.
+A caller may still pass ``now`` explicitly (a test pinning time).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Connection,
+    Interval,
     Select,
     Table,
     any_,
     bindparam,
+    case,
     delete,
+    exists,
     func,
+    null,
     or_,
     select,
     text,
@@ -24,16 +36,35 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.elements import ColumnElement
 
 from shared.backoff import jittered_backoff
-from shared.db import is_postgres
+from shared.db import UTCDateTime, is_postgres, utcnow
 from shared.outbox.messages import PendingMessage
 from shared.outbox.table import NOTIFY_CHANNEL
 
-__all__ = ["backoff", "claim", "mark_published", "purge_published", "record_failures", "retry_parked"]
+__all__ = [
+    "RecordedFailure",
+    "backoff",
+    "claim",
+    "mark_published",
+    "purge_published",
+    "record_failures",
+    "retry_parked",
+]
+
+Clock = ColumnElement[datetime] | datetime
 
 
 def backoff(attempts: int, base: float, ceiling: float) -> timedelta:
     """When a row that failed ``attempts`` times may be tried again."""
     return timedelta(seconds=jittered_backoff(attempts, base, ceiling))
+
+
+def _clock(conn: Connection, now: datetime | None) -> Clock:
+    """``now`` if given; else the database's clock on Postgres, Python's on SQLite."""
+    if now is not None:
+        return now
+    if is_postgres(conn.dialect):
+        return func.statement_timestamp(type_=UTCDateTime())
+    return utcnow()
 
 
 def _ids_match(t: Table, conn: Connection, ids: list[int]) -> ColumnElement[bool]:
@@ -43,53 +74,75 @@ def _ids_match(t: Table, conn: Connection, ids: list[int]) -> ColumnElement[bool
     return t.c.id.in_(ids)
 
 
+def _held_back(t: Table) -> ColumnElement[bool]:
+    """The row's aggregate has an earlier unpublished row that failed (in backoff or parked).
+
+    That earlier row goes first: until it is published, nothing after it in its aggregate is
+    claimed, so a retry is never overtaken. One probe of the ``ix_<outbox>_failed_unpublished``
+    index per candidate row, whatever the backlog. ``OFFSET 0`` keeps Postgres from turning the
+    NOT EXISTS into an anti-join, which stale statistics (nothing failed at the last ANALYZE, a
+    whole backlog failed since) plan as a rescan of every failed row for every candidate.
+    """
+    earlier = t.alias("earlier")
+    return exists(
+        select(earlier.c.id)
+        .where(
+            earlier.c.aggregate_id == t.c.aggregate_id,
+            earlier.c.id < t.c.id,
+            earlier.c.published_at.is_(None),
+            earlier.c.attempts > 0,
+        )
+        .offset(0)
+    )
+
+
 def claim(
     conn: Connection,
     t: Table,
     *,
     limit: int,
-    now: datetime,
     partitions: Collection[int] | None,
     partition_count: int,
-    guard_order: bool,
-) -> tuple[list[PendingMessage], int | None]:
-    """Lock the oldest due rows of ``partitions`` (all when ``None``); other relays skip them.
+    now: datetime | None = None,
+    guard_order: bool = True,
+) -> list[PendingMessage]:
+    """Lock the oldest due rows of ``partitions`` (all when ``None``), in id order; other relays skip them.
 
-    With ``guard_order``, a row whose aggregate has an earlier unpublished row that already
-    failed (in backoff or parked) is not claimed: that earlier row goes first. The guard scans
-    the unpublished rows, so the relay turns it on only while such rows may exist; the second
-    value returned is how many aggregates were held back (``None`` when unguarded).
+    With ``guard_order`` (always, in the relay), a row is not claimed while an earlier row of its
+    aggregate that failed is unpublished (``_held_back``). The batch keeps id order; a publisher
+    holds back the rest of an aggregate whose row fails in it.
     """
+    clock = _clock(conn, now)
+    if is_postgres(conn.dialect):
+        # JIT compiling costs ~10 ms per claim once a long backlog lifts the plan's estimated
+        # cost past jit_above_cost: far more than the claim itself (one index probe per row).
+        conn.execute(text("SELECT set_config('jit', 'off', true)"))
     everything = partitions is None or len(partitions) == partition_count
     scope = [] if everything else [(t.c.bucket % partition_count).in_(sorted(partitions or ()))]
     query: Select[tuple[object, ...]] = select(  # PendingMessage's fields, in its order
         t.c.id, t.c.message_id, t.c.topic, t.c.aggregate_id, t.c.payload, t.c.headers, t.c.attempts
-    ).where(t.c.published_at.is_(None), t.c.parked_at.is_(None), t.c.available_at <= now, *scope)
+    ).where(t.c.published_at.is_(None), t.c.parked_at.is_(None), t.c.available_at <= clock, *scope)
     if guard_order:
-        troubled = (
-            select(t.c.aggregate_id, func.min(t.c.id).label("head"))
-            .where(t.c.published_at.is_(None), t.c.attempts > 0, *scope)
-            .group_by(t.c.aggregate_id)
-            .cte("troubled")
-        )
-        query = query.add_columns(
-            select(func.count()).select_from(troubled).scalar_subquery().label("troubled")
-        ).where(
-            or_(
-                t.c.id.in_(select(troubled.c.head)),
-                t.c.aggregate_id.not_in(select(troubled.c.aggregate_id)),
-            )
-        )
+        query = query.where(~_held_back(t))
     query = query.order_by(t.c.id).limit(limit).with_for_update(of=t, skip_locked=True)
-    rows = conn.execute(query).all()
-    troubled_count = (rows[0].troubled if rows else None) if guard_order else None
-    return [PendingMessage(*cast(tuple[Any, ...], row[:7])) for row in rows], troubled_count
+    return [PendingMessage(*cast(tuple[Any, ...], row)) for row in conn.execute(query)]
 
 
-def mark_published(conn: Connection, t: Table, ids: list[int], now: datetime) -> None:
+def mark_published(conn: Connection, t: Table, ids: list[int], now: datetime | None = None) -> None:
     """One statement for the whole batch."""
     if ids:
-        conn.execute(update(t).where(_ids_match(t, conn, ids)).values(published_at=now))
+        conn.execute(update(t).where(_ids_match(t, conn, ids)).values(published_at=_clock(conn, now)))
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedFailure:
+    """What ``record_failures`` did to one row."""
+
+    message: PendingMessage
+    error: str
+    attempts: int
+    retry_in: timedelta
+    parked: bool
 
 
 def record_failures(
@@ -98,42 +151,49 @@ def record_failures(
     failures: list[tuple[PendingMessage, str]],
     *,
     transient: Collection[int] = (),
-    now: datetime,
+    now: datetime | None = None,
     max_attempts: int,
     base_backoff: float,
     max_backoff: float,
-) -> list[dict[str, object]]:
+) -> list[RecordedFailure]:
     """Back off each failed row; park it once it has used up its attempts, unless the broker was at fault.
 
     Rows of one aggregate share one retry time, so they come due together and stay in order.
     """
-    due: dict[str, datetime] = {}
-    rows: list[dict[str, object]] = []
+    delays: dict[str, timedelta] = {}
+    recorded: list[RecordedFailure] = []
     for message, error in failures:
         attempts = message.attempts + 1
-        retry_at = due.setdefault(message.aggregate_id, now + backoff(attempts, base_backoff, max_backoff))
-        rows.append(
-            {
-                "row_id": message.id,
-                "attempts": attempts,
-                "last_error": error[:2000],
-                "available_at": retry_at,
-                "parked_at": now if attempts >= max_attempts and message.id not in transient else None,
-            }
-        )
-    if rows:
-        statement = (
-            update(t)
-            .where(t.c.id == bindparam("row_id"))
-            .values(
-                attempts=bindparam("attempts"),
-                last_error=bindparam("last_error"),
-                available_at=bindparam("available_at"),
-                parked_at=bindparam("parked_at"),
-            )
-        )
-        conn.execute(statement.execution_options(synchronize_session=False), rows)
-    return rows
+        delay = delays.setdefault(message.aggregate_id, backoff(attempts, base_backoff, max_backoff))
+        parked = attempts >= max_attempts and message.id not in transient
+        recorded.append(RecordedFailure(message, error, attempts, delay, parked))
+    if not recorded:
+        return recorded
+    clock = _clock(conn, now)
+    rows: list[dict[str, object]] = [
+        {"row_id": r.message.id, "attempts": r.attempts, "last_error": r.error[:2000]} for r in recorded
+    ]
+    if isinstance(clock, datetime):  # Python's clock (SQLite): plain values
+        times: dict[str, Any] = {
+            "available_at": bindparam("available_at"),
+            "parked_at": bindparam("parked_at"),
+        }
+        for row, r in zip(rows, recorded, strict=True):
+            row.update(available_at=clock + r.retry_in, parked_at=clock if r.parked else None)
+    else:  # the database's clock, read as the UPDATE runs (after the publish attempt)
+        times = {
+            "available_at": clock + bindparam("retry_in", type_=Interval()),
+            "parked_at": case((bindparam("park", type_=Boolean()), clock), else_=null()),
+        }
+        for row, r in zip(rows, recorded, strict=True):
+            row.update(retry_in=r.retry_in, park=r.parked)
+    statement = (
+        update(t)
+        .where(t.c.id == bindparam("row_id"))
+        .values(attempts=bindparam("attempts"), last_error=bindparam("last_error"), **times)
+    )
+    conn.execute(statement.execution_options(synchronize_session=False), rows)
+    return recorded
 
 
 def purge_published(
@@ -156,12 +216,14 @@ def purge_published(
     return conn.execute(delete(t).where(t.c.id.in_(oldest.scalar_subquery()))).rowcount
 
 
-def retry_parked(conn: Connection, t: Table, *, now: datetime, ids: list[int] | None = None) -> int:
+def retry_parked(
+    conn: Connection, t: Table, *, now: datetime | None = None, ids: list[int] | None = None
+) -> int:
     """Give parked rows a fresh set of attempts, due now; wakes listening relays on Postgres."""
     query = update(t).where(t.c.parked_at.is_not(None), t.c.published_at.is_(None))
     if ids:
         query = query.where(t.c.id.in_(ids))
-    count = conn.execute(query.values(parked_at=None, attempts=0, available_at=now)).rowcount
+    count = conn.execute(query.values(parked_at=None, attempts=0, available_at=_clock(conn, now))).rowcount
     if count and is_postgres(conn.dialect):
         conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
     return count

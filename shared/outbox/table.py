@@ -15,6 +15,7 @@ NOTIFY_CHANNEL = "outbox"
 """Relays LISTEN here; every statement that inserts outbox rows NOTIFYs it (Postgres)."""
 
 _PENDING = text("published_at IS NULL AND parked_at IS NULL")
+_FAILED_UNPUBLISHED = text("published_at IS NULL AND attempts > 0")
 _UNACKNOWLEDGED = text("acknowledged_at IS NULL AND published_at IS NOT NULL")
 
 
@@ -62,6 +63,13 @@ def define_outbox(metadata: MetaData, name: str = "outbox", *, answered: bool = 
             postgresql_where=_PENDING,
             sqlite_where=_PENDING,
         ),
+        Index(
+            f"ix_{name}_failed_unpublished",
+            "aggregate_id",
+            "id",
+            postgresql_where=_FAILED_UNPUBLISHED,
+            sqlite_where=_FAILED_UNPUBLISHED,
+        ),  # the claim's order guard (store.claim); holds only rows that failed, so INSERTs skip it
         Index(f"ix_{name}_published_at", "published_at"),
         *redrive_index,  # one range per re-drive level: the lookup touches only rows that are due
     )

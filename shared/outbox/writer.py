@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Insert, Table, insert
+from sqlalchemy import Insert, Table, func, insert
 from sqlalchemy.orm import Session
 
-from shared.db import utcnow
+from shared.db import UTCDateTime, is_postgres, utcnow
 from shared.outbox.table import BUCKETS, NOTIFY_CHANNEL
 
 __all__ = ["NOTIFY_CHANNEL", "OutboxMessage", "add_message", "bucket_of"]
@@ -35,9 +35,18 @@ def bucket_of(aggregate_id: str) -> int:
 
 
 @cache
-def _insert(outbox: Table) -> Insert:
-    """Built once per table: the INSERT sits on every order's hot path."""
-    return insert(outbox)
+def _insert(outbox: Table, database_clock: bool) -> Insert:
+    """Built once per table and backend: the INSERT sits on every order's hot path.
+
+    On Postgres the row is stamped by the database's clock (``now()``, the transaction's start),
+    the clock the relay compares ``available_at`` with: an API host whose clock runs ahead cannot
+    hide its rows from the relay until the next poll. SQLite (embedded, one machine) uses
+    Python's clock, in the format its ``UTCDateTime`` columns store.
+    """
+    if not database_clock:
+        return insert(outbox)
+    now = func.now(type_=UTCDateTime())
+    return insert(outbox).values(created_at=now, available_at=now)
 
 
 def add_message(session: Session, outbox: Table, message: OutboxMessage) -> None:
@@ -47,19 +56,18 @@ def add_message(session: Session, outbox: Table, message: OutboxMessage) -> None
     this INSERT, which the server delivers only if and when the transaction commits: relays wake
     at once for committed rows and never for rolled-back ones, at no extra round trip.
     """
-    now = utcnow()
-    session.connection().execute(
-        _insert(outbox),
-        {
-            "message_id": message.message_id,
-            "topic": message.topic,
-            "aggregate_type": message.aggregate_type,
-            "aggregate_id": message.aggregate_id,
-            "bucket": bucket_of(message.aggregate_id),
-            "payload": message.payload,
-            "headers": message.headers,
-            "created_at": now,
-            "available_at": now,
-            "attempts": 0,
-        },
-    )
+    conn = session.connection()
+    row = {
+        "message_id": message.message_id,
+        "topic": message.topic,
+        "aggregate_type": message.aggregate_type,
+        "aggregate_id": message.aggregate_id,
+        "bucket": bucket_of(message.aggregate_id),
+        "payload": message.payload,
+        "headers": message.headers,
+        "attempts": 0,
+    }
+    postgres = is_postgres(conn.dialect)
+    if not postgres:
+        row["created_at"] = row["available_at"] = utcnow()
+    conn.execute(_insert(outbox, postgres), row)

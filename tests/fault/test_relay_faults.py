@@ -39,7 +39,7 @@ def crashing_connection(cluster: Cluster) -> Iterator[Connection]:
 
 
 def claim_all(conn: Connection) -> list[store.PendingMessage]:
-    batch, _ = store.claim(
+    batch = store.claim(
         conn, outbox, limit=1000, now=utcnow(), partitions=None, partition_count=1, guard_order=False
     )
     return batch
