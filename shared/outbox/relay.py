@@ -17,6 +17,7 @@ Design (why it is safe to run several):
   aggregate is held back, so a retry can never overtake. Rows of one aggregate that fail
   together get one retry time.
 * SQLite (embedded mode) has no row locks or advisory locks: one relay runs, and claims all rows.
+
 Liveness (the stall bound, ``RelayPolicy.stall_seconds`` = ``RELAY_STALL_SECONDS``, 30 s):
 
 * The loop survives every exception: it logs it, drops its session (its locks go with it), backs
