@@ -1,0 +1,38 @@
+"""The invoice relay process: ``python -m invoice_worker.relay [run [--once] | status | retry-parked]``.
+
+The same relay core as the order relay, on the invoices database's outbox: publishes
+``invoice.created`` to the queue the order service consumes (``celery -A order_service.worker``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from sqlalchemy import Engine
+
+from invoice_worker.models import outbox
+from shared.config import Settings
+from shared.outbox.program import RelayProgram
+from shared.outbox.relay import OutboxRelay
+
+__all__ = ["PROGRAM", "build_relay", "main"]
+
+PROGRAM = RelayProgram(
+    prog="python -m invoice_worker.relay",
+    table=outbox,
+    database_url=lambda settings: settings.invoices_database_url,
+    publisher_name="invoice_relay",
+)
+
+
+def build_relay(settings: Settings, engine: Engine) -> OutboxRelay:
+    return PROGRAM.build(settings, engine)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return PROGRAM.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

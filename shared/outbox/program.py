@@ -1,0 +1,205 @@
+"""A relay process's command line, shared by every service that owns an outbox.
+
+``python -m <service>.relay [run [--once] | status | retry-parked]``: each service names its table,
+its database, its publisher and the topics that expect an answer (``RelayProgram``); everything
+else (health endpoint, signals, the SQLite file lock, status) is the same code.
+
+``run`` also serves ``/healthz`` and ``/metrics`` on ``RELAY_METRICS_PORT`` (default 9101, all
+interfaces; 0 picks a free port and logs it). ``/healthz`` is 503 once the loop made no progress
+for ``RELAY_STALL_SECONDS`` (30 s), the same bound after which live relays retire a stopped one
+and take its partitions (see ``shared.outbox.relay``). If the port is taken (several relays on
+one host), the relay runs without it and logs ``relay.health_unavailable``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from types import FrameType
+
+import structlog
+from sqlalchemy import Engine, Table
+
+from shared.config import Settings
+from shared.contracts import ROUTES
+from shared.db import create_db_engine, is_postgres, keepalive_connect_args, utcnow
+from shared.logs import configure_logging
+from shared.outbox import redrive, store
+from shared.outbox.health import HealthServer
+from shared.outbox.publisher import publisher_for
+from shared.outbox.relay import OutboxRelay, RelayPolicy
+from shared.outbox.singleton import RelayAlreadyRunning, SingleRelayLock
+from shared.outbox.status import read_status
+from shared.outbox.wakeup import waiter_for
+
+__all__ = ["EXIT_ALREADY_RUNNING", "RelayProgram"]
+
+log = structlog.get_logger(__name__)
+
+EXIT_ALREADY_RUNNING = 3
+
+
+@dataclass(frozen=True, slots=True)
+class RelayProgram:
+    """What differs between the relays of two services."""
+
+    prog: str
+    table: Table
+    database_url: Callable[[Settings], str]
+    publisher_name: str
+    expects_answer: frozenset[str] = frozenset()
+
+    def policy(self, settings: Settings) -> RelayPolicy:
+        return RelayPolicy(
+            batch_size=settings.relay_batch_size,
+            max_attempts=settings.relay_max_attempts,
+            max_backoff=settings.relay_max_backoff,
+            retention=timedelta(seconds=settings.outbox_retention_seconds),
+            partitions=settings.relay_partitions,
+            rebalance_interval=settings.relay_rebalance_interval,
+            purge_interval=settings.relay_purge_interval,
+            purge_batch=settings.relay_purge_batch,
+            expects_answer=self.expects_answer,
+            redrive_after=settings.outbox_redrive_after_seconds,
+            redrive_max_interval=settings.outbox_redrive_max_interval,
+            redrive_max=settings.outbox_redrive_max,
+            redrive_interval=settings.relay_redrive_interval,
+            redrive_batch=settings.relay_redrive_batch,
+            stall_seconds=settings.relay_stall_seconds,
+        )
+
+    def build(self, settings: Settings, engine: Engine) -> OutboxRelay:
+        publisher = publisher_for(settings, ROUTES, self.publisher_name)
+        return OutboxRelay(engine, self.table, publisher, self.policy(settings))
+
+    def main(self, argv: Sequence[str] | None = None) -> int:
+        parser = argparse.ArgumentParser(prog=self.prog, description=__doc__)
+        parser.add_argument("command", nargs="?", choices=["run", "status", "retry-parked"], default="run")
+        parser.add_argument("--once", action="store_true", help="publish what is due now, then exit")
+        parser.add_argument("--id", type=int, action="append", default=[], help="retry-parked: only this row")
+        args = parser.parse_args(argv)
+
+        settings = Settings()
+        configure_logging(settings.log_level, settings.log_format)
+        settings.ensure_var_dir()
+        engine = create_db_engine(
+            self.database_url(settings),
+            pool_size=2,
+            connect_args=keepalive_connect_args(settings.relay_stall_seconds),
+        )
+        try:
+            if args.command == "status":
+                return self._status(engine, settings)
+            if args.command == "retry-parked":
+                return self._retry_parked(engine, args.id)
+            with _sole_relay_on_sqlite(engine):
+                relay = self.build(settings, engine)
+                return _drain(relay) if args.once else _serve(relay, settings)
+        except RelayAlreadyRunning as exc:
+            print(f"relay: {exc}", file=sys.stderr)
+            log.error("relay.already_running", error=str(exc))
+            return EXIT_ALREADY_RUNNING
+        finally:
+            engine.dispose()
+
+    def _status(self, engine: Engine, settings: Settings) -> int:
+        with engine.connect() as conn:
+            report = read_status(conn, self.table, utcnow())
+            rule = self.policy(settings).redrive_rule()
+            answers = redrive.unanswered(conn, self.table, rule, now=redrive.database_now(conn))
+        print(f"backlog: {report.backlog}")
+        print(f"retrying: {report.retrying}")
+        print(f"oldest_unpublished_age_s: {report.oldest_unpublished_age_s:.1f}")
+        print(f"parked: {report.parked}")
+        print(f"last_error: {report.last_error or '-'}")
+        if self.expects_answer:
+            print(f"unacknowledged: {answers.waiting}")
+            print(f"unacknowledged_overdue: {answers.overdue} (no answer after {rule.after:g} s)")
+            exhausted = f"{answers.exhausted} (re-driven {rule.max_redrives} times)"
+            print(f"unacknowledged_redrives_exhausted: {exhausted}")
+        print(f"relays_alive: {len(report.relays)}")
+        for relay in report.relays:
+            partitions = ",".join(map(str, relay.partitions)) or "-"
+            name = relay.application_name
+            print(f"relay: pid={relay.pid} name={name!r} client={relay.client} partitions={partitions}")
+        return 0
+
+    def _retry_parked(self, engine: Engine, ids: list[int]) -> int:
+        with engine.begin() as conn:
+            count = store.retry_parked(conn, self.table, now=utcnow(), ids=ids or None)
+        log.info("outbox.parked_retried", rows=count, table=self.table.name)
+        print(f"retried: {count}")
+        return 0
+
+
+@contextlib.contextmanager
+def _sole_relay_on_sqlite(engine: Engine) -> Iterator[None]:
+    """SQLite has no row or advisory locks: hold a file lock next to the database file."""
+    if is_postgres(engine) or not engine.url.database:
+        yield
+        return
+    lock = SingleRelayLock(Path(f"{engine.url.database}.relay.lock")).acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _drain(relay: OutboxRelay) -> int:
+    try:
+        published = relay.drain()
+    finally:
+        relay.disconnect()
+        relay.publisher.close()
+    log.info("relay.drained", published=published)
+    return 0
+
+
+def _serve_health(relay: OutboxRelay, settings: Settings) -> HealthServer | None:
+    """``/healthz`` and ``/metrics`` in a daemon thread; a taken port is logged, not fatal."""
+    try:
+        server = HealthServer(relay.metrics, "0.0.0.0", settings.relay_metrics_port).start()  # noqa: S104
+    except OSError as exc:
+        log.error("relay.health_unavailable", port=settings.relay_metrics_port, error=str(exc))
+        return None
+    log.info("relay.health_serving", port=server.port, stall_bound_s=settings.relay_stall_seconds)
+    return server
+
+
+def _serve(relay: OutboxRelay, settings: Settings) -> int:
+    stop = threading.Event()
+
+    def _request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("relay.stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, _request_stop)
+    # The main connection must be seen working at least every third of the stall bound, idle or not.
+    interval = min(settings.relay_poll_interval, settings.relay_stall_seconds / 3)
+    waiter = waiter_for(relay.engine, stop, interval)
+    health = _serve_health(relay, settings)
+    log.info(
+        "relay.started",
+        table=relay.outbox.name,
+        batch_size=relay.policy.batch_size,
+        partitions=relay.policy.partitions,
+        publisher=type(relay.publisher).__name__,
+        database=relay.engine.url.render_as_string(),
+    )
+    try:
+        relay.run(stop, waiter.wait)
+    finally:
+        waiter.close()
+        relay.publisher.close()
+        if health is not None:
+            health.close()
+    log.info("relay.stopped")
+    return 0
