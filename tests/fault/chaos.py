@@ -87,11 +87,8 @@ class Result:
             *self.findings.lines(),
             f"quiescent: {state}",
             f"drain after the last fault: {self.drain_time:.1f} s; wall time: {self.wall_time:.1f} s",
-            *(
-                ["lost orders:", *self.diagnosis, "faults (database clock):", *self.timeline]
-                if self.diagnosis
-                else []
-            ),
+            *(["lost orders:", *self.diagnosis] if self.diagnosis else []),
+            *(["faults (database clock):", *self.timeline] if not self.ok else []),
         ]
 
 
@@ -238,7 +235,17 @@ def run_chaos(
         if findings.lost:
             diagnosis.append(f"  (logs in {cluster.log_dir})")
         elapsed = time.monotonic() - started
-        return Result(findings, seed, elapsed, drain_time, quiet, client.replayed, driver.faults, diagnosis)
+        return Result(
+            findings,
+            seed,
+            elapsed,
+            drain_time,
+            quiet,
+            replayed=client.replayed,
+            faults=driver.faults,
+            timeline=driver.timeline,
+            diagnosis=diagnosis,
+        )
     except BaseException:
         print(cluster.logs(), file=sys.stderr)
         raise
