@@ -1,4 +1,7 @@
-"""``make run``: API, relay and worker as three processes on SQLite and the file broker under var/."""
+"""``make run``: the whole loop as five processes on SQLite and the file broker under var/.
+
+API -> order relay -> invoice worker -> invoice relay -> order consumer (the order turns ``invoiced``).
+"""
 
 from __future__ import annotations
 
@@ -14,11 +17,27 @@ HOST = os.environ.get("API_HOST", "127.0.0.1")
 PORT = int(os.environ.get("API_PORT", "8000"))
 BIN = Path(sys.executable).parent
 
+CELERY = str(BIN / "celery")
 PROCESSES = {
     "api": [str(BIN / "gunicorn"), "order_service.wsgi:app", "--bind", f"{HOST}:{PORT}", "--workers", "2"],
-    "relay": [sys.executable, "-m", "order_service.relay"],
-    "worker": [str(BIN / "celery"), "-A", "invoice_worker", "worker", "-Q", "invoices", "--concurrency", "2"],
+    "order-relay": [sys.executable, "-m", "order_service.relay"],
+    "invoice-worker": [
+        CELERY,
+        "-A",
+        "invoice_worker",
+        "worker",
+        "-Q",
+        "invoices",
+        "-n",
+        "invoices@%h",
+        "-c",
+        "2",
+    ],
+    "invoice-relay": [sys.executable, "-m", "invoice_worker.relay"],
+    "order-consumer": [CELERY, "-A", "order_service.worker", "worker", "-Q", "orders", "-n", "orders@%h"],
 }
+ENVIRONMENT = {"invoice-relay": {"RELAY_METRICS_PORT": os.environ.get("INVOICE_RELAY_METRICS_PORT", "9103")}}
+"""Both relays run on one host here (in compose each has its own container, so both use 9101)."""
 
 HELP = """
   The pipeline is running (embedded mode: SQLite + file broker under var/).
@@ -31,10 +50,13 @@ HELP = """
       -d '{{"customer_id": "cus_42", "currency": "EUR",
            "lines": [{{"sku": "BOOK-1", "quantity": 2, "unit_amount": 1250}}]}}'
   See the order:        curl -s -H 'Authorization: Bearer {key}' http://{host}:{port}/orders/<id>
+                        (status "placed", then "invoiced" with its invoice_number within seconds)
+  Invoiced orders:      curl -s -H 'Authorization: Bearer {key}' 'http://{host}:{port}/orders?status=invoiced'
   See its invoice:      .venv/bin/python -m invoice_worker invoices
   Outbox status:        .venv/bin/python -m order_service.relay status
+                        .venv/bin/python -m invoice_worker.relay status
 
-  Ctrl-C stops all three.
+  Ctrl-C stops all five.
 """
 
 
@@ -57,7 +79,10 @@ def _wait_until_ready(url: str, deadline: float) -> bool:
 
 
 def main() -> int:
-    children = {name: subprocess.Popen(command) for name, command in PROCESSES.items()}
+    children = {
+        name: subprocess.Popen(command, env={**os.environ, **ENVIRONMENT.get(name, {})})
+        for name, command in PROCESSES.items()
+    }
     stopping = False
 
     def _stop(_signum: int, _frame: object) -> None:

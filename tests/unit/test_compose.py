@@ -24,9 +24,12 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 INIT_SCRIPT = ROOT / "deploy" / "postgres" / "init-databases.sh"
 
-ALL_SERVICES = {"postgres", "redis", "migrate", "api", "relay", "worker"}
-APP_SERVICES = {"migrate", "api", "relay", "worker"}
-LONG_RUNNING = {"postgres", "redis", "api", "relay", "worker"}
+PIPELINE = {"api", "relay", "worker", "invoice-relay", "order-consumer"}
+"""The five processes of the loop: orders -> invoices -> InvoiceCreated -> orders invoiced."""
+ALL_SERVICES = {"postgres", "redis", "migrate", *PIPELINE}
+APP_SERVICES = {"migrate", *PIPELINE}
+LONG_RUNNING = {"postgres", "redis", *PIPELINE}
+CELERY_WORKERS = ["worker", "order-consumer"]
 ALLOWED_CONDITIONS = {"service_healthy", "service_completed_successfully"}
 PASSWORD_INTERPOLATION = re.compile(r"^\$\{POSTGRES_PASSWORD(?::?[-?][^}]*)?\}$")
 # Executables the app services run, and the distribution (in pyproject dependencies) that provides each.
@@ -215,7 +218,7 @@ def test_every_dependency_waits_on_a_condition(services: dict[str, Service]) -> 
 
 def test_app_services_start_only_after_migrations_succeeded(services: dict[str, Service]) -> None:
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("api", "relay", "worker"):
+    for name in sorted(PIPELINE):
         depends_on = services[name]["depends_on"]
         assert depends_on["migrate"]["condition"] == "service_completed_successfully"
         assert depends_on["redis"]["condition"] == "service_healthy"
@@ -229,8 +232,8 @@ def test_only_the_api_publishes_a_port(services: dict[str, Service]) -> None:
         assert service.get("network_mode") != "host"
 
 
-@pytest.mark.parametrize("name", ["relay", "worker"])
-def test_relay_and_worker_can_be_scaled(services: dict[str, Service], name: str) -> None:
+@pytest.mark.parametrize("name", sorted(PIPELINE - {"api"}))
+def test_relays_and_workers_can_be_scaled(services: dict[str, Service], name: str) -> None:
     service = services[name]
     assert "container_name" not in service
     assert "ports" not in service
@@ -291,8 +294,11 @@ def test_data_lives_in_named_volumes(compose: dict[str, Any]) -> None:
     assert {"postgres-data", "redis-data"} <= set(compose["volumes"])
 
 
-def test_worker_healthcheck_pings_its_own_node_at_container_runtime(services: dict[str, Service]) -> None:
-    test = services["worker"]["healthcheck"]["test"]
+@pytest.mark.parametrize("name", CELERY_WORKERS)
+def test_worker_healthcheck_pings_its_own_node_at_container_runtime(
+    services: dict[str, Service], name: str
+) -> None:
+    test = services[name]["healthcheck"]["test"]
     assert test[0] == "CMD-SHELL"  # a shell expands $HOSTNAME inside the container
     # "$$" is compose's escape for a literal "$"; a single "$" would be interpolated from the host.
     assert "celery@$$HOSTNAME" in test[1]
