@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -164,7 +164,6 @@ class Findings:
     garbled_events: int
     lateness: Lateness
     bound: float
-    notes: list[str] = field(default_factory=list)
 
     @property
     def lost(self) -> frozenset[str]:
@@ -215,7 +214,6 @@ class Findings:
             f"max(accepted, last fault) (bound {self.bound:.0f} s), max {late.max_plain_after_fault:.2f} s "
             "accepted -> invoiced",
             *(f"FAILED: {line}" for line in self.failures()),
-            *self.notes,
         ]
 
 
