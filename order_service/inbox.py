@@ -156,13 +156,23 @@ def record_dead_letter(
     log.error("order.invoice_dead_lettered", message_id=str(message_id), reason=reason, attempts=attempts)
 
 
-def prune_processed(session: Session, *, older_than: timedelta, now: datetime | None = None) -> int:
-    """Forget inbox entries older than the retention; commits.
+def prune_processed(
+    session: Session, *, older_than: timedelta, batch: int, now: datetime | None = None
+) -> int:
+    """Forget up to ``batch`` inbox entries older than the retention, oldest first; commits.
 
     Safe past any redelivery window and even within it: a forgotten message applied again finds
     the order already invoiced and the outbox row already acknowledged, and changes nothing.
     """
     cutoff = (now or utcnow()) - older_than
-    deleted = session.execute(delete(ProcessedMessage).where(ProcessedMessage.processed_at < cutoff)).rowcount
+    oldest = (
+        select(ProcessedMessage.message_id)
+        .where(ProcessedMessage.processed_at < cutoff)
+        .order_by(ProcessedMessage.processed_at)
+        .limit(batch)
+    )
+    deleted = session.execute(
+        delete(ProcessedMessage).where(ProcessedMessage.message_id.in_(oldest.scalar_subquery()))
+    ).rowcount
     session.commit()
     return int(deleted or 0)

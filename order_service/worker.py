@@ -52,8 +52,8 @@ DEAD_LETTERED = "dead-lettered"
 PERMANENT_ERRORS = (ValidationError, UnsupportedSchemaVersion, UnknownOrder, InvalidAnswer)
 """The answer itself is wrong: no retry can help."""
 
-PRUNE_EVERY = 3600.0
-"""Seconds between inbox prunes in one worker process."""
+PRUNE_MAX_BATCHES = 20
+"""Inbox batches deleted per prune round (``INBOX_PRUNE_BATCH`` rows each, one short transaction each)."""
 
 
 class OrdersDatabase:
@@ -94,7 +94,9 @@ class DeliveryPolicy:
     max_retries: int = 8
     backoff_base: float = 1.0
     backoff_max: float = 20.0
-    inbox_retention: timedelta = timedelta(days=7)
+    inbox_retention: timedelta = timedelta(days=30)
+    inbox_prune_interval: float = 300.0
+    inbox_prune_batch: int = 5_000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryPolicy:
@@ -102,7 +104,9 @@ class DeliveryPolicy:
             max_retries=settings.worker_max_retries,
             backoff_base=settings.worker_retry_backoff,
             backoff_max=settings.worker_retry_backoff_max,
-            inbox_retention=timedelta(seconds=max(settings.outbox_retention_seconds, 24 * 3600)),
+            inbox_retention=timedelta(seconds=settings.inbox_retention_seconds),
+            inbox_prune_interval=settings.inbox_prune_interval,
+            inbox_prune_batch=settings.inbox_prune_batch,
         )
 
     def backoff(self, attempt: int) -> float:
@@ -190,23 +194,30 @@ def _reset_database_after_fork(**_: Any) -> None:
 
 
 class _InboxPruner:
-    """Keeps the inbox bounded, at most once per ``PRUNE_EVERY`` in a worker process."""
+    """Keeps the inbox bounded (``INBOX_RETENTION_SECONDS``), every ``INBOX_PRUNE_INTERVAL`` per process."""
 
     def __init__(self) -> None:
         self._next = 0.0
 
     def __call__(self) -> None:
-        """A failure here never fails a delivery: the next one tries again."""
+        """A failure here never fails a delivery: the next round tries again."""
         if time.monotonic() < self._next:
             return
-        self._next = time.monotonic() + PRUNE_EVERY
+        self._next = time.monotonic() + POLICY.inbox_prune_interval
+        pruned = 0
         try:
-            with database.session() as session:
-                pruned = prune_processed(session, older_than=POLICY.inbox_retention)
-            if pruned:
-                log.info("order.inbox_pruned", rows=pruned)
+            for _ in range(PRUNE_MAX_BATCHES):
+                with database.session() as session:
+                    deleted = prune_processed(
+                        session, older_than=POLICY.inbox_retention, batch=POLICY.inbox_prune_batch
+                    )
+                pruned += deleted
+                if deleted < POLICY.inbox_prune_batch:
+                    break
         except DBAPIError as exc:
             log.warning("order.inbox_prune_failed", error=str(exc.orig))
+        if pruned:
+            log.info("order.inbox_pruned", rows=pruned)
 
 
 _prune_when_due = _InboxPruner()

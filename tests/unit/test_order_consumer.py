@@ -19,7 +19,7 @@ from sqlalchemy.exc import InternalError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from order_service.extensions import db
-from order_service.inbox import Outcome
+from order_service.inbox import Outcome, prune_processed
 from order_service.models import DeadLetter, Order, ProcessedMessage, outbox
 from order_service.worker import DEAD_LETTERED, DeliveryPolicy, RetryLater, deliver
 from shared.config import Settings
@@ -265,3 +265,30 @@ def test_after_its_retries_a_failing_answer_is_parked_once_the_database_takes_it
 
     assert deliver(sessions, uuid.uuid4(), payload, POLICY.max_retries, POLICY) == DEAD_LETTERED
     assert count(sessions, DeadLetter) == 1
+
+
+def test_the_inbox_forgets_old_entries_in_batches_and_a_forgotten_answer_still_changes_nothing(
+    client: FlaskClient, sessions: sessionmaker[Session]
+) -> None:
+    order_id, placed_message = place(client)
+    message_id, payload = uuid.uuid4(), answer(order_id, placed_message, "INV-00000001")
+    deliver(sessions, message_id, payload, 0, POLICY)
+    with sessions() as session:
+        for _ in range(4):
+            session.add(
+                ProcessedMessage(message_id=uuid.uuid4(), topic="invoice.created", processed_at=INVOICED_AT)
+            )
+        session.commit()
+    later = INVOICED_AT + timedelta(days=31)
+
+    with sessions() as session:
+        pruned = [
+            prune_processed(session, older_than=timedelta(days=30), batch=3, now=later) for _ in range(3)
+        ]
+
+    assert pruned == [3, 1, 0]
+    assert count(sessions, ProcessedMessage) == 1  # today's entry stays
+    with sessions() as session:
+        prune_processed(session, older_than=timedelta(0), batch=10)
+    assert deliver(sessions, message_id, payload, 0, POLICY) == Outcome.ALREADY_INVOICED
+    assert order_row(sessions, order_id).invoice_number == "INV-00000001"
