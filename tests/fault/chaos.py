@@ -1,15 +1,17 @@
 """The chaos soak: ``python -m tests.fault.chaos --orders 500 [--seed 7]`` (``make chaos N=…``).
 
-A concurrent client posts N orders through a real gunicorn API while a seeded driver SIGKILLs and
-restarts the relays and the workers at random intervals and SIGKILLs its private Redis once (run as
-compose runs it: append-only file, ``appendfsync always``). Every process runs the **shipped
-defaults** (no test-only visibility timeout, retry or delivery settings) and nothing repairs the
-pipeline from outside: no reconciliation runs. Once the pipeline is quiescent the checker
-(tests/fault/checker.py) reads the verdict: lost, doubled, totals, and lateness.
-
-Known gap, reported rather than hidden: kombu's Redis transport pops a message (BRPOP) before it
-records it as unacked, so a worker SIGKILLed at that instant loses the message at the broker. Such
-an order shows up as lost, with its outbox row and delivery record printed for diagnosis.
+A concurrent client posts N orders through a real gunicorn API into the whole loop (order relays,
+invoice workers, invoice relays, order consumers: two of each) while a seeded driver SIGKILLs
+(process groups) and restarts any of them at random intervals, SIGKILLs its private Redis once
+(run as compose runs it: append-only file, ``appendfsync always``) and makes the broker lose its
+messages twice while orders flow: the queues and kombu's ``unacked`` record deleted, then
+``FLUSHALL``. Every process runs the **shipped defaults** (no test-only visibility timeout, retry,
+re-drive or delivery settings) and nothing repairs the loop from outside: no reconciliation runs;
+what the broker lost comes back through the order relay's re-drive
+(``OUTBOX_REDRIVE_AFTER_SECONDS``). Once the loop is quiescent (every order ``invoiced`` and
+acknowledged, both outboxes published, both queues and ``unacked`` empty, two identical reads)
+the checker (tests/fault/checker.py) reads the verdict: lost, doubled, totals, numbers, re-drives,
+duplicates and lateness on the database clock.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 
 from tests.fault.checker import Accepted, Findings, audit
-from tests.fault.evidence import Snapshot
+from tests.fault.evidence import InvoicedWatch, Snapshot
 from tests.fault.harness import Cluster
 from tests.support.databases import PostgresFactory
 from tests.support.orders import order_body
+from tests.support.processes import Service
 from tests.support.servers import PrivateRedis
 
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -45,7 +49,8 @@ DRAIN_TIMEOUT = LATENESS_BOUND + 60.0
 """How long to wait for quiescence after the last fault: the bound, plus time for the two reads.
 
 With the defaults a SIGKILLed worker's reservations come back after the 60 s visibility timeout
-plus at most one 10 s restore sweep, so a healthy pipeline is quiet well within the bound.
+plus at most one 10 s restore sweep, and a message the broker lost is re-driven 60 s after it was
+published (plus at most one 5 s re-drive interval), so a healthy loop is quiet within the bound.
 """
 SOAK_ENV = {"RATE_LIMIT": "1000000 per minute"}
 """The only setting the soak changes. The load generator is one client (one API key) posting as fast
@@ -63,6 +68,8 @@ class Result:
     wall_time: float
     drain_time: float
     quiescent: Snapshot | None
+    last_seen: Snapshot | None = None
+    """The last read when the loop never went quiet: what was still in flight."""
     replayed: int = 0
     faults: dict[str, int] = field(default_factory=dict)
     timeline: list[str] = field(default_factory=list)
@@ -75,14 +82,16 @@ class Result:
     def lines(self) -> list[str]:
         rest = self.quiescent
         state = (
-            f"yes (parked outbox rows {rest.parked_outbox}, pending dead letters {rest.dead_letters}, "
-            f"deliveries {rest.deliveries})"
+            f"yes (parked outbox rows {rest.parked_outbox}, pending dead letters {rest.dead_letters} "
+            f"invoice side / {rest.order_dead_letters} order side, order.placed deliveries {rest.deliveries})"
             if rest
-            else f"NO: not quiet within {DRAIN_TIMEOUT:.0f} s of the last fault"
+            else f"NO: not quiet within {DRAIN_TIMEOUT:.0f} s of the last fault; last read {self.last_seen}"
         )
+        broker = [line for line in self.timeline if " broker_" in line or " redis_" in line]
         return [
             f"seed: {self.seed}",
             f"faults injected: {', '.join(f'{k}={n}' for k, n in sorted(self.faults.items()))}",
+            *(f"  {line}" for line in broker),
             f"requests replayed with the same Idempotency-Key: {self.replayed}",
             *self.findings.lines(),
             f"quiescent: {state}",
@@ -141,10 +150,41 @@ class Client:
                 list(pool.map(post, range(len(bodies))))
 
 
-class Driver:
-    """Kills and restarts relays and workers at seeded random intervals until told to stop.
+BROKER_KEYS = ("unacked", "unacked_index")
+"""kombu's record of delivered, unacknowledged messages (a hash and its sorted index by time)."""
 
-    A worker and a relay are killed first, so that even a short run has each fault at least once.
+
+@dataclass
+class Group:
+    """Processes of one kind: how to start one, and the running ones (index = name suffix)."""
+
+    kind: str
+    start: Callable[[str], Service]
+    size: int
+    running: list[Service] = field(default_factory=list)
+
+    def name(self, index: int) -> str:
+        return f"{self.kind}-{index}"
+
+    def start_all(self) -> None:
+        self.running = [self.start(self.name(n)) for n in range(self.size)]
+
+    def restart(self, index: int) -> None:
+        self.running[index] = self.start(self.name(index))
+
+    def revive(self) -> None:
+        """Restart any that died on their own (none should)."""
+        for index, service in enumerate(self.running):
+            if not service.running:
+                self.restart(index)
+
+
+class Driver:
+    """SIGKILLs and restarts the loop's processes at seeded random intervals until told to stop.
+
+    Each kind of process is killed at least once first, so that even a short run has every fault;
+    Redis is SIGKILLed once (40 % of the orders in) and the broker loses its messages twice: the
+    queues and kombu's ``unacked`` record deleted (55 %), then ``FLUSHALL`` (80 %).
     """
 
     def __init__(self, cluster: Cluster, rng: random.Random, posted: Callable[[], float]) -> None:
@@ -154,9 +194,26 @@ class Driver:
         self.faults: dict[str, int] = {}
         self.timeline: list[str] = []
         self.last_fault_at: datetime | None = None
-        self.relays = [cluster.start_relay(f"relay-{n}") for n in range(2)]
-        self.workers = [cluster.start_worker(f"worker-{n}", concurrency=2) for n in range(2)]
-        self.redis_restarted = False
+        self.groups = {
+            "relay_kill": Group("relay", cluster.start_relay, 2),
+            "worker_kill": Group(
+                "worker", lambda name: cluster.start_worker(name, concurrency=2, ready=False), 2
+            ),
+            "invoice_relay_kill": Group("invoice-relay", cluster.start_invoice_relay, 2),
+            "consumer_kill": Group(
+                "order-consumer", lambda name: cluster.start_order_consumer(name, ready=False), 2
+            ),
+        }
+        for group in self.groups.values():
+            group.start_all()
+        for kind in ("worker_kill", "consumer_kill"):
+            for service in self.groups[kind].running:
+                service.wait_for_log("ready", timeout=90)
+        self.broker_faults: list[tuple[float, str, Callable[[], None]]] = [
+            (0.40, "redis_kill", self.restart_redis),
+            (0.55, "broker_loss", self.lose_queues),
+            (0.80, "broker_flushall", self.flush_broker),
+        ]
         self.stop = threading.Event()
 
     def _injected(self, fault: str, target: str = "") -> None:
@@ -171,24 +228,62 @@ class Driver:
         self._injected("redis_kill", "redis")
         time.sleep(self.rng.uniform(0.5, 2.0))
         self.cluster.redis.start()
-        self.redis_restarted = True
+
+    def _broker(self) -> redis.Redis:
+        return redis.Redis.from_url(self.cluster.redis.url, socket_timeout=10)
+
+    def lose_queues(self) -> None:
+        """Delete both queues' contents and the unacknowledged record, atomically, as orders flow."""
+        queues = (self.cluster.queue, self.cluster.orders_queue)
+        client = self._broker()
+        try:
+            pipe = client.pipeline(transaction=True)
+            for queue in queues:
+                pipe.llen(queue)
+            pipe.hlen(BROKER_KEYS[0])
+            pipe.delete(*queues, *BROKER_KEYS)
+            *queued, unacked, _deleted = pipe.execute()
+        finally:
+            client.close()
+        self._injected("broker_loss", f"queues+unacked: {sum(queued)} queued, {unacked} unacked deleted")
+
+    def flush_broker(self) -> None:
+        """FLUSHALL the soak's private Redis: every message, the unacked record, kombu's bindings."""
+        client = self._broker()
+        try:
+            pipe = client.pipeline(transaction=True)
+            pipe.dbsize()
+            pipe.flushall()
+            keys, _ = pipe.execute()
+        finally:
+            client.close()
+        self._injected("broker_flushall", f"FLUSHALL: {keys} keys")
+
+    def _missing(self) -> list[str]:
+        return [kind for kind in self.groups if kind not in self.faults]
 
     def _step(self) -> None:
-        if not self.redis_restarted and self.posted() >= 0.4:
-            self.restart_redis()
+        """One fault: a broker fault once its share of orders is in, else a kill (each kind once first)."""
+        due = [f for f in self.broker_faults if self.posted() >= f[0]]
+        missing = self._missing()
+        if due and (not missing or self.rng.random() < 0.5):
+            self.broker_faults.remove(due[0])
+            due[0][2]()
             return
-        kinds = [k for k in ("worker_kill", "relay_kill") if k not in self.faults]  # each at least once
-        kind = kinds[0] if kinds else self.rng.choice(("relay_kill", "worker_kill"))
-        if kind == "relay_kill":
-            index = self.rng.randrange(len(self.relays))
-            self.relays[index].kill()
-            self._injected("relay_kill", f"relay-{index}")
-            self.relays[index] = self.cluster.start_relay(f"relay-{index}")
-        else:
-            index = self.rng.randrange(len(self.workers))
-            self.workers[index].kill()
-            self._injected("worker_kill", f"worker-{index}")
-            self.workers[index] = self.cluster.start_worker(f"worker-{index}", concurrency=2, ready=False)
+        kind = missing[0] if missing else self.rng.choice(sorted(self.groups))
+        group = self.groups[kind]
+        index = self.rng.randrange(group.size)
+        group.running[index].kill()
+        self._injected(kind, group.name(index))
+        group.restart(index)
+
+    def finish(self) -> None:
+        """The faults a short run did not reach (at the same pace), then every process up for the drain."""
+        while self.broker_faults or self._missing():
+            time.sleep(self.rng.uniform(0.3, 2.0))
+            self._step()
+        for group in self.groups.values():
+            group.revive()
 
     def run(self) -> None:
         while not self.stop.wait(self.rng.uniform(0.3, 2.0)):
@@ -214,6 +309,7 @@ def run_chaos(
         cluster.start_api(workers=2)
         client = Client(cluster, random.Random(rng.random()))
         driver = Driver(cluster, rng, lambda: len(client.accepted) / orders)
+        watch = InvoicedWatch(cluster.checker).start()
         chaos = threading.Thread(target=driver.run, name="chaos-driver")
         chaos.start()
         try:
@@ -221,15 +317,15 @@ def run_chaos(
         finally:
             driver.stop.set()
             chaos.join(120)
-        if not driver.redis_restarted:
-            driver.restart_redis()
-        for index, worker in enumerate(driver.workers):
-            if not worker.running:
-                driver.workers[index] = cluster.start_worker(f"worker-{index}", concurrency=2, ready=False)
+        driver.finish()
         drain_started = time.monotonic()
         quiet = cluster.checker.wait_quiescent(timeout=drain_timeout)
         drain_time = time.monotonic() - drain_started
-        evidence = cluster.checker.evidence(client.accepted, cluster.log_dir, driver.last_fault_at)
+        last_seen = cluster.checker.snapshot() if quiet is None else None
+        watch.stop()
+        evidence = cluster.checker.evidence(
+            client.accepted, cluster.log_dir, driver.last_fault_at, watch.seen
+        )
         findings = audit(evidence, LATENESS_BOUND)
         diagnosis = cluster.checker.diagnose(findings.lost)
         if findings.lost:
@@ -241,6 +337,7 @@ def run_chaos(
             elapsed,
             drain_time,
             quiet,
+            last_seen=last_seen,
             replayed=client.replayed,
             faults=driver.faults,
             timeline=driver.timeline,

@@ -1,5 +1,11 @@
 """The Jepsen-style checker: what the client was told, what both databases hold, what the workers did.
 
+The loop is closed (issue 10): an order counts as done when the order service says ``invoiced``
+with the invoice's own number, not when the invoice exists. Times come from the database's clock:
+accepted is the ``order.placed`` outbox row's ``created_at`` (``now()`` in the API's transaction),
+invoiced is when a read first saw the order ``invoiced`` (``now()`` of that read), and the invoice
+leg is the ``invoice.created`` outbox row's ``created_at`` (``now()`` in the invoice's transaction).
+
 ``audit`` is a pure function from ``Evidence`` to ``Findings``, so a unit test can show that every
 check can fail (tests/unit/test_checker.py). ``Checker`` gathers that evidence from a running
 cluster (``tests.fault.evidence.Checker``) and waits for quiescence before a verdict is read.
@@ -18,8 +24,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +39,9 @@ __all__ = [
     "audit",
     "fingerprint",
 ]
+
+INVOICED = "invoiced"
+"""``orders.status`` once the answer came back (``order_service.models.INVOICED``)."""
 
 Fingerprint = tuple[str, str, tuple[tuple[str, int, int], ...]]
 """(customer id, currency, lines as (sku, quantity, unit amount) in order): what makes a body unique."""
@@ -59,7 +68,12 @@ class OrderRow:
     currency: str
     amount_total: int
     lines: tuple[tuple[str, int, int], ...]
-    created_at: datetime
+    accepted_at: datetime | None
+    """Its ``order.placed`` outbox row's ``created_at``: the database clock in the accepting transaction."""
+    status: str = "placed"
+    invoice_number: str | None = None
+    invoiced_at: datetime | None = None
+    """The database clock when a read first saw it ``invoiced`` (``tests.fault.evidence.InvoicedWatch``)."""
 
     @property
     def fingerprint(self) -> Fingerprint:
@@ -72,7 +86,10 @@ class InvoiceRow:
     customer_id: str
     currency: str
     amount_total: int
-    created_at: datetime
+    number: str
+    answered_at: datetime | None
+    """Its first ``invoice.created`` outbox row's ``created_at``: the database clock in the invoice's
+    transaction (``None``: the invoice was committed without its answer)."""
     deliveries: int = 1
     """How often the message that made this invoice was delivered (``message_deliveries``)."""
 
@@ -90,15 +107,24 @@ class Evidence:
     """Log lines that mention ``invoice.created`` but do not parse: effects that cannot be attributed."""
     last_fault_at: datetime | None = None
     """The database clock when the last fault was injected."""
+    redrives: int = 0
+    """``sum(outbox.redrives)`` over ``order.placed``: republished because no answer came."""
+    redriven_messages: int = 0
+    redeliveries: int = 0
+    """``order.placed`` deliveries beyond the first per message (broker restores and re-drives)."""
+    answers: int = 0
+    """``invoice.created`` rows in the invoices outbox (one per invoice, plus one per answer sent again)."""
+    events: Mapping[str, int] = field(default_factory=dict)
+    """Log event -> lines (``tests.fault.evidence.COUNTED_EVENTS``)."""
 
 
 @dataclass(frozen=True)
 class Lateness:
-    """Seconds from acceptance (``orders.created_at``) to invoice (``invoices.created_at``).
+    """Seconds from acceptance to done, for every order done (both times on the database clock).
 
-    ``max_after_fault`` is over the orders invoiced after the last fault, counted from the later of
+    ``max_after_fault`` is over the orders done after the last fault, counted from the later of
     their acceptance and the last fault: "every accepted order is invoiced within N s of the last
-    fault". ``max_plain_after_fault`` is plain acceptance -> invoice over the same orders.
+    fault". ``max_plain_after_fault`` is plain acceptance -> done over the same orders.
     """
 
     count: int = 0
@@ -109,25 +135,24 @@ class Lateness:
     max_after_fault: float = 0.0
     max_plain_after_fault: float = 0.0
 
+    def summary(self) -> str:
+        return f"p50 {self.p50:.2f}  p99 {self.p99:.2f}  max {self.max:.2f}"
+
 
 def _percentile(ordered: Sequence[float], p: float) -> float:
     """Nearest rank: the smallest value with at least ``p`` of the values at or below it."""
     return ordered[max(0, math.ceil(p * len(ordered)) - 1)] if ordered else 0.0
 
 
-def lateness(evidence: Evidence) -> Lateness:
-    orders = {o.id: o for o in evidence.orders}
+def lateness(spans: Iterable[tuple[datetime, datetime]], fault: datetime | None) -> Lateness:
+    """``spans``: (accepted, done) per order."""
     plain, after, plain_after = [], [], []
-    fault = evidence.last_fault_at
-    for invoice in evidence.invoices:
-        order = orders.get(invoice.order_id)
-        if order is None:
-            continue
-        seconds = (invoice.created_at - order.created_at).total_seconds()
+    for accepted, done in spans:
+        seconds = (done - accepted).total_seconds()
         plain.append(seconds)
-        if fault is None or invoice.created_at > fault:
-            since = order.created_at if fault is None else max(order.created_at, fault)
-            after.append((invoice.created_at - since).total_seconds())
+        if fault is None or done > fault:
+            since = accepted if fault is None else max(accepted, fault)
+            after.append((done - since).total_seconds())
             plain_after.append(seconds)
     plain.sort()
     return Lateness(
@@ -141,6 +166,20 @@ def lateness(evidence: Evidence) -> Lateness:
     )
 
 
+def _spans(evidence: Evidence) -> tuple[list[tuple[datetime, datetime]], list[tuple[datetime, datetime]]]:
+    """(accepted, order seen invoiced) and (accepted, invoice committed) per order that has both."""
+    accepted = {o.id: o.accepted_at for o in evidence.orders if o.accepted_at is not None}
+    invoiced = [
+        (accepted[o.id], o.invoiced_at) for o in evidence.orders if o.id in accepted and o.invoiced_at
+    ]
+    answered = [
+        (accepted[i.order_id], i.answered_at)
+        for i in evidence.invoices
+        if i.order_id in accepted and i.answered_at is not None
+    ]
+    return invoiced, answered
+
+
 @dataclass(frozen=True)
 class Findings:
     """The verdict: each field is one check's counterexamples (empty when the check passed)."""
@@ -148,9 +187,12 @@ class Findings:
     accepted: int
     committed: int
     invoiced: int
+    marked_invoiced: int
     effects: int
     not_committed: frozenset[str]
     not_invoiced: frozenset[str]
+    not_marked_invoiced: frozenset[str]
+    """Invoiced orders the order service does not show ``invoiced``: the answer never came back."""
     orphan_invoices: frozenset[str]
     unaccepted_orders: frozenset[str]
     keys_with_many_ids: Mapping[str, frozenset[str]]
@@ -161,14 +203,28 @@ class Findings:
     """Invoiced orders with no line, whose message was delivered again: a worker SIGKILLed between
     COMMIT and its log line (the later deliveries found the message in the inbox)."""
     wrong_amounts: frozenset[str]
+    wrong_numbers: frozenset[str]
+    """Orders whose ``invoice_number`` is not their invoice's (or that say invoiced with no invoice)."""
+    unanswered_invoices: frozenset[str]
+    """Invoices committed with no ``invoice.created`` row in the invoices outbox."""
+    number_conflicts: int
+    """``order.invoice_number_conflict`` lines: an order was answered with two invoice numbers."""
     garbled_events: int
     lateness: Lateness
+    """Accepted -> the order service shows it ``invoiced`` (the loop's end): the bound applies here."""
+    invoice_lateness: Lateness
+    """Accepted -> its invoice committed (the first leg), for comparison."""
     bound: float
+    redrives: int = 0
+    redriven_messages: int = 0
+    redeliveries: int = 0
+    answers: int = 0
+    events: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def lost(self) -> frozenset[str]:
-        """Accepted but never committed, or committed and never invoiced."""
-        return self.not_committed | self.not_invoiced
+        """Accepted but never committed, committed and never invoiced, or invoiced and never told."""
+        return self.not_committed | self.not_invoiced | self.not_marked_invoiced
 
     @property
     def doubled(self) -> frozenset[str]:
@@ -185,12 +241,16 @@ class Findings:
         checks = [
             (len(self.not_committed), "accepted (201) but not in the orders table"),
             (len(self.not_invoiced), "committed but not invoiced"),
+            (len(self.not_marked_invoiced), "invoiced but the order does not say invoiced"),
             (len(self.orphan_invoices), "invoices for no committed order"),
             (len(self.unaccepted_orders), "committed orders no 201 named"),
             (len(self.keys_with_many_ids), "Idempotency-Keys answered with more than one order id"),
             (len(self.bodies_not_once), "accepted bodies not matching exactly one order"),
             (len(self.effects_not_once), "orders without exactly one invoice.created effect"),
             (len(self.wrong_amounts), "orders or invoices whose total or currency is wrong"),
+            (len(self.wrong_numbers), "orders whose invoice_number is not their invoice's number"),
+            (len(self.unanswered_invoices), "invoices committed without an invoice.created answer"),
+            (self.number_conflicts, "answers with a second invoice number for an order"),
             (self.garbled_events, "unparseable invoice.created log lines"),
         ]
         found = [f"{what}: {n}" for n, what in checks if n]
@@ -204,12 +264,25 @@ class Findings:
         return not self.failures()
 
     def lines(self) -> list[str]:
-        late = self.lateness
+        late, events = self.lateness, self.events
+        recorded = {
+            k.split(":", 1)[1]: n for k, n in events.items() if k.startswith("order.invoice_recorded:")
+        }
         return [
             f"accepted: {self.accepted}  committed: {self.committed}  invoiced: {self.invoiced}  "
+            f"orders invoiced: {self.marked_invoiced}  "
             f"invoice.created effects: {self.effects} (+{len(self.unlogged_effects)} unlogged)",
             f"lost: {len(self.lost)}  doubled: {len(self.doubled)}",
-            f"lateness (accepted -> invoiced, s): p50 {late.p50:.2f}  p99 {late.p99:.2f}  max {late.max:.2f}",
+            f"re-drives: {self.redrives} ({self.redriven_messages} order.placed messages re-driven); "
+            f"order.placed deliveries beyond the first: {self.redeliveries}",
+            f"duplicates absorbed: invoice side {events.get('invoice.duplicate_message', 0)} duplicate "
+            f"messages + {events.get('invoice.already_exists', 0)} already invoiced "
+            f"({events.get('invoice.reanswered', 0)} answered again); order side "
+            f"{events.get('order.invoice_duplicate_message', 0)} duplicate messages + "
+            f"{recorded.get('already-invoiced', 0)} already invoiced; "
+            f"invoice.created answers {self.answers} for {self.invoiced} invoices",
+            f"lateness (accepted -> order invoiced, database clock, s): {late.summary()}",
+            f"  accepted -> invoice committed (s): {self.invoice_lateness.summary()}",
             f"after the last fault ({late.after_fault} orders): max {late.max_after_fault:.2f} s past "
             f"max(accepted, last fault) (bound {self.bound:.0f} s), max {late.max_plain_after_fault:.2f} s "
             "accepted -> invoiced",
@@ -236,8 +309,21 @@ def _wrong_amounts(evidence: Evidence, orders: Mapping[str, OrderRow]) -> frozen
     return frozenset(wrong)
 
 
+def _wrong_numbers(orders: Mapping[str, OrderRow], invoices: Mapping[str, InvoiceRow]) -> frozenset[str]:
+    """Orders that say ``invoiced`` with a number that is not their invoice's (or with no invoice)."""
+    wrong = set()
+    for order in orders.values():
+        if order.status != INVOICED:
+            continue
+        invoice = invoices.get(order.id)
+        if invoice is None or order.invoice_number != invoice.number:
+            wrong.add(order.id)
+    return frozenset(wrong)
+
+
 def audit(evidence: Evidence, bound: float) -> Findings:
-    """Check accepted ⊆ committed ⊆ invoiced, exactly once per request, body and effect, totals, lateness."""
+    """Check accepted ⊆ committed ⊆ invoiced ⊆ shown invoiced, exactly once per request, body and
+    effect, totals and numbers, lateness."""
     orders = {o.id: o for o in evidence.orders}
     invoices = {i.order_id: i for i in evidence.invoices}
     accepted_ids = {a.order_id for a in evidence.accepted}
@@ -258,14 +344,17 @@ def audit(evidence: Evidence, bound: float) -> Findings:
     effects_not_once = {
         o: events.get(o, 0) for o in counted - unlogged if events.get(o, 0) != 1 or o not in invoices
     }
+    invoiced_spans, answered_spans = _spans(evidence)
 
     return Findings(
         accepted=len(accepted_ids),
         committed=len(orders),
         invoiced=len(invoices),
+        marked_invoiced=sum(o.status == INVOICED for o in orders.values()),
         effects=sum(events.values()),
         not_committed=frozenset(accepted_ids - set(orders)),
         not_invoiced=frozenset(set(orders) - set(invoices)),
+        not_marked_invoiced=frozenset(o for o in set(orders) & set(invoices) if orders[o].status != INVOICED),
         orphan_invoices=frozenset(set(invoices) - set(orders)),
         unaccepted_orders=frozenset(set(orders) - accepted_ids),
         keys_with_many_ids={k: frozenset(ids) for k, ids in ids_per_key.items() if len(ids) != 1},
@@ -277,7 +366,16 @@ def audit(evidence: Evidence, bound: float) -> Findings:
         effects_not_once=effects_not_once,
         unlogged_effects=frozenset(unlogged),
         wrong_amounts=_wrong_amounts(evidence, orders),
+        wrong_numbers=_wrong_numbers(orders, invoices),
+        unanswered_invoices=frozenset(i.order_id for i in evidence.invoices if i.answered_at is None),
+        number_conflicts=evidence.events.get("order.invoice_number_conflict", 0),
         garbled_events=evidence.garbled_events,
-        lateness=lateness(evidence),
+        lateness=lateness(invoiced_spans, evidence.last_fault_at),
+        invoice_lateness=lateness(answered_spans, evidence.last_fault_at),
         bound=bound,
+        redrives=evidence.redrives,
+        redriven_messages=evidence.redriven_messages,
+        redeliveries=evidence.redeliveries,
+        answers=evidence.answers,
+        events=dict(evidence.events),
     )

@@ -1,7 +1,8 @@
 """A private pipeline for one fault test: its own Redis, its databases, and real processes.
 
-The fault tests and the chaos soak both drive a ``Cluster``: start and SIGKILL the relay and
-``celery worker`` as subprocesses, restart servers, and ask the checker what really happened.
+The fault tests and the chaos soak both drive a ``Cluster``: start and SIGKILL the processes of
+the loop (order relay, invoice worker, invoice relay, order consumer) as subprocesses, restart
+servers, and ask the checker what really happened.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from tests.support.processes import (
     Service,
     api_service,
     free_port,
+    invoice_relay_service,
+    order_consumer_service,
     pipeline_env,
     relay_service,
     wait_for_http,
@@ -92,7 +95,18 @@ class Cluster:
 
     @property
     def queue(self) -> str:
+        """Where ``order.placed`` goes: the invoice workers' queue."""
         return f"{self.queue_prefix}invoices"
+
+    @property
+    def orders_queue(self) -> str:
+        """Where ``invoice.created`` goes: the order consumers' queue."""
+        return f"{self.queue_prefix}orders"
+
+    @property
+    def relay_env(self) -> dict[str, str]:
+        """A relay's environment: health on a free port (``0``), as several relays share this host."""
+        return {**self.env, "RELAY_METRICS_PORT": self.overrides.get("RELAY_METRICS_PORT", "0")}
 
     @property
     def log_dir(self) -> Path:
@@ -103,7 +117,10 @@ class Cluster:
     def checker(self) -> Checker:
         if self._checker is None:
             self._checker = Checker(
-                self.databases.orders_url, self.databases.invoices_url, self.redis.url, self.queue
+                self.databases.orders_url,
+                self.databases.invoices_url,
+                self.redis.url,
+                (self.queue, self.orders_queue),
             )
         return self._checker
 
@@ -112,9 +129,24 @@ class Cluster:
         return service.start()
 
     def start_relay(self, name: str = "relay") -> Service:
-        relay = self._track(relay_service(self.env, self.log_dir, name=name))
+        relay = self._track(relay_service(self.relay_env, self.log_dir, name=name))
         relay.wait_for_log("relay.started")
         return relay
+
+    def start_invoice_relay(self, name: str = "invoice-relay") -> Service:
+        relay = self._track(invoice_relay_service(self.relay_env, self.log_dir, name=name))
+        relay.wait_for_log("relay.started")
+        return relay
+
+    def start_order_consumer(
+        self, name: str = "order-consumer", concurrency: int = 2, ready: bool = True
+    ) -> Service:
+        consumer = self._track(
+            order_consumer_service(self.env, self.log_dir, self.orders_queue, concurrency, name=name)
+        )
+        if ready:
+            consumer.wait_for_log("ready", timeout=60)
+        return consumer
 
     def start_worker(
         self, name: str = "worker", concurrency: int = 2, app: str = "invoice_worker", ready: bool = True
@@ -147,12 +179,14 @@ class Cluster:
         return ids
 
     def wait_settled(self, expected_orders: int | None = None, timeout: float = 90) -> Verdict:
-        return wait_until(
+        verdict = wait_until(
             lambda: self.checker.settled(expected_orders),
             timeout=timeout,
             interval=0.5,
             message=f"pipeline to settle ({self.checker.verdict().summary()})",
         )
+        assert verdict is not None
+        return verdict
 
     def logs(self) -> str:
         return "\n".join(f"--- {s.name} ({s.log_path})\n{s.logs()[-4000:]}" for s in self.services)

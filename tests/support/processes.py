@@ -146,6 +146,23 @@ def worker_service(
     return Service(name, command, env, log_dir / f"{name}.log")
 
 
+def invoice_relay_service(env: dict[str, str], log_dir: Path, name: str = "invoice-relay") -> Service:
+    """``python -m invoice_worker.relay``: publishes ``invoice.created`` to the orders queue."""
+    return Service(name, [sys.executable, "-m", "invoice_worker.relay"], env, log_dir / f"{name}.log")
+
+
+def order_consumer_service(
+    env: dict[str, str], log_dir: Path, queue: str, concurrency: int = 2, name: str = "order-consumer"
+) -> Service:
+    """``celery -A order_service.worker worker -Q <prefix>orders``: applies ``invoice.created`` to orders."""
+    command = [
+        str(BIN / "celery"), "-A", "order_service.worker", "worker", "-Q", queue,
+        "--concurrency", str(concurrency), "--hostname", f"{name}-{os.getpid()}@%h",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+    return Service(name, command, env, log_dir / f"{name}.log")
+
+
 def wait_for_http(url: str, timeout: float = 30) -> None:
     def ready() -> bool:
         try:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fault.checker import Accepted, Evidence, InvoiceRow, OrderRow, audit
-from tests.fault.evidence import invoice_effects
+from tests.fault.evidence import Snapshot, invoice_effects, read_logs
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 BOUND = 120.0
@@ -23,21 +23,41 @@ def _body(n: int) -> dict[str, Any]:
     }
 
 
-def _order(n: int, body: dict[str, Any] | None = None, at: datetime = T0) -> OrderRow:
+def _order(n: int, body: dict[str, Any] | None = None, at: datetime = T0, after: float = 1.0) -> OrderRow:
+    """Accepted at ``at`` and shown ``invoiced`` (number ``INV-<n>``) ``after`` seconds later."""
     body = body or _body(n)
     lines = tuple((line["sku"], line["quantity"], line["unit_amount"]) for line in body["lines"])
     total = sum(q * u for _, q, u in lines)
-    return OrderRow(f"order-{n}", body["customer_id"], body["currency"], total, lines, at)
+    return OrderRow(
+        f"order-{n}",
+        body["customer_id"],
+        body["currency"],
+        total,
+        lines,
+        at,
+        status="invoiced",
+        invoice_number=f"INV-{n:08d}",
+        invoiced_at=at + timedelta(seconds=after),
+    )
 
 
-def _invoice(order: OrderRow, after: float = 1.0) -> InvoiceRow:
+def _invoice(order: OrderRow, after: float = 0.5) -> InvoiceRow:
+    """The order's invoice, committed (with its answer) ``after`` seconds after acceptance."""
+    assert order.accepted_at is not None
+    assert order.invoice_number is not None
     return InvoiceRow(
         order.id,
         order.customer_id,
         order.currency,
         order.amount_total,
-        order.created_at + timedelta(seconds=after),
+        order.invoice_number,
+        order.accepted_at + timedelta(seconds=after),
     )
+
+
+def _placed(order: OrderRow) -> OrderRow:
+    """The order as it is before the answer comes back."""
+    return dataclasses.replace(order, status="placed", invoice_number=None, invoiced_at=None)
 
 
 def healthy(count: int = 3) -> Evidence:
@@ -57,7 +77,9 @@ def test_healthy_evidence_passes_every_check() -> None:
 
     assert findings.failures() == []
     assert (findings.accepted, findings.committed, findings.invoiced, findings.effects) == (3, 3, 3, 3)
+    assert findings.marked_invoiced == 3
     assert findings.lateness.max == 1.0
+    assert findings.invoice_lateness.max == 0.5
 
 
 def test_an_accepted_order_missing_from_the_database_is_lost() -> None:
@@ -76,7 +98,10 @@ def test_an_accepted_order_missing_from_the_database_is_lost() -> None:
 def test_a_committed_order_without_invoice_is_lost() -> None:
     evidence = healthy()
     evidence = dataclasses.replace(
-        evidence, invoices=evidence.invoices[1:], invoice_events={"order-2": 1, "order-3": 1}
+        evidence,
+        orders=[_placed(evidence.orders[0]), *evidence.orders[1:]],
+        invoices=evidence.invoices[1:],
+        invoice_events={"order-2": 1, "order-3": 1},
     )
 
     findings = audit(evidence, BOUND)
@@ -196,8 +221,8 @@ def test_an_order_total_that_differs_from_the_accepted_body_fails() -> None:
 
 def test_an_order_invoiced_past_the_bound_after_the_last_fault_fails() -> None:
     evidence = healthy()
-    late = _invoice(evidence.orders[0], after=BOUND + 30)
-    evidence = dataclasses.replace(evidence, invoices=[late, *evidence.invoices[1:]])
+    late = _order(1, after=BOUND + 30)
+    evidence = dataclasses.replace(evidence, orders=[late, *evidence.orders[1:]])
 
     findings = audit(evidence, BOUND)
 
@@ -210,8 +235,8 @@ def test_an_order_invoiced_past_the_bound_after_the_last_fault_fails() -> None:
 def test_lateness_after_a_fault_counts_from_the_fault_for_orders_accepted_before_it() -> None:
     evidence = healthy()
     fault = T0 + timedelta(seconds=100)
-    late = _invoice(evidence.orders[0], after=150.0)  # stuck through the fault: 50 s past it
-    evidence = dataclasses.replace(evidence, invoices=[late, *evidence.invoices[1:]], last_fault_at=fault)
+    late = _order(1, after=150.0)  # stuck through the fault: 50 s past it
+    evidence = dataclasses.replace(evidence, orders=[late, *evidence.orders[1:]], last_fault_at=fault)
 
     findings = audit(evidence, BOUND)
 
@@ -240,3 +265,155 @@ def test_effects_are_counted_from_json_log_lines_and_garbled_ones_reported(tmp_p
     assert garbled == 1  # a line cut short: an effect that cannot be attributed
     findings = audit(dataclasses.replace(healthy(), garbled_events=garbled), BOUND)
     assert findings.failures() == ["unparseable invoice.created log lines: 1"]
+
+
+def test_an_invoice_whose_order_never_turns_invoiced_is_lost() -> None:
+    """The invoice exists but its answer never came back: the order still says placed."""
+    evidence = healthy()
+    evidence = dataclasses.replace(evidence, orders=[_placed(evidence.orders[0]), *evidence.orders[1:]])
+
+    findings = audit(evidence, BOUND)
+
+    assert findings.not_marked_invoiced == {"order-1"}
+    assert findings.lost == {"order-1"}
+    assert findings.marked_invoiced == 2
+    assert "invoiced but the order does not say invoiced: 1" in findings.failures()
+
+
+def test_an_order_showing_another_invoice_number_fails() -> None:
+    evidence = healthy()
+    wrong = dataclasses.replace(evidence.orders[0], invoice_number="INV-99999999")
+    evidence = dataclasses.replace(evidence, orders=[wrong, *evidence.orders[1:]])
+
+    findings = audit(evidence, BOUND)
+
+    assert findings.wrong_numbers == {"order-1"}
+    assert "orders whose invoice_number is not their invoice's number: 1" in findings.failures()
+
+
+def test_an_order_shown_invoiced_with_no_invoice_fails_and_is_lost() -> None:
+    evidence = healthy()
+    evidence = dataclasses.replace(
+        evidence, invoices=evidence.invoices[1:], invoice_events={"order-2": 1, "order-3": 1}
+    )
+
+    findings = audit(evidence, BOUND)
+
+    assert findings.wrong_numbers == {"order-1"}
+    assert findings.lost == {"order-1"}
+
+
+def test_an_invoice_committed_without_its_answer_fails() -> None:
+    evidence = healthy()
+    silent = dataclasses.replace(evidence.invoices[0], answered_at=None)
+    evidence = dataclasses.replace(evidence, invoices=[silent, *evidence.invoices[1:]])
+
+    findings = audit(evidence, BOUND)
+
+    assert findings.unanswered_invoices == {"order-1"}
+    assert not findings.ok
+
+
+def test_an_answer_with_a_second_invoice_number_fails() -> None:
+    evidence = dataclasses.replace(healthy(), events={"order.invoice_number_conflict": 1})
+
+    findings = audit(evidence, BOUND)
+
+    assert findings.failures() == ["answers with a second invoice number for an order: 1"]
+
+
+def test_lateness_runs_to_the_order_turning_invoiced_not_to_the_invoice() -> None:
+    """A prompt invoice whose answer comes back late is late: the bound is on the loop's end."""
+    evidence = healthy()
+    slow_answer = _order(1, after=BOUND + 10)
+    evidence = dataclasses.replace(evidence, orders=[slow_answer, *evidence.orders[1:]])
+
+    findings = audit(evidence, BOUND)
+
+    assert findings.invoice_lateness.max == 0.5
+    assert findings.lateness.max_after_fault == BOUND + 10
+    assert not findings.ok
+
+
+def test_redrives_and_duplicates_are_reported_not_failed() -> None:
+    """Re-drives and absorbed duplicates are the machinery working: counted, never a failure."""
+    evidence = dataclasses.replace(
+        healthy(),
+        redrives=7,
+        redriven_messages=5,
+        redeliveries=9,
+        answers=8,
+        events={
+            "invoice.duplicate_message": 4,
+            "invoice.reanswered": 5,
+            "order.invoice_duplicate_message": 2,
+            "order.invoice_recorded:already-invoiced": 3,
+        },
+    )
+
+    findings = audit(evidence, BOUND)
+    text = "\n".join(findings.lines())
+
+    assert findings.ok
+    assert "re-drives: 7 (5 order.placed messages re-driven)" in text
+    assert "order.placed deliveries beyond the first: 9" in text
+    assert "invoice side 4 duplicate messages + 0 already invoiced (5 answered again)" in text
+    assert "order side 2 duplicate messages + 3 already invoiced" in text
+    assert "invoice.created answers 8 for 3 invoices" in text
+
+
+def test_logs_count_absorbed_duplicates_redrives_and_answer_outcomes(tmp_path: Path) -> None:
+    order_id = "7f1c2d4e-0000-4000-8000-000000000001"
+    lines = [
+        {"event": "invoice.created", "order_id": order_id},
+        {"event": "invoice.duplicate_message", "order_id": order_id},
+        {"event": "order.invoice_recorded", "order_id": order_id, "outcome": "invoiced"},
+        {"event": "order.invoice_recorded", "order_id": order_id, "outcome": "already-invoiced"},
+        {"event": "outbox.redriven", "rows": 3},
+        {"event": "order.invoice_number_conflict", "order_id": order_id},
+    ]
+    (tmp_path / "loop.log").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    tally = read_logs(tmp_path)
+
+    assert tally.effects == {order_id: 1}
+    assert tally.events == {
+        "invoice.duplicate_message": 1,
+        "order.invoice_recorded:invoiced": 1,
+        "order.invoice_recorded:already-invoiced": 1,
+        "outbox.redriven": 1,
+        "order.invoice_number_conflict": 1,
+    }
+
+
+def _quiet(**changes: Any) -> Snapshot:
+    base = Snapshot(
+        orders=3,
+        invoices=3,
+        not_invoiced=0,
+        pending_outbox=0,
+        parked_outbox=0,
+        unacknowledged=0,
+        redrives=0,
+        answers_unpublished=0,
+        dead_letters=0,
+        order_dead_letters=0,
+        deliveries=3,
+        queued=0,
+        unacked=0,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_the_loop_is_idle_only_when_every_order_is_invoiced_acknowledged_and_nothing_is_in_flight() -> None:
+    assert _quiet().idle
+    for busy in (
+        {"not_invoiced": 1},  # an answer still on its way
+        {"unacknowledged": 1},  # the relay would re-drive it
+        {"answers_unpublished": 1},  # invoice.created not yet published
+        {"pending_outbox": 1},
+        {"queued": 1},
+        {"unacked": 1},
+        {"queued": None},  # the broker did not answer
+    ):
+        assert not _quiet(**busy).idle, busy
