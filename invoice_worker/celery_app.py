@@ -8,7 +8,8 @@ from celery import Celery
 from celery.signals import setup_logging, worker_process_init
 
 from invoice_worker.database import InvoiceDatabase
-from shared.broker import broker_config
+from invoice_worker.retention import check_retention
+from shared.broker import worker_broker_config
 from shared.config import Settings
 from shared.contracts import ORDER_PLACED, ROUTES
 from shared.logs import configure_logging
@@ -19,25 +20,9 @@ settings = Settings()
 database = InvoiceDatabase(settings)
 
 
-def _worker_broker_config() -> dict[str, Any]:
-    """Sweep for expired unacked messages often enough that a lost worker's tasks come back soon.
-
-    Kombu's default sweep runs every ~100 s whatever the visibility timeout; tie it to the timeout.
-    """
-    config = broker_config(settings)
-    if not settings.uses_embedded_broker:
-        sweep = max(1, min(10, settings.broker_visibility_timeout // 4))
-        config["broker_transport_options"] = {
-            **config["broker_transport_options"],
-            "unacked_restore_interval": sweep,
-            "unacked_restore_throttle": 1,
-        }
-    return config
-
-
 app = Celery("invoice_worker", include=["invoice_worker.tasks"])
 app.conf.update(
-    _worker_broker_config(),
+    worker_broker_config(settings),
     task_acks_late=True,
     # A task that failed or hit a time limit is not an acknowledgement. On Redis a failure is removed
     # either way (reject without requeue is a delete there), which is why the task body lets nothing
@@ -49,6 +34,7 @@ app.conf.update(
     worker_hijack_root_logger=False,
     worker_send_task_events=False,
 )
+check_retention(settings)  # refuse, at start, an inbox retention shorter than the redelivery window
 
 
 @setup_logging.connect

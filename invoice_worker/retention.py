@@ -14,14 +14,12 @@ poison message that was "delivered N times without completing".
 
 from __future__ import annotations
 
-import threading
+import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import structlog
-from celery import Celery, bootsteps
 from sqlalchemy import Connection, Engine, and_, delete, exists, func, select, text
 
 from invoice_worker.database import InvoiceDatabase
@@ -34,7 +32,6 @@ __all__ = [
     "InboxRetention",
     "Pruned",
     "check_retention",
-    "install_inbox_pruning",
     "prune_inbox",
     "redelivery_window",
 ]
@@ -161,58 +158,29 @@ def prune_inbox(engine: Engine, policy: InboxRetention, max_batches: int | None 
 
 @dataclass
 class InboxPruner:
-    """Prunes the inbox every ``interval`` seconds on a daemon thread of the worker's main process.
+    """Prunes the inbox at most every ``interval`` seconds, in passing, in the process that calls it.
 
-    Off the consumer's event loop, so a large first prune never delays deliveries; a failed round
-    (database down) is logged and tried again next interval.
+    Called by the task after a delivery, in the pool process: a thread in the prefork parent would
+    be forked mid-import or mid-query into every new pool child (and deadlock it). A failed round
+    (database down) is logged and tried again next interval; it never fails the delivery.
     """
 
     database: InvoiceDatabase
     policy: InboxRetention
     interval: float = 300.0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _next: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings, database: InvoiceDatabase) -> InboxPruner:
         return cls(database, InboxRetention.from_settings(settings), settings.inbox_prune_interval)
 
-    def prune_once(self) -> Pruned | None:
-        """One round; never raises (housekeeping must not take the worker down)."""
+    def prune_when_due(self) -> Pruned | None:
+        """One round if ``interval`` has passed since the last; never raises."""
+        if time.monotonic() < self._next:
+            return None
+        self._next = time.monotonic() + self.interval
         try:
             return prune_inbox(self.database.engine, self.policy)
         except Exception as exc:
             log.warning("inbox.prune_failed", error=f"{type(exc).__name__}: {exc}")
             return None
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.prune_once()
-            self._stop.wait(self.interval)
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="inbox-pruner", daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-
-def install_inbox_pruning(app: Celery, pruner: InboxPruner) -> None:
-    """Run ``pruner`` for the life of every ``celery worker`` of ``app`` (its main process only)."""
-
-    class InboxPruning(bootsteps.StartStopStep):  # type: ignore[misc]
-        def start(self, worker: Any) -> None:
-            pruner.start()
-
-        def stop(self, worker: Any) -> None:
-            pruner.stop()
-
-        shutdown = stop
-
-    app.steps["worker"].add(InboxPruning)

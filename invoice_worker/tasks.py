@@ -11,12 +11,14 @@ from celery.exceptions import Reject, Retry
 
 from invoice_worker.celery_app import app, database, settings
 from invoice_worker.processing import TASK_NAME, DeliveryPolicy, RetryLater, handle_order_placed
+from invoice_worker.retention import InboxPruner
 
 __all__ = ["order_placed"]
 
 log = structlog.get_logger(__name__)
 
 POLICY = DeliveryPolicy.from_settings(settings)
+INBOX_PRUNER = InboxPruner.from_settings(settings, database)
 
 
 # max_retries=None: the bounds live in DeliveryPolicy, which may keep a message at the longest backoff
@@ -46,6 +48,7 @@ def order_placed(self: Task, payload: dict[str, Any]) -> str:
         _retry_or_requeue(self, reason, countdown)
     finally:
         structlog.contextvars.clear_contextvars()
+        INBOX_PRUNER.prune_when_due()
 
 
 def _retry_or_requeue(task: Task, reason: Exception, countdown: float) -> NoReturn:

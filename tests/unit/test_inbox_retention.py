@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +18,6 @@ from shared.config import Settings
 from shared.contracts import ORDER_PLACED
 from shared.db import utcnow
 from tests.support.events import order_placed_event
-from tests.support.waiting import wait_until
 
 RETENTION = InboxRetention(retention=timedelta(days=30), batch=2)
 
@@ -114,17 +112,18 @@ def test_a_retention_shorter_than_the_redelivery_window_is_refused(sqlite_settin
     check_retention(sqlite_settings)  # the default (30 days) is far beyond it
 
 
-def test_the_pruner_thread_prunes_on_start_and_stops(invoice_db: InvoiceDatabase) -> None:
+def test_the_pruner_prunes_in_passing_at_most_once_per_interval(invoice_db: InvoiceDatabase) -> None:
     _seed(invoice_db, age=timedelta(days=31), count=3)
     pruner = InboxPruner(invoice_db, RETENTION, interval=3600)
 
-    pruner.start()
-    try:
-        wait_until(lambda: _counts(invoice_db) == (0, 0), timeout=10, message="the first prune round")
-    finally:
-        pruner.stop()
+    first = pruner.prune_when_due()
+    _seed(invoice_db, age=timedelta(days=31), count=2)
+    second = pruner.prune_when_due()
 
-    assert "inbox-pruner" not in {thread.name for thread in threading.enumerate()}
+    assert first is not None
+    assert (first.processed_messages, first.message_deliveries) == (3, 3)
+    assert second is None  # not due again within the interval: the 2 new old rows wait for the next round
+    assert _counts(invoice_db) == (2, 2)
 
 
 def test_prune_command_prints_what_it_deleted(
