@@ -35,7 +35,7 @@ import httpx
 import redis
 
 from tests.fault.checker import Accepted, Findings, audit
-from tests.fault.evidence import InvoicedWatch, Snapshot
+from tests.fault.evidence import PRIORITY_SEPARATOR, PRIORITY_STEPS, InvoicedWatch, Snapshot
 from tests.fault.harness import Cluster
 from tests.support.databases import PostgresFactory
 from tests.support.orders import order_body
@@ -234,7 +234,11 @@ class Driver:
 
     def lose_queues(self) -> None:
         """Delete both queues' contents and the unacknowledged record, atomically, as orders flow."""
-        queues = (self.cluster.queue, self.cluster.orders_queue)
+        queues = [
+            name
+            for queue in (self.cluster.queue, self.cluster.orders_queue)
+            for name in (queue, *(f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS))
+        ]
         client = self._broker()
         try:
             pipe = client.pipeline(transaction=True)
