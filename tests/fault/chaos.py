@@ -71,6 +71,7 @@ class Result:
     last_seen: Snapshot | None = None
     """The last read when the loop never went quiet: what was still in flight."""
     replayed: int = 0
+    exits: list[str] = field(default_factory=list)
     faults: dict[str, int] = field(default_factory=dict)
     timeline: list[str] = field(default_factory=list)
     diagnosis: list[str] = field(default_factory=list)
@@ -92,6 +93,8 @@ class Result:
             f"seed: {self.seed}",
             f"faults injected: {', '.join(f'{k}={n}' for k, n in sorted(self.faults.items()))}",
             *(f"  {line}" for line in broker),
+            f"processes that exited on their own (restarted): {len(self.exits)}"
+            + (f" ({', '.join(self.exits)})" if self.exits else ""),
             f"requests replayed with the same Idempotency-Key: {self.replayed}",
             *self.findings.lines(),
             f"quiescent: {state}",
@@ -172,11 +175,14 @@ class Group:
     def restart(self, index: int) -> None:
         self.running[index] = self.start(self.name(index))
 
-    def revive(self) -> None:
-        """Restart any that died on their own (none should)."""
+    def revive(self) -> list[str]:
+        """Restart any that exited on their own, as compose's ``restart: unless-stopped`` would."""
+        exited = []
         for index, service in enumerate(self.running):
             if not service.running:
+                exited.append(f"{self.name(index)} (exit {service.process and service.process.returncode})")
                 self.restart(index)
+        return exited
 
 
 class Driver:
@@ -215,6 +221,17 @@ class Driver:
             (0.80, "broker_flushall", self.flush_broker),
         ]
         self.stop = threading.Event()
+        self.lock = threading.Lock()
+        """Held while a kill and its restart happen, so the supervisor never restarts a process twice."""
+        self.exits: list[str] = []
+        """Processes that exited without being killed by the driver (restarted by ``supervise``)."""
+
+    def supervise(self, done: threading.Event) -> None:
+        """Restart processes that exit on their own, every second, until ``done``."""
+        while not done.wait(1.0):
+            with self.lock:
+                for group in self.groups.values():
+                    self.exits.extend(group.revive())
 
     def _injected(self, fault: str, target: str = "") -> None:
         """Count the fault and note the time on the database server's clock."""
@@ -282,16 +299,16 @@ class Driver:
         group.restart(index)
 
     def finish(self) -> None:
-        """The faults a short run did not reach (at the same pace), then every process up for the drain."""
+        """The faults a short run did not reach, at the same pace."""
         while self.broker_faults or self._missing():
             time.sleep(self.rng.uniform(0.3, 2.0))
-            self._step()
-        for group in self.groups.values():
-            group.revive()
+            with self.lock:
+                self._step()
 
     def run(self) -> None:
         while not self.stop.wait(self.rng.uniform(0.3, 2.0)):
-            self._step()
+            with self.lock:
+                self._step()
 
 
 def run_chaos(
@@ -314,17 +331,24 @@ def run_chaos(
         client = Client(cluster, random.Random(rng.random()))
         driver = Driver(cluster, rng, lambda: len(client.accepted) / orders)
         watch = InvoicedWatch(cluster.checker).start()
+        drained = threading.Event()
+        supervisor = threading.Thread(target=driver.supervise, args=(drained,), name="chaos-supervisor")
+        supervisor.start()
         chaos = threading.Thread(target=driver.run, name="chaos-driver")
         chaos.start()
         try:
-            client.post_all(bodies, concurrency)
+            try:
+                client.post_all(bodies, concurrency)
+            finally:
+                driver.stop.set()
+                chaos.join(120)
+            driver.finish()
+            drain_started = time.monotonic()
+            quiet = cluster.checker.wait_quiescent(timeout=drain_timeout)
+            drain_time = time.monotonic() - drain_started
         finally:
-            driver.stop.set()
-            chaos.join(120)
-        driver.finish()
-        drain_started = time.monotonic()
-        quiet = cluster.checker.wait_quiescent(timeout=drain_timeout)
-        drain_time = time.monotonic() - drain_started
+            drained.set()
+            supervisor.join(60)
         last_seen = cluster.checker.snapshot() if quiet is None else None
         watch.stop()
         evidence = cluster.checker.evidence(
@@ -343,6 +367,7 @@ def run_chaos(
             quiet,
             last_seen=last_seen,
             replayed=client.replayed,
+            exits=driver.exits,
             faults=driver.faults,
             timeline=driver.timeline,
             diagnosis=diagnosis,
