@@ -33,7 +33,9 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        # Not cached: a cached module-level logger ignores a later reconfiguration (and the tests'
+        # structlog.testing.capture_logs); resolving it per call costs a few microseconds.
+        cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
