@@ -25,7 +25,7 @@ from shared.db import utcnow
 from shared.outbox import OutboxMessage
 from shared.outbox.writer import bucket_of
 
-__all__ = ["fill_backlog"]
+__all__ = ["fill_backlog", "fill_outbox"]
 
 _ORDER_COLUMNS = ("id", "customer_id", "currency", "status", "amount_total", "created_at")
 _LINE_COLUMNS = ("position", "sku", "quantity", "unit_amount", "amount_total")
@@ -90,13 +90,20 @@ def _outbox_row(order: _Order, now: datetime) -> list[Any]:
     ]  # fmt: skip
 
 
-def fill_backlog(orders_url: str, count: int, tag: str, seed: int = 6) -> None:
-    """Commit ``count`` orders with their lines and their ``order.placed`` outbox rows, unpublished."""
+def _orders(count: int, tag: str, seed: int) -> tuple[list[_Order], datetime]:
     rng = random.Random(seed)
     now = utcnow()
-    orders = [_order(rng, tag, now - timedelta(microseconds=count - n)) for n in range(count)]
-    conninfo = make_url(orders_url).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(conninfo) as conn, conn.cursor() as cursor:
+    return [_order(rng, tag, now - timedelta(microseconds=count - n)) for n in range(count)], now
+
+
+def _conninfo(orders_url: str) -> str:
+    return make_url(orders_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def fill_backlog(orders_url: str, count: int, tag: str, seed: int = 6) -> None:
+    """Commit ``count`` orders with their lines and their ``order.placed`` outbox rows, unpublished."""
+    orders, now = _orders(count, tag, seed)
+    with psycopg.connect(_conninfo(orders_url)) as conn, conn.cursor() as cursor:
         with cursor.copy(f"COPY orders ({', '.join(_ORDER_COLUMNS)}) FROM STDIN") as copy:
             for order in orders:
                 copy.write_row([getattr(order, c) for c in _ORDER_COLUMNS])
@@ -104,6 +111,16 @@ def fill_backlog(orders_url: str, count: int, tag: str, seed: int = 6) -> None:
             for order in orders:
                 for line in order.lines:
                     copy.write_row([order.id, *(getattr(line, c) for c in _LINE_COLUMNS)])
+        with cursor.copy(f"COPY outbox ({', '.join(_OUTBOX_COLUMNS)}) FROM STDIN") as copy:
+            for order in orders:
+                copy.write_row(_outbox_row(order, now))
+        conn.commit()
+
+
+def fill_outbox(orders_url: str, count: int, tag: str, seed: int = 6) -> None:
+    """Only the outbox rows of ``count`` orders (one per order, as the receiver writes): a relay's backlog."""
+    orders, now = _orders(count, tag, seed)
+    with psycopg.connect(_conninfo(orders_url)) as conn, conn.cursor() as cursor:
         with cursor.copy(f"COPY outbox ({', '.join(_OUTBOX_COLUMNS)}) FROM STDIN") as copy:
             for order in orders:
                 copy.write_row(_outbox_row(order, now))

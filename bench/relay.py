@@ -6,6 +6,14 @@ of the same bytes + mark, no Celery. Every variant drains its own clone of one p
 database (its rows not yet due, so relays start idle; a single UPDATE makes them due), onto its
 own queue prefix. Then commit→publish latency with NOTIFY while the relay is idle.
 Writes bench/results/relay.json. Not a test: nothing here asserts a time.
+
+Backlogs (bench/results/relay_backlogs.json): 200 000 outbox rows of one order each, drained by
+the product relay in this process (``OutboxRelay.relay_batch`` until a batch is empty, as
+``relay --once`` does): *fresh* (as written), *after_outage* (every row failed before: attempts > 0,
+due again) and *one_parked* (the first row parked). Each round drains the three from clones of one
+template and reports msg/s and each rate against fresh in that round; the figure is the median of
+the rounds. Smoke run: ``BENCH_RELAY_BACKLOG_ROWS=20000 BENCH_RELAY_BACKLOG_ROUNDS=1``;
+``BENCH_RELAY_PARTS=backlogs`` (or ``variants``) runs one part only.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import cast
 
 import psutil
 import psycopg
@@ -29,11 +38,14 @@ import redis
 from sqlalchemy import Engine, make_url, text
 from sqlalchemy.orm import Session
 
+from bench.backlog import fill_outbox
 from order_service.models import outbox
+from order_service.relay import build_relay
 from shared.broker import publishing_app
 from shared.config import Settings
 from shared.contracts import ROUTES
 from shared.db import create_db_engine, utcnow
+from shared.logs import configure_logging
 from shared.outbox.messages import PendingMessage
 from shared.outbox.redis_publisher import RedisPipelinePublisher
 from shared.outbox.writer import OutboxMessage, add_message
@@ -50,6 +62,21 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 RESULTS = Path(__file__).parent / "results" / "relay.json"
 LOGS = Path(__file__).parent / "results" / "relay-logs"
 ROUTE = ROUTES["order.placed"]
+PARTS = set(os.environ.get("BENCH_RELAY_PARTS", "variants,backlogs").split(","))
+BACKLOG_ROWS = int(os.environ.get("BENCH_RELAY_BACKLOG_ROWS", "200000"))
+BACKLOG_ROUNDS = int(os.environ.get("BENCH_RELAY_BACKLOG_ROUNDS", "3"))
+BACKLOG_RESULTS = Path(__file__).parent / "results" / "relay_backlogs.json"
+BACKLOGS = {
+    "fresh": (),
+    "after_outage": (
+        "UPDATE outbox SET attempts = 1 + id % 5, last_error = 'ConnectionError: Error 111 connecting'",
+    ),
+    "one_parked": (
+        "UPDATE outbox SET attempts = 20, parked_at = now(), last_error = 'no route'"
+        " WHERE id = (SELECT min(id) FROM outbox)",
+    ),
+}
+"""SQL that turns the template's fresh backlog into each kind (then VACUUM ANALYZE, as for all)."""
 
 
 @dataclass
@@ -266,14 +293,133 @@ def latency(url: str, client: redis.Redis, prefix: str, samples: int = 60) -> di
     }
 
 
-def main() -> int:
-    client = redis.Redis.from_url(REDIS_URL)
-    databases = Databases()
-    prefixes: list[str] = []
+class BacklogTemplate:
+    """One database holding the fresh backlog; each drain runs on its own clone, dropped after."""
 
-    def prefix() -> str:
-        prefixes.append(f"bench-relay-{uuid.uuid4().hex[:8]}-")
-        return prefixes[-1]
+    def __init__(self) -> None:
+        self.factory = PostgresFactory(POSTGRES_URL, run_id=f"bench_{uuid.uuid4().hex[:6]}")
+        self.admin = make_url(POSTGRES_URL).set(drivername="postgresql").render_as_string(hide_password=False)
+        self.url = self.factory.fresh_pair().orders_url
+        fill_outbox(self.url, BACKLOG_ROWS, "bench-backlog-")
+
+    def clone(self, sql: tuple[str, ...]) -> str:
+        template = make_url(self.url).database
+        name = f"{template}_{uuid.uuid4().hex[:6]}"
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            # FILE_COPY: a copy that is not WAL-logged (PG 15's default is), so no checkpoint of a
+            # few hundred MB of WAL lands in the middle of the drain that follows.
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY FILE_COPY')
+        self.factory._made.append(name)
+        url = make_url(self.url).set(database=name).render_as_string(hide_password=False)
+        conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            for statement in sql:
+                conn.execute(statement)
+            conn.execute("VACUUM ANALYZE outbox")
+            conn.execute("CHECKPOINT")  # every drain starts with nothing dirty to write back
+        return url
+
+    def drop(self, url: str) -> None:
+        name = str(make_url(url).database)
+        with psycopg.connect(self.admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.factory._made.remove(name)
+
+    def close(self) -> None:
+        self.factory.close()
+
+
+@dataclass
+class Drain:
+    backlog: str
+    messages: int
+    seconds: float
+    batches: int
+    first_tenth_batch_ms: float
+    last_tenth_batch_ms: float
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+
+def drain_backlog(url: str, client: redis.Redis, prefix: str, backlog: str) -> Drain:
+    """The product relay (its claim, pipelined publisher and mark), batch after batch until empty."""
+    settings = Settings(orders_database_url=url, broker_url=REDIS_URL, queue_prefix=prefix)
+    engine = create_db_engine(url, pool_size=2)
+    relay = build_relay(settings, engine)
+    timings: list[float] = []
+    published = 0
+    try:
+        relay.rebalance(force=True)  # takes every partition: the only relay
+        started = time.perf_counter()
+        while True:
+            batch_started = time.perf_counter()
+            count = len(relay.relay_batch().published)
+            if not count:
+                break
+            timings.append(time.perf_counter() - batch_started)
+            published += count
+        seconds = time.perf_counter() - started
+    finally:
+        relay.disconnect()
+        relay.publisher.close()
+        engine.dispose()
+    queued = client.llen(prefix + ROUTE.queue)
+    assert queued == published, f"{backlog}: {queued} messages queued for {published} published"
+    tenth = max(1, len(timings) // 10)
+    return Drain(
+        backlog, published, seconds, len(timings),
+        statistics.median(timings[:tenth]) * 1000, statistics.median(timings[-tenth:]) * 1000,
+    )  # fmt: skip
+
+
+def backlogs(client: redis.Redis, prefix: Callable[[], str]) -> dict[str, object]:
+    """Fresh, after-outage and one-parked backlogs, drained in each round; ratios within a round."""
+    print(f"backlogs: {BACKLOG_ROWS:,} rows, {BACKLOG_ROUNDS} round(s)", flush=True)
+    template = BacklogTemplate()
+    rounds: list[dict[str, Drain]] = []
+    try:
+        for number in range(1, BACKLOG_ROUNDS + 1):
+            drains: dict[str, Drain] = {}
+            for backlog, sql in BACKLOGS.items():
+                url = template.clone(sql)
+                queue_prefix = prefix()
+                try:
+                    drains[backlog] = drain_backlog(url, client, queue_prefix, backlog)
+                finally:
+                    client.delete(queue_prefix + ROUTE.queue)
+                    template.drop(url)
+                drain = drains[backlog]
+                print(
+                    f"  round {number} {backlog:13} {drain.rate:>9,.0f} msg/s"
+                    f"  x{drain.rate / drains['fresh'].rate:.2f} of fresh"
+                    f"  batch {drain.first_tenth_batch_ms:.1f} ms in the first tenth,"
+                    f" {drain.last_tenth_batch_ms:.1f} ms in the last",
+                    flush=True,
+                )
+            rounds.append(drains)
+    finally:
+        template.close()
+    ratios = {
+        backlog: statistics.median(r[backlog].rate / r["fresh"].rate for r in rounds) for backlog in BACKLOGS
+    }
+    return {
+        "rows": BACKLOG_ROWS,
+        "rounds": BACKLOG_ROUNDS,
+        "cpus": os.cpu_count(),
+        "relay": "in-process OutboxRelay.relay_batch until empty (as relay --once), Redis pipeline",
+        "backlogs": {b: list(sql) for b, sql in BACKLOGS.items()},
+        "median_rate": {b: statistics.median(r[b].rate for r in rounds) for b in BACKLOGS},
+        "ratio_vs_fresh": ratios,
+        "target_ratio": 0.8,
+        "per_round": [{b: {**asdict(d), "rate": d.rate} for b, d in r.items()} for r in rounds],
+    }
+
+
+def variants(client: redis.Redis, prefix: Callable[[], str]) -> None:
+    """Variants a-d on 100 000 rows and the idle latency; writes bench/results/relay.json."""
+    databases = Databases()
 
     def finish(variant: str, result: Result, queue_prefix: str) -> Result:
         count = client.llen(queue_prefix + ROUTE.queue)
@@ -295,12 +441,7 @@ def main() -> int:
             results[key] = finish(key, run(databases.clone(), queue_prefix), queue_prefix)
         lat = latency(databases.factory.fresh_pair().orders_url, client, prefix())  # idle: an empty outbox
     finally:
-        for used in prefixes:
-            keys = list(client.scan_iter(match=f"{used}*"))
-            if keys:
-                client.delete(*keys)
         databases.close()
-        client.close()
 
     ratios = {"b/a": results["b"].rate / results["a"].rate, "b/d": results["b"].rate / results["d"].rate}
     print()
@@ -331,6 +472,37 @@ def main() -> int:
         )
     )
     print(f"written: {RESULTS}")
+
+
+def main() -> int:
+    configure_logging("WARNING")  # the in-process relay logs every batch at INFO
+    client = redis.Redis.from_url(REDIS_URL)
+    prefixes: list[str] = []
+
+    def prefix() -> str:
+        prefixes.append(f"bench-relay-{uuid.uuid4().hex[:8]}-")
+        return prefixes[-1]
+
+    try:
+        if "variants" in PARTS:
+            variants(client, prefix)
+        if "backlogs" in PARTS:
+            figures = backlogs(client, prefix)
+            ratios = cast(dict[str, float], figures["ratio_vs_fresh"])
+            print(
+                "\nbacklogs vs fresh (median of rounds): "
+                + ", ".join(f"{b} x{r:.2f}" for b, r in ratios.items())
+                + " (target >= 0.8)"
+            )
+            BACKLOG_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            BACKLOG_RESULTS.write_text(json.dumps(figures, indent=2))
+            print(f"written: {BACKLOG_RESULTS}")
+    finally:
+        for used in prefixes:
+            keys = list(client.scan_iter(match=f"{used}*"))
+            if keys:
+                client.delete(*keys)
+        client.close()
     return 0
 
 
