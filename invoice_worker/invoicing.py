@@ -15,7 +15,7 @@ from invoice_worker.models import DeadLetter, Invoice, MessageDelivery, Processe
 from invoice_worker.receivers import connect_receivers
 from invoice_worker.signals import invoice_created, invoice_requested_again
 from shared.contracts import ORDER_PLACED, OrderPlaced
-from shared.db import utcnow
+from shared.db import database_clock, utcnow
 
 __all__ = ["Outcome", "count_delivery", "create_invoice", "is_processed", "record_dead_letter"]
 
@@ -50,9 +50,10 @@ def create_invoice(session: Session, message_id: uuid.UUID, event: OrderPlaced) 
     side re-drives it when it never heard back (the broker may have lost the answer), and the
     invoice, not the broker, is what acknowledges it.
     """
+    now = database_clock(session.get_bind().dialect)  # the invoice's time is the database's, not this host's
     inbox = (
         _insert(session, ProcessedMessage)
-        .values(message_id=message_id, topic=ORDER_PLACED, processed_at=utcnow())
+        .values(message_id=message_id, topic=ORDER_PLACED, processed_at=now)
         .on_conflict_do_nothing(index_elements=["message_id"])
         .returning(ProcessedMessage.message_id)
     )
@@ -74,7 +75,7 @@ def create_invoice(session: Session, message_id: uuid.UUID, event: OrderPlaced) 
             lines=[line.model_dump(mode="json") for line in event.lines],
             message_id=message_id,
             placed_at=event.placed_at,
-            created_at=utcnow(),
+            created_at=now,
         )
         .on_conflict_do_nothing(index_elements=["order_id"])
         .returning(Invoice.id)
@@ -92,7 +93,7 @@ def create_invoice(session: Session, message_id: uuid.UUID, event: OrderPlaced) 
     session.execute(
         update(DeadLetter)
         .where(DeadLetter.message_id == message_id, DeadLetter.replayed_at.is_(None))
-        .values(replayed_at=utcnow())
+        .values(replayed_at=now)
     )
     invoice_created.send(create_invoice, invoice=numbered, causation_id=message_id, session=session)
     session.commit()

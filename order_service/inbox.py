@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from order_service.models import INVOICED, PLACED, DeadLetter, Order, ProcessedMessage, outbox
 from shared.contracts import INVOICE_CREATED, InvoiceCreated
-from shared.db import utcnow
+from shared.db import database_clock, utcnow
 
 __all__ = [
     "InvalidAnswer",
@@ -80,9 +80,10 @@ def record_invoice(session: Session, message_id: uuid.UUID, event: InvoiceCreate
     """
     order_id, causation_id = _order_key(event), _causation(event)
     context = {"message_id": str(message_id), "order_id": event.order_id}
+    now = database_clock(session.get_bind().dialect)
     inbox = (
         _insert(session, ProcessedMessage)
-        .values(message_id=message_id, topic=INVOICE_CREATED, processed_at=utcnow())
+        .values(message_id=message_id, topic=INVOICE_CREATED, processed_at=now)
         .on_conflict_do_nothing(index_elements=["message_id"])
         .returning(ProcessedMessage.message_id)
     )
@@ -121,7 +122,7 @@ def record_invoice(session: Session, message_id: uuid.UUID, event: InvoiceCreate
     acknowledged = session.execute(
         update(outbox)
         .where(outbox.c.message_id == causation_id, outbox.c.acknowledged_at.is_(None))
-        .values(acknowledged_at=utcnow())
+        .values(acknowledged_at=now)
     ).rowcount
     session.commit()
     log.info(

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Engine, Integer, create_engine, event
+from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Engine, Integer, create_engine, event, func
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "JSONDocument",
     "UTCDateTime",
     "create_db_engine",
+    "database_clock",
     "engine_options",
     "install_sqlite_pragmas",
     "is_postgres",
@@ -48,6 +50,15 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def database_clock(dialect: Dialect) -> ColumnElement[datetime] | datetime:
+    """The current time for a statement: the database's clock on Postgres (``statement_timestamp()``),
+    so every process stamps and compares times on one clock; Python's on SQLite (one machine).
+    """
+    if dialect.name == "postgresql":
+        return func.statement_timestamp(type_=UTCDateTime())
+    return utcnow()
 
 
 def is_postgres(engine_or_dialect: Engine | Dialect) -> bool:

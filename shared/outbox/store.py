@@ -25,7 +25,6 @@ from sqlalchemy import (
     case,
     delete,
     exists,
-    func,
     null,
     or_,
     select,
@@ -36,7 +35,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.elements import ColumnElement
 
 from shared.backoff import jittered_backoff
-from shared.db import UTCDateTime, is_postgres, utcnow
+from shared.db import database_clock, is_postgres
 from shared.outbox.messages import PendingMessage
 from shared.outbox.table import NOTIFY_CHANNEL
 
@@ -60,11 +59,7 @@ def backoff(attempts: int, base: float, ceiling: float) -> timedelta:
 
 def _clock(conn: Connection, now: datetime | None) -> Clock:
     """``now`` if given; else the database's clock on Postgres, Python's on SQLite."""
-    if now is not None:
-        return now
-    if is_postgres(conn.dialect):
-        return func.statement_timestamp(type_=UTCDateTime())
-    return utcnow()
+    return now if now is not None else database_clock(conn.dialect)
 
 
 def _ids_match(t: Table, conn: Connection, ids: list[int]) -> ColumnElement[bool]:
