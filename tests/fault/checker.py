@@ -17,7 +17,9 @@ committed invoice transaction) per order.
 
 A log line is written after its COMMIT, so a worker SIGKILLed in between leaves an invoice with no
 line. That is excused only when the invoice's message was delivered again afterwards (the killed
-delivery was never acknowledged); a line too many is never excused.
+delivery was never acknowledged) or when Celery's own lines show a delivery of it that started and
+never ended (its worker died holding it; a broker loss may then have dropped the redelivery, and
+the answer committed with the invoice stops the re-drive); a line too many is never excused.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ class InvoiceRow:
     transaction (``None``: the invoice was committed without its answer)."""
     deliveries: int = 1
     """How often the message that made this invoice was delivered (``message_deliveries``)."""
+    message_id: str = ""
+    """The ``order.placed`` message that made it."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,8 @@ class Evidence:
     """``invoice.created`` rows in the invoices outbox (one per invoice, plus one per answer sent again)."""
     events: Mapping[str, int] = field(default_factory=dict)
     """Log event -> lines (``tests.fault.evidence.COUNTED_EVENTS``)."""
+    interrupted: frozenset[str] = frozenset()
+    """``order.placed`` message ids with a delivery the logs show started and never ended."""
 
 
 @dataclass(frozen=True)
@@ -200,8 +206,8 @@ class Findings:
     """First order id a 201 named for the body -> the orders in the database that match the body."""
     effects_not_once: Mapping[str, int]
     unlogged_effects: frozenset[str]
-    """Invoiced orders with no line, whose message was delivered again: a worker SIGKILLed between
-    COMMIT and its log line (the later deliveries found the message in the inbox)."""
+    """Invoiced orders with no line, whose message was delivered again or whose delivery the logs show
+    started and never ended: a worker SIGKILLed between COMMIT and its log line."""
     wrong_amounts: frozenset[str]
     wrong_numbers: frozenset[str]
     """Orders whose ``invoice_number`` is not their invoice's (or that say invoiced with no invoice)."""
@@ -340,7 +346,13 @@ def audit(evidence: Evidence, bound: float) -> Findings:
 
     events = evidence.invoice_events
     counted = set(invoices) | {o for o, n in events.items() if n}
-    unlogged = {o for o in counted if o in invoices and events.get(o, 0) == 0 and invoices[o].deliveries > 1}
+    unlogged = {
+        o
+        for o in counted
+        if o in invoices
+        and events.get(o, 0) == 0
+        and (invoices[o].deliveries > 1 or invoices[o].message_id in evidence.interrupted)
+    }
     effects_not_once = {
         o: events.get(o, 0) for o in counted - unlogged if events.get(o, 0) != 1 or o not in invoices
     }

@@ -8,6 +8,7 @@ feeds ``tests.fault.checker.audit`` once ``Checker.wait_quiescent`` has seen the
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -22,7 +23,7 @@ import redis
 from sqlalchemy import bindparam, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from shared.contracts import INVOICE_CREATED, ORDER_PLACED
+from shared.contracts import INVOICE_CREATED, ORDER_PLACED, ROUTES
 from tests.fault.checker import INVOICED, Accepted, Evidence, InvoiceRow, OrderRow
 
 __all__ = ["Checker", "InvoicedWatch", "LogTally", "Snapshot", "Verdict", "invoice_effects", "read_logs"]
@@ -103,6 +104,15 @@ class LogTally:
     garbled: int = 0
     events: Counter[str] = field(default_factory=Counter)
     """Event name (``order.invoice_recorded`` as ``order.invoice_recorded:<outcome>``) -> lines."""
+    received: Counter[str] = field(default_factory=Counter)
+    """``order.placed`` message id -> Celery's ``Task … received`` lines (a delivery started)."""
+    finished: Counter[str] = field(default_factory=Counter)
+    """``order.placed`` message id -> ``Task … succeeded/retry/failed…`` lines (a delivery ended)."""
+
+    @property
+    def interrupted(self) -> frozenset[str]:
+        """Messages with a delivery that started and never ended: its worker died holding it."""
+        return frozenset(m for m, n in self.received.items() if n > self.finished.get(m, 0))
 
 
 COUNTED_EVENTS = frozenset(
@@ -117,6 +127,12 @@ COUNTED_EVENTS = frozenset(
     }
 )
 """Events the soak reports: duplicates each inbox absorbed, answers sent again, re-drives."""
+
+
+ORDER_PLACED_TASK = re.compile(
+    rf"^Task {re.escape(ROUTES[ORDER_PLACED].task)}\[(?P<id>[0-9a-f-]{{36}})\] (?P<what>\w+)"
+)
+"""Celery's own lines about one delivery of ``order.placed`` (``received``, then ``succeeded`` …)."""
 
 
 def read_logs(log_dir: Path) -> LogTally:
@@ -142,6 +158,9 @@ def read_logs(log_dir: Path) -> LogTally:
                     tally.events[f"{event}:{record.get('outcome')}"] += 1
                 elif event in COUNTED_EVENTS:
                     tally.events[str(event)] += 1
+                elif isinstance(event, str) and (task := ORDER_PLACED_TASK.match(event)):
+                    seen = tally.received if task["what"] == "received" else tally.finished
+                    seen[task["id"]] += 1
     return tally
 
 
@@ -368,7 +387,7 @@ class Checker:
         with self._invoices.connect() as conn:
             rows = conn.execute(
                 text(
-                    "SELECT i.order_id, i.customer_id, i.currency, i.amount_total, i.number,"
+                    "SELECT i.order_id, i.customer_id, i.currency, i.amount_total, i.number, i.message_id,"
                     " coalesce(d.deliveries, 0) AS deliveries,"
                     " (SELECT min(ob.created_at) FROM outbox ob WHERE ob.aggregate_id = i.order_id"
                     "  AND ob.topic = :created) AS answered_at"
@@ -385,6 +404,7 @@ class Checker:
                     r.number,
                     r.answered_at,
                     r.deliveries,
+                    str(r.message_id),
                 )
                 for r in rows
             ]
@@ -405,6 +425,7 @@ class Checker:
             redeliveries=int(again),
             answers=int(answers or 0),
             events=dict(tally.events),
+            interrupted=tally.interrupted,
         )
 
     def diagnose(self, order_ids: Iterable[str]) -> list[str]:

@@ -417,3 +417,41 @@ def test_the_loop_is_idle_only_when_every_order_is_invoiced_acknowledged_and_not
         {"queued": None},  # the broker did not answer
     ):
         assert not _quiet(**busy).idle, busy
+
+
+def test_an_unlogged_effect_is_excused_when_its_only_delivery_was_interrupted() -> None:
+    """Killed between COMMIT and its log line, then the broker lost the redelivery: the answer,
+    committed with the invoice, stops the re-drive, so the message is delivered only once."""
+    evidence = healthy()
+    killed = dataclasses.replace(evidence.invoices[0], message_id="m-1")
+    evidence = dataclasses.replace(
+        evidence,
+        invoices=[killed, *evidence.invoices[1:]],
+        invoice_events={"order-2": 1, "order-3": 1},
+        interrupted=frozenset({"m-1"}),
+    )
+
+    findings = audit(evidence, BOUND)
+
+    assert findings.unlogged_effects == {"order-1"}
+    assert findings.ok
+    other = dataclasses.replace(evidence, interrupted=frozenset({"m-2"}))  # another message's delivery
+    assert audit(other, BOUND).effects_not_once == {"order-1": 0}
+
+
+def test_a_delivery_received_and_never_finished_is_interrupted(tmp_path: Path) -> None:
+    def task(message_id: str, what: str) -> str:
+        return json.dumps({"event": f"Task invoices.order_placed[{message_id}] {what}"}) + "\n"
+
+    done, killed, retried = (f"00000000-0000-4000-8000-00000000000{n}" for n in (1, 2, 3))
+    (tmp_path / "worker-0.log").write_text(
+        task(done, "received")
+        + task(done, "succeeded in 0.1s: 'created'")
+        + task(killed, "received")
+        + task(retried, "received")
+        + task(retried, "retry: Retry in 1s")
+        + task(retried, "received")
+        + task(retried, "succeeded in 0.1s: 'created'")
+    )
+
+    assert read_logs(tmp_path).interrupted == {killed}
