@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import Connection, Engine, and_, delete, exists, func, select, text
+from sqlalchemy import Connection, Engine, and_, delete, exists, select, text
 
 from invoice_worker.database import InvoiceDatabase
 from invoice_worker.models import MessageDelivery, ProcessedMessage
 from shared.config import Settings
-from shared.db import is_postgres, utcnow
+from shared.db import database_now, is_postgres
 
 __all__ = [
     "InboxPruner",
@@ -92,14 +92,6 @@ class Pruned:
         )
 
 
-def _database_now(conn: Connection) -> datetime:
-    """The database's clock on Postgres (shared by every host); SQLite lives on this host."""
-    if is_postgres(conn.dialect):
-        now: datetime = conn.execute(select(func.now())).scalar_one()
-        return now
-    return utcnow()
-
-
 def _prune_batch(conn: Connection, cutoff: datetime, batch: int) -> Pruned:
     deliveries = select(MessageDelivery.message_id).where(MessageDelivery.last_delivered_at < cutoff)
     delivered = delete(MessageDelivery).where(
@@ -132,7 +124,7 @@ def prune_inbox(engine: Engine, policy: InboxRetention, max_batches: int | None 
     once from the database clock, so a long run does not chase rows that age while it works.
     """
     with engine.connect() as conn:
-        cutoff = _database_now(conn) - policy.retention
+        cutoff = database_now(conn) - policy.retention
     total = Pruned()
     batches = 0
     while max_batches is None or batches < max_batches:

@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Engine, Integer, create_engine, event, func
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Connection,
+    DateTime,
+    Dialect,
+    Engine,
+    Integer,
+    create_engine,
+    event,
+    func,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.types import TypeDecorator
@@ -16,6 +28,7 @@ __all__ = [
     "UTCDateTime",
     "create_db_engine",
     "database_clock",
+    "database_now",
     "engine_options",
     "install_sqlite_pragmas",
     "is_postgres",
@@ -58,6 +71,14 @@ def database_clock(dialect: Dialect) -> ColumnElement[datetime] | datetime:
     """
     if dialect.name == "postgresql":
         return func.statement_timestamp(type_=UTCDateTime())
+    return utcnow()
+
+
+def database_now(conn: Connection) -> datetime:
+    """The database's current time (Postgres, one round trip); Python's on SQLite (one machine)."""
+    if conn.dialect.name == "postgresql":
+        now: datetime = conn.execute(text("SELECT now()")).scalar_one()
+        return now
     return utcnow()
 
 

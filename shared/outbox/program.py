@@ -29,7 +29,7 @@ from sqlalchemy import Engine, Table
 
 from shared.config import Settings
 from shared.contracts import ROUTES
-from shared.db import create_db_engine, is_postgres, keepalive_connect_args, utcnow
+from shared.db import create_db_engine, database_now, is_postgres, keepalive_connect_args
 from shared.logs import configure_logging
 from shared.outbox import redrive, store
 from shared.outbox.health import HealthServer
@@ -111,9 +111,10 @@ class RelayProgram:
 
     def _status(self, engine: Engine, settings: Settings) -> int:
         with engine.connect() as conn:
-            report = read_status(conn, self.table, utcnow())
+            now = database_now(conn)
+            report = read_status(conn, self.table, now)
             rule = self.policy(settings).redrive_rule()
-            answers = redrive.unanswered(conn, self.table, rule, now=redrive.database_now(conn))
+            answers = redrive.unanswered(conn, self.table, rule, now=now)
         print(f"backlog: {report.backlog}")
         print(f"retrying: {report.retrying}")
         print(f"oldest_unpublished_age_s: {report.oldest_unpublished_age_s:.1f}")
@@ -133,7 +134,7 @@ class RelayProgram:
 
     def _retry_parked(self, engine: Engine, ids: list[int]) -> int:
         with engine.begin() as conn:
-            count = store.retry_parked(conn, self.table, now=utcnow(), ids=ids or None)
+            count = store.retry_parked(conn, self.table, ids=ids or None)
         log.info("outbox.parked_retried", rows=count, table=self.table.name)
         print(f"retried: {count}")
         return 0

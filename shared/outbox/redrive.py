@@ -31,14 +31,13 @@ from sqlalchemy import BigInteger, Connection, Table, Update, and_, any_, func, 
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.elements import ColumnElement
 
-from shared.db import is_postgres, utcnow
+from shared.db import database_now, is_postgres
 from shared.outbox.table import NOTIFY_CHANNEL
 
 __all__ = [
     "RedriveRule",
     "Redriven",
     "Unanswered",
-    "database_now",
     "redrive_due",
     "redrive_statement",
     "redrive_unanswered",
@@ -98,14 +97,6 @@ class Unanswered:
     waiting: int
     overdue: int
     exhausted: int
-
-
-def database_now(conn: Connection) -> datetime:
-    """The database's clock (Postgres); SQLite is embedded, on this machine's clock."""
-    if is_postgres(conn.dialect):
-        now: datetime = conn.execute(text("SELECT now()")).scalar_one()
-        return now
-    return utcnow()
 
 
 def _unacknowledged(t: Table, topics: Collection[str]) -> list[ColumnElement[bool]]:

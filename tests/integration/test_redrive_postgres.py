@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from order_service.inbox import Outcome, record_invoice
 from order_service.models import outbox
 from shared.contracts import ORDER_PLACED, InvoiceCreated
+from shared.db import database_now
 from shared.outbox import redrive
 from shared.outbox.redrive import RedriveRule
 
@@ -47,7 +48,7 @@ def seed(engine: Engine, count: int, *, published_ago: str, acknowledged: bool, 
 def plan(engine: Engine, rule: RedriveRule) -> dict[str, Any]:
     """EXPLAIN ANALYZE of the re-drive statement, rolled back."""
     with engine.connect() as conn, conn.begin() as transaction:
-        now = redrive.database_now(conn)
+        now = database_now(conn)
         compiled = redrive.redrive_statement(outbox, rule, now=now, postgres=True).compile(
             dialect=conn.dialect, compile_kwargs={"render_postcompile": True}
         )
@@ -95,7 +96,7 @@ def test_concurrent_redrives_take_each_row_once(orders_engine: Engine) -> None:
         with orders_engine.connect() as conn:
             while True:
                 with conn.begin():  # no advisory lock here: SKIP LOCKED alone must keep them apart
-                    rows = redrive.redrive_due(conn, outbox, rule, now=redrive.database_now(conn))
+                    rows = redrive.redrive_due(conn, outbox, rule, now=database_now(conn))
                 total += len(rows)
                 if not rows:
                     return total
