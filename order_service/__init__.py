@@ -21,6 +21,7 @@ from flask_openapi3.openapi import OpenAPI
 from order_service.api import bp, health
 from order_service.auth import init_auth
 from order_service.bodies import check_json_body
+from order_service.dashboard import init_dashboard
 from order_service.extensions import db, discard_broken_sessions, migrate
 from order_service.idempotency import init_idempotency
 from order_service.problems import openapi_validation_error, register_error_handlers
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_idempotency(app, settings)
     app.register_api(bp)
     app.register_api(health)
+    init_dashboard(app, settings)  # the live pipeline page, /dashboard
     app.add_url_rule("/openapi.json", "openapi_json", app.serve_spec)
     register_error_handlers(app)
     return app

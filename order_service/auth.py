@@ -30,7 +30,7 @@ from order_service.problems import problem
 from shared.config import Settings
 from shared.db import BigIntPK, UTCDateTime, utcnow
 
-__all__ = ["ApiKey", "KeyRing", "client_id", "digest", "init_auth", "new_key"]
+__all__ = ["ApiKey", "KeyRing", "client_id", "digest", "init_auth", "known_key", "new_key"]
 
 log = structlog.get_logger(__name__)
 
@@ -103,7 +103,8 @@ def _unauthorized(detail: str, error: str | None = None) -> Response:
     return response
 
 
-def _known(key_hash: str) -> bool:
+def known_key(key_hash: str) -> bool:
+    """A configured key, or a stored one not revoked (the pipeline page re-checks its session with it)."""
     ring: KeyRing = current_app.extensions[_EXTENSION]
     if ring.configured(key_hash):
         return True
@@ -119,7 +120,7 @@ def authenticate() -> Response | None:
     if scheme.lower() != "bearer" or not token.strip():
         return _unauthorized("Send an API key as 'Authorization: Bearer <key>'.")
     key_hash = digest(token.strip())
-    if not _known(key_hash):
+    if not known_key(key_hash):
         log.info("api.key_refused", client=client_id(key_hash))
         return _unauthorized("The API key is not valid.", error="invalid_token")
     g.client_id = client_id(key_hash)

@@ -33,6 +33,11 @@ class Settings(BaseSettings):
         validation_alias="API_KEYS",
         description="Comma-separated API keys: raw keys, or 'sha256:<hex digest>' to keep secrets out of env",
     )
+    secret_key: str = Field(
+        default="",
+        validation_alias="SECRET_KEY",
+        description="Signs the pipeline page's session cookie; default: one generated into var/secret-key",
+    )
     rate_limit: str = Field(default="600 per minute", validation_alias="RATE_LIMIT")
     rate_limit_storage_url: str = Field(
         default="", validation_alias="RATE_LIMIT_STORAGE_URL", description="Default: BROKER_URL if Redis"

@@ -12,6 +12,7 @@ moves the row out of ix_outbox_unacknowledged, so it adds one index entry where 
 Built CONCURRENTLY on Postgres (as 0004): every order INSERTs into the outbox meanwhile.
 A failed concurrent build leaves an INVALID index: drop it and upgrade again.
 """
+
 from alembic import op
 
 revision = "0006"
