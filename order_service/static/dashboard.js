@@ -29,17 +29,22 @@
   function drawChart(data) {
     const box = document.getElementById("chart");
     if (chart) { chart.setData(chartData(data)); return; }
+    const hms = (v) => new Date(v * 1000).toISOString().slice(11, 19);
     chart = new uPlot({
       width: Math.max(320, box.clientWidth - 16),
       height: 240,
+      legend: { live: false },
+      cursor: { show: false },
       scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
-      axes: [{}, { label: "orders / s" }],
-      series: [
-        { label: "time (UTC)", value: (u, v) => (v === null ? "—" : new Date(v * 1000).toISOString().slice(11, 19)) },
-        { label: "placed / s", stroke: "#2f6fdb", width: 2, points: { show: false } },
-        { label: "invoiced / s", stroke: "#1e9e5a", width: 2, points: { show: false } },
+      axes: [
+        { values: (u, splits) => splits.map(hms), space: 90, label: "UTC" },
+        { label: "orders / s" },
       ],
-      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
+      series: [
+        {},
+        { label: "placed / s", stroke: "#2f6fdb", width: 3, points: { show: false } },
+        { label: "invoiced / s", stroke: "#1e9e5a", width: 2, dash: [6, 4], points: { show: false } },
+      ],
     }, chartData(data), box);
   }
 
