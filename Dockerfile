@@ -1,8 +1,12 @@
-# syntax=docker/dockerfile:1
-# One image for every process: the API (gunicorn), the relay, the Celery worker and the migrations.
+# One image for every process: the API (gunicorn), the relays, the Celery workers and the migrations.
 # docker-compose.yml picks the process with `command:`; health checks use python (no curl in the image).
+# No `# syntax=` line: BuildKit would pull the frontend from a registry; the legacy builder and BuildKit
+# both build this file offline once PYTHON_IMAGE is present (tests/compose builds on a local stand-in).
 
-FROM python:3.11-slim AS build
+# Both stages run on the same Python image: the virtualenv's interpreter link points into it.
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS build
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -15,7 +19,7 @@ WORKDIR /src
 COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt
+    && pip install --only-binary=:all: -r /tmp/requirements.txt
 
 COPY README.md ./
 COPY shared/ shared/
@@ -24,7 +28,7 @@ COPY invoice_worker/ invoice_worker/
 RUN pip install .
 
 
-FROM python:3.11-slim
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -36,7 +40,8 @@ RUN groupadd --system --gid 10001 app \
     && mkdir -p /app/var \
     && chown app:app /app/var
 
-# Only the installed virtualenv is shipped: no sources in the working directory to shadow the package.
+# Only the installed virtualenv is shipped: no sources in the working directory to shadow the package,
+# no pip cache, no build tools (the dependencies are wheels: --only-binary above).
 COPY --from=build /opt/venv /opt/venv
 
 WORKDIR /app

@@ -290,6 +290,26 @@ def test_postgres_creates_both_databases_at_init(services: dict[str, Service]) -
     assert any(m.endswith(":/var/lib/postgresql/data") for m in mounts)
 
 
+def test_compose_v1_accepts_the_file(compose: dict[str, Any]) -> None:
+    """docker-compose 1.29 rejects a top-level ``name:``; ``make up`` passes the project name instead."""
+    assert set(compose) <= {"services", "volumes", "networks", "x-app"}
+
+
+@pytest.mark.parametrize(
+    ("name", "variable", "official"),
+    [("postgres", "POSTGRES_IMAGE", "postgres:16-alpine"), ("redis", "REDIS_IMAGE", "redis:7-alpine")],
+)
+def test_server_images_are_official_by_default_and_overridable(
+    services: dict[str, Service], name: str, variable: str, official: str
+) -> None:
+    assert services[name]["image"] == f"${{{variable}:-{official}}}"
+
+
+def test_the_app_image_base_is_a_build_argument(services: dict[str, Service]) -> None:
+    for name in APP_SERVICES:
+        assert services[name]["build"]["args"]["PYTHON_IMAGE"] == "${PYTHON_IMAGE:-python:3.11-slim}"
+
+
 def test_data_lives_in_named_volumes(compose: dict[str, Any]) -> None:
     assert {"postgres-data", "redis-data"} <= set(compose["volumes"])
 
@@ -332,7 +352,13 @@ def test_the_image_installs_the_project_from_pyproject_as_a_non_root_user() -> N
     instructions = [
         line.strip() for line in dockerfile.splitlines() if line.strip() and not line.startswith("#")
     ]
-    assert instructions[0].startswith("FROM python:3.11-slim")
+    # The base image is a build argument (tests/compose passes a local stand-in), by default the official one.
+    assert instructions[0] == "ARG PYTHON_IMAGE=python:3.11-slim"
+    froms = [line for line in instructions if line.startswith("FROM ")]
+    assert len(froms) >= 2, "multi-stage: the final stage gets the installed virtualenv only"
+    assert all(line.split()[1] == "${PYTHON_IMAGE}" for line in froms)
+    assert any(line.startswith("COPY --from=build /opt/venv") for line in instructions)
+    assert not any(line.startswith("# syntax=") for line in dockerfile.splitlines()), "BuildKit would pull it"
     assert any(line.startswith("COPY pyproject.toml") for line in instructions)
     for package in ("shared", "order_service", "invoice_worker"):
         assert any(line.startswith(f"COPY {package}/") for line in instructions)
@@ -347,6 +373,8 @@ def test_the_image_installs_the_project_from_pyproject_as_a_non_root_user() -> N
 
 def test_secrets_stay_out_of_git_and_the_image() -> None:
     assert ".env" in (ROOT / ".gitignore").read_text(encoding="utf-8").split()
-    assert ".env" in (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+    ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+    assert ".env" in ignored
+    assert {"var", ".venv", "tests"} <= set(ignored)
     example = (ROOT / ".env.example").read_text(encoding="utf-8")
     assert re.search(r"^POSTGRES_PASSWORD=", example, re.MULTILINE)
