@@ -93,7 +93,8 @@ def _signed_in() -> bool:
     key_hash = session.get(_KEY)
     if isinstance(key_hash, str) and known_key(key_hash):
         return True
-    session.pop(_KEY, None)  # revoked since: the page logs out
+    if key_hash is not None:
+        session.pop(_KEY)  # revoked since: the page logs out
     return False
 
 
