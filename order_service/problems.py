@@ -8,9 +8,11 @@ import structlog
 from flask import Flask, Response, json
 from flask_openapi3.types import ResponseDict
 from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
+from order_service.cursor import InvalidCursor
 from order_service.extensions import db
 from order_service.services import OrderRefused
 
@@ -28,11 +30,13 @@ log = structlog.get_logger(__name__)
 PROBLEM_JSON = "application/problem+json"
 _TYPE_BASE = "https://errors.order-service.example/"
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+DATABASE_RETRY_AFTER = 1
+"""Seconds a client should wait after a 503 for an overloaded or unreachable database."""
 _HEADER_MODELS = {"IdempotencyHeader"}
 _PARAMETER_MODELS = {"OrderQuery", "OrderPath"}
 
 _DESCRIPTIONS = {
-    400: "Malformed JSON, or a cursor this API did not issue",
+    400: "Malformed JSON, or a cursor this API did not issue (`errors` names the parameter)",
     401: "Missing or unknown API key",
     404: "No such resource",
     409: "A request with this Idempotency-Key is still in flight",
@@ -41,7 +45,7 @@ _DESCRIPTIONS = {
     422: "Invalid input; `errors` names each field by JSON pointer or parameter",
     429: "Rate limit of this API key exceeded",
     500: "Unexpected server error (no details leak)",
-    503: "Database unavailable; retry",
+    503: "Database unavailable or overloaded; retry after `Retry-After` seconds",
 }
 _HEADERS = {
     401: {"WWW-Authenticate": {"schema": {"type": "string"}}},
@@ -109,16 +113,27 @@ def register_error_handlers(app: Flask) -> None:
     def _invalid(exc: ValidationError) -> Response:
         return validation_problem(exc)
 
+    @app.errorhandler(InvalidCursor)
+    def _bad_cursor(exc: InvalidCursor) -> Response:
+        error = {"parameter": "cursor", "detail": "Not a cursor this API issued", "code": "invalid_cursor"}
+        detail = "The cursor is not one this API issued; pass a page's next_cursor unchanged."
+        return problem(400, "Bad Request", detail, "invalid-cursor", errors=[error])
+
     @app.errorhandler(OrderRefused)
     def _refused(exc: OrderRefused) -> Response:
-        return problem(422, "Order refused", exc.reason, "order-refused", receiver=exc.receiver)
+        # The receiver's name is an implementation detail: logged for operators, never sent.
+        log.info("order.refused", receiver=exc.receiver, reason=exc.reason)
+        return problem(422, "Order refused", exc.reason, "order-refused", reason=exc.reason)
 
-    @app.errorhandler(OperationalError)
-    def _database_down(exc: OperationalError) -> Response:
+    @app.errorhandler(OperationalError)  # includes statement_timeout (QueryCanceled), lost connections
+    @app.errorhandler(InterfaceError)  # a connection the driver already considers closed
+    @app.errorhandler(PoolTimeout)  # every pooled connection busy for pool_timeout seconds
+    def _database_down(exc: Exception) -> Response:
         db.session.rollback()
-        log.warning("api.database_unavailable", error=str(exc.orig))
+        error = getattr(exc, "orig", None) or exc
+        log.warning("api.database_unavailable", kind=type(error).__name__, error=str(error))
         response = problem(503, "Service unavailable", "The orders database is unavailable.", "unavailable")
-        response.headers["Retry-After"] = "1"
+        response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER)
         return response
 
     @app.errorhandler(Exception)

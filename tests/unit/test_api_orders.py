@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -9,8 +10,10 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import update
 
+from order_service import cursor
 from order_service.extensions import db
 from order_service.models import Order
 
@@ -90,12 +93,49 @@ def test_an_unknown_order_is_a_404_problem(client: FlaskClient, order_id: str) -
     assert response.get_json()["type"] == "about:blank"
 
 
-@pytest.mark.parametrize("cursor", ["garbage", "Zm9vfGJhcg==", "!!!"])
-def test_a_cursor_the_api_did_not_issue_is_a_400(client: FlaskClient, cursor: str) -> None:
+def _crafted(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+ANY_ID = "0b9a5f3e-6c1d-4c47-9d4e-3f1c2a7b8e90"
+CRAFTED_CURSORS = {
+    "garbage": "garbage",
+    "not a position": "Zm9vfGJhcg==",
+    "not base64": "!!!",
+    "naive timestamp": _crafted(f"2026-01-01T00:00:00|{ANY_ID}"),
+    "year 1 east of UTC": _crafted(f"0001-01-01T00:30:00+01:00|{ANY_ID}"),
+    "year 9999 west of UTC": _crafted(f"9999-12-31T23:30:00-01:00|{ANY_ID}"),
+    "offset other than UTC": _crafted(f"2026-01-01T01:00:00+01:00|{ANY_ID}"),
+    "uuid in braces": _crafted(f"2026-01-01T00:00:00+00:00|{{{ANY_ID}}}"),
+    "three fields": _crafted(f"2026-01-01T00:00:00+00:00|{ANY_ID}|x"),
+    "non-ASCII": _crafted(f"2026-01-01T00:00:00+00:00\u00a0|{ANY_ID}"),
+    "unpadded": _crafted(f"2026-01-01T00:00:00+00:00|{ANY_ID}").rstrip("="),
+}
+
+
+@pytest.mark.parametrize("cursor", CRAFTED_CURSORS.values(), ids=CRAFTED_CURSORS.keys())
+def test_a_cursor_the_api_did_not_issue_is_a_400_naming_the_parameter(
+    client: FlaskClient, cursor: str
+) -> None:
     response = client.get("/orders", query_string={"cursor": cursor})
 
     assert response.status_code == 400
     assert response.mimetype == "application/problem+json"
+    assert [e["parameter"] for e in response.get_json()["errors"]] == ["cursor"]
+
+
+@pytest.mark.parametrize(
+    "created_at", [datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)], ids=["first", "last"]
+)
+def test_a_cursor_at_either_end_of_the_calendar_pages_normally(
+    client: FlaskClient, placed: list[dict[str, Any]], created_at: datetime
+) -> None:
+    token = cursor.encode(created_at, uuid.UUID(ANY_ID))
+
+    response = client.get("/orders", query_string={"cursor": token})
+
+    assert response.status_code == 200
+    assert len(response.get_json()["data"]) == (0 if created_at.year == 1 else len(placed))
 
 
 def test_a_wrong_method_is_a_405_problem_with_allow(client: FlaskClient) -> None:
@@ -128,3 +168,27 @@ def test_an_unexpected_error_is_a_500_problem_without_internals(
     body = response.get_data(as_text=True)
     assert "Traceback" not in body
     assert "secret" not in body
+
+
+DATABASE_OVERLOAD = {
+    "pool timeout": sa_exc.TimeoutError("QueuePool limit of size 5 overflow 5 reached"),
+    "interface error": sa_exc.InterfaceError("SELECT 1", {}, Exception("connection already closed")),
+    "operational error": sa_exc.OperationalError("SELECT 1", {}, Exception("canceling statement")),
+}
+
+
+@pytest.mark.parametrize("error", DATABASE_OVERLOAD.values(), ids=DATABASE_OVERLOAD.keys())
+def test_database_overload_is_a_503_with_retry_after(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    def overloaded(*_: Any, **__: Any) -> None:
+        raise error
+
+    monkeypatch.setattr("order_service.api._filtered", overloaded)
+
+    response = client.get("/orders")
+
+    assert response.status_code == 503
+    assert response.mimetype == "application/problem+json"
+    assert int(response.headers["Retry-After"]) >= 1
+    assert "QueuePool" not in response.get_data(as_text=True)

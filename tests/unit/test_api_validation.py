@@ -11,6 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from order_service import create_app
+from order_service.signals import Veto, order_placed
 from shared.config import Settings
 from tests.unit.conftest import AUTH
 
@@ -180,3 +181,26 @@ def test_unauthenticated_bad_input_is_refused_before_it_is_read(app: Any) -> Non
 
     assert response.status_code == 401
     assert AUTH["Authorization"] not in response.get_data(as_text=True)
+
+
+def _credit_check(sender: Any, **_: Any) -> Veto:
+    """A receiver whose name must stay inside the service."""
+    return Veto("customer is over their credit limit")
+
+
+def test_a_vetoed_order_is_a_422_naming_the_reason_not_the_receiver(
+    client: FlaskClient, row_counts: Callable[[], dict[str, int]]
+) -> None:
+    order_placed.connect(_credit_check)
+    try:
+        response = client.post("/orders", data=order(), content_type=JSON)
+    finally:
+        order_placed.disconnect(_credit_check)
+
+    assert response.status_code == 422
+    assert response.mimetype == "application/problem+json"
+    problem = response.get_json()
+    assert problem["detail"] == problem["reason"] == "customer is over their credit limit"
+    assert "_credit_check" not in response.get_data(as_text=True)
+    assert "receiver" not in problem
+    assert row_counts() == NOTHING
