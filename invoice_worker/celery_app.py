@@ -8,11 +8,13 @@ from celery import Celery
 from celery.signals import setup_logging, worker_process_init
 
 from invoice_worker.database import InvoiceDatabase
+from invoice_worker.metrics import invoice_metrics
 from invoice_worker.retention import check_retention
 from shared.broker import worker_broker_config
 from shared.config import Settings
 from shared.contracts import ORDER_PLACED, ROUTES
 from shared.logs import configure_logging
+from shared.worker_metrics import instrument_worker
 
 __all__ = ["app", "database", "settings"]
 
@@ -35,6 +37,8 @@ app.conf.update(
     worker_send_task_events=False,
 )
 check_retention(settings)  # refuse, at start, an inbox retention shorter than the redelivery window
+# On worker start: /metrics, /healthz, /readyz on WORKER_METRICS_PORT, correlation ids in logs, tracing.
+instrument_worker("invoice-worker", settings, settings.invoices_database_url, invoice_metrics)
 
 
 @setup_logging.connect

@@ -10,7 +10,9 @@ from sqlalchemy.orm import Session
 from invoice_worker.models import Invoice, outbox
 from invoice_worker.signals import invoice_created, invoice_requested_again
 from shared.contracts import INVOICE_CREATED, SCHEMA_VERSION_HEADER, InvoiceCreated
+from shared.logs import correlation_id
 from shared.outbox import OutboxMessage, add_message
+from shared.tracing import outbox_headers
 
 __all__ = ["answer_order", "connect_receivers", "invoice_created_message"]
 
@@ -47,6 +49,7 @@ def answer_order(
                 SCHEMA_VERSION_HEADER: message.schema_version,
                 "order_id": message.order_id,
                 "causation_id": message.causation_id,
+                **outbox_headers(correlation_id()),  # the delivery's id and trace context
             },
         ),
     )

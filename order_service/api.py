@@ -13,6 +13,7 @@ from werkzeug.exceptions import NotFound
 
 from order_service import cursor, idempotency
 from order_service.extensions import db
+from order_service.metrics import api_metrics
 from order_service.models import Order
 from order_service.problems import problem_responses
 from order_service.schemas import (
@@ -80,6 +81,7 @@ def create_order(body: OrderIn, header: IdempotencyHeader) -> Response:
     key = header.idempotency_key
     if key is None:
         order = _place(body)
+        api_metrics().orders_placed.inc()
         return _created(_render(order), str(order.id))
     settings: Settings = current_app.extensions["order_service.settings"]
     fingerprint = idempotency.request_hash(request.method, request.path, request.get_json())
@@ -88,6 +90,7 @@ def create_order(body: OrderIn, header: IdempotencyHeader) -> Response:
     if isinstance(outcome, idempotency.Replay):
         replayed = OrderOut.model_validate_json(outcome.body)
         log.info("order.idempotent_replay", order_id=str(replayed.id), client=g.client_id)
+        api_metrics().idempotent_replays.inc()
         return _created(outcome.body, str(replayed.id), replayed=True)
     try:
         with idempotency.recorded_with_order(db.session(), outcome, _render):
@@ -95,6 +98,7 @@ def create_order(body: OrderIn, header: IdempotencyHeader) -> Response:
     except BaseException:
         idempotency.release(db.engine, outcome)
         raise
+    api_metrics().orders_placed.inc()
     return _created(_render(order), str(order.id))
 
 

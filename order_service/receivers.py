@@ -9,7 +9,9 @@ from sqlalchemy.orm import Session
 from order_service.models import Order, outbox
 from order_service.signals import order_placed
 from shared.contracts import ORDER_PLACED, SCHEMA_VERSION_HEADER, OrderPlaced, OrderPlacedLine
+from shared.logs import correlation_id
 from shared.outbox import OutboxMessage, add_message
+from shared.tracing import outbox_headers
 
 __all__ = ["connect_receivers", "order_placed_message", "request_invoice"]
 
@@ -44,7 +46,11 @@ def request_invoice(sender: Any, *, order: Order, session: Session, **_: Any) ->
             aggregate_type="order",
             aggregate_id=message.order_id,
             payload=message.to_payload(),
-            headers={SCHEMA_VERSION_HEADER: message.schema_version, "order_id": message.order_id},
+            headers={
+                SCHEMA_VERSION_HEADER: message.schema_version,
+                "order_id": message.order_id,
+                **outbox_headers(correlation_id()),  # the request's id and trace context
+            },
         ),
     )
 

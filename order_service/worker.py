@@ -42,6 +42,7 @@ from shared.config import Settings
 from shared.contracts import INVOICE_CREATED, ROUTES, UnsupportedSchemaVersion, parse_invoice_created
 from shared.db import create_db_engine
 from shared.logs import configure_logging
+from shared.worker_metrics import instrument_worker
 
 __all__ = ["TASK_NAME", "DeliveryPolicy", "OrdersDatabase", "RetryLater", "app", "deliver", "invoice_created"]
 
@@ -181,6 +182,8 @@ app.conf.update(
     worker_hijack_root_logger=False,
     worker_send_task_events=False,
 )
+# On worker start: /metrics, /healthz, /readyz on WORKER_METRICS_PORT, correlation ids in logs, tracing.
+instrument_worker("order-consumer", settings, settings.orders_database_url)
 
 
 @setup_logging.connect

@@ -1,10 +1,18 @@
-"""WSGI entry point: ``gunicorn order_service.wsgi:app``."""
+"""WSGI entry point: ``gunicorn order_service.wsgi:app``.
+
+Metrics go to the process group's multiprocess folder before any metric exists, so every
+gunicorn worker's counts add up in each scrape (``shared.metrics``).
+"""
 
 from __future__ import annotations
 
-from order_service import create_app
-from shared.config import Settings
-from shared.logs import configure_logging
+from shared.metrics import enable_multiprocess
+
+enable_multiprocess("api")
+
+from order_service import create_app  # noqa: E402 - after the metrics mode is chosen
+from shared.config import Settings  # noqa: E402
+from shared.logs import configure_logging  # noqa: E402
 
 _settings = Settings()
 configure_logging(_settings.log_level, _settings.log_format)

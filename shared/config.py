@@ -111,6 +111,22 @@ class Settings(BaseSettings):
     inbox_prune_interval: float = Field(default=300.0, gt=0, validation_alias="INBOX_PRUNE_INTERVAL")
     inbox_prune_batch: int = Field(default=5_000, ge=1, validation_alias="INBOX_PRUNE_BATCH")
 
+    worker_metrics_port: int = Field(
+        default=9102,
+        ge=0,
+        le=65535,
+        validation_alias="WORKER_METRICS_PORT",
+        description="A Celery worker's /metrics, /healthz and /readyz (0: a free port)",
+    )
+    otel_traces_exporter: Literal["none", "otlp", "console"] = Field(
+        default="none",
+        validation_alias="OTEL_TRACES_EXPORTER",
+        description="Tracing: off, OTLP over HTTP (OTEL_EXPORTER_OTLP_ENDPOINT) or JSON lines on stdout",
+    )
+    otel_service_name: str = Field(
+        default="", validation_alias="OTEL_SERVICE_NAME", description="Default: the process's role"
+    )
+
     def model_post_init(self, _context: object) -> None:
         """Fill the embedded-mode defaults (SQLite files and a file broker under ``var_dir``)."""
         var = self.var_dir.resolve()

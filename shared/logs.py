@@ -3,11 +3,44 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import uuid
 
 import structlog
 
-__all__ = ["configure_logging"]
+__all__ = [
+    "CORRELATION_HEADER",
+    "CORRELATION_ID",
+    "bind_correlation",
+    "configure_logging",
+    "correlation_id",
+    "valid_correlation_id",
+]
+
+CORRELATION_ID = "correlation_id"
+"""The log field that follows one request through every process."""
+CORRELATION_HEADER = "x_request_id"
+"""The outbox and Celery message header that carries it (Celery's own ``correlation_id`` is the task id)."""
+_VALID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+def valid_correlation_id(value: str | None) -> str:
+    """``value`` if it is a sane id (a client's ``X-Request-ID``), else a new one: no log injection."""
+    if value and _VALID.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
+
+
+def bind_correlation(value: str | None) -> None:
+    """Every log line of this context (request, task) carries ``correlation_id`` from now on."""
+    if value:
+        structlog.contextvars.bind_contextvars(**{CORRELATION_ID: value})
+
+
+def correlation_id() -> str | None:
+    value = structlog.contextvars.get_contextvars().get(CORRELATION_ID)
+    return str(value) if value else None
 
 
 def configure_logging(level: str = "INFO", fmt: str = "console") -> None:

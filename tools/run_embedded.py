@@ -36,8 +36,13 @@ PROCESSES = {
     "invoice-relay": [sys.executable, "-m", "invoice_worker.relay"],
     "order-consumer": [CELERY, "-A", "order_service.worker", "worker", "-Q", "orders", "-n", "orders@%h"],
 }
-ENVIRONMENT = {"invoice-relay": {"RELAY_METRICS_PORT": os.environ.get("INVOICE_RELAY_METRICS_PORT", "9103")}}
-"""Both relays run on one host here (in compose each has its own container, so both use 9101)."""
+ENVIRONMENT = {
+    "invoice-relay": {"RELAY_METRICS_PORT": os.environ.get("INVOICE_RELAY_METRICS_PORT", "9103")},
+    "invoice-worker": {"WORKER_METRICS_PORT": os.environ.get("WORKER_METRICS_PORT", "9102")},
+    "order-consumer": {"WORKER_METRICS_PORT": os.environ.get("ORDER_CONSUMER_METRICS_PORT", "9104")},
+}
+"""Both relays and both workers run on one host here (in compose each has its own container, so the
+relays both use 9101 and the workers 9102)."""
 
 HELP = """
   The pipeline is running (embedded mode: SQLite + file broker under var/).
@@ -55,6 +60,8 @@ HELP = """
   See its invoice:      .venv/bin/python -m invoice_worker invoices
   Outbox status:        .venv/bin/python -m order_service.relay status
                         .venv/bin/python -m invoice_worker.relay status
+  Metrics:              http://{host}:{port}/metrics (API), :9101 and :9103/metrics (relays),
+                        :9102 and :9104/metrics (invoice worker, order consumer); /readyz on each
 
   Ctrl-C stops all five.
 """

@@ -4,7 +4,7 @@
 its database, its publisher and the topics that expect an answer (``RelayProgram``); everything
 else (health endpoint, signals, the SQLite file lock, status) is the same code.
 
-``run`` also serves ``/healthz`` and ``/metrics`` on ``RELAY_METRICS_PORT`` (default 9101, all
+``run`` also serves ``/healthz``, ``/readyz`` and ``/metrics`` on ``RELAY_METRICS_PORT`` (default 9101, all
 interfaces; 0 picks a free port and logs it). ``/healthz`` is 503 once the loop made no progress
 for ``RELAY_STALL_SECONDS`` (30 s), the same bound after which live relays retire a stopped one
 and take its partitions (see ``shared.outbox.relay``). If the port is taken (several relays on
@@ -38,6 +38,8 @@ from shared.outbox.relay import OutboxRelay, RelayPolicy
 from shared.outbox.singleton import RelayAlreadyRunning, SingleRelayLock
 from shared.outbox.status import read_status
 from shared.outbox.wakeup import waiter_for
+from shared.probes import broker_check, database_check
+from shared.tracing import configure_tracing
 
 __all__ = ["EXIT_ALREADY_RUNNING", "RelayProgram"]
 
@@ -88,6 +90,9 @@ class RelayProgram:
 
         settings = Settings()
         configure_logging(settings.log_level, settings.log_format)
+        if args.command == "run":  # before the engine: its queries join the traces too
+            service = settings.otel_service_name or self.publisher_name.replace("_", "-")
+            configure_tracing(service, settings.otel_traces_exporter)
         settings.ensure_var_dir()
         engine = create_db_engine(
             self.database_url(settings),
@@ -118,6 +123,7 @@ class RelayProgram:
         print(f"backlog: {report.backlog}")
         print(f"retrying: {report.retrying}")
         print(f"oldest_unpublished_age_s: {report.oldest_unpublished_age_s:.1f}")
+        print(f"oldest_due_age_s: {report.oldest_due_age_s:.1f}")
         print(f"parked: {report.parked}")
         print(f"last_error: {report.last_error or '-'}")
         if self.expects_answer:
@@ -165,6 +171,10 @@ def _drain(relay: OutboxRelay) -> int:
 
 def _serve_health(relay: OutboxRelay, settings: Settings) -> HealthServer | None:
     """``/healthz`` and ``/metrics`` in a daemon thread; a taken port is logged, not fatal."""
+    relay.metrics.readiness = {
+        "database": database_check(relay.engine),
+        "broker": broker_check(settings.broker_url, settings.broker_folder),
+    }
     try:
         server = HealthServer(relay.metrics, "0.0.0.0", settings.relay_metrics_port).start()  # noqa: S104
     except OSError as exc:

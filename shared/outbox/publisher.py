@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from celery import Celery
 
+from shared import tracing
 from shared.broker import BROKER_ERRORS, publishing_app
 from shared.config import Settings
 from shared.contracts import Route
@@ -19,8 +20,9 @@ class CeleryPublisher:
     """Publishes each message with ``send_task`` over one held producer connection.
 
     The portable path, for brokers without a pipelined publisher (the embedded filesystem
-    broker). The task id is the outbox ``message_id``: the consumer's dedup key. A broker error
-    fails the rest of the batch (not attempted) so the relay can back off.
+    broker). The task id is the outbox ``message_id``: the consumer's dedup key; the row's headers
+    (correlation id, trace context) go out as message headers. A broker error fails the rest of
+    the batch (not attempted) so the relay can back off.
     """
 
     def __init__(self, app: Celery, routes: Mapping[str, Route], queue_prefix: str = "") -> None:
@@ -34,15 +36,18 @@ class CeleryPublisher:
         try:
             with self._app.producer_or_acquire() as producer:
                 for message, route in sendable:
-                    self._app.send_task(
-                        route.task,
-                        kwargs={"payload": message.payload},
-                        task_id=str(message.message_id),
-                        queue=f"{self._queue_prefix}{route.queue}",
-                        headers=message.headers,
-                        producer=producer,
-                        retry=False,
-                    )
+                    with tracing.publish_span(
+                        message.topic, str(message.message_id), message.headers
+                    ) as headers:
+                        self._app.send_task(
+                            route.task,
+                            kwargs={"payload": message.payload},
+                            task_id=str(message.message_id),
+                            queue=f"{self._queue_prefix}{route.queue}",
+                            headers=headers,
+                            producer=producer,
+                            retry=False,
+                        )
                     outcome.published.append(message.id)
         except BROKER_ERRORS as exc:
             error = f"{type(exc).__name__}: {exc}"

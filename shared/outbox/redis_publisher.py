@@ -8,6 +8,10 @@ delivery tag) and ``LPUSH`` it to the queue's list, which is all kombu's Redis `
 priority-0 message. What is left out on purpose: ``saferepr`` of the arguments (the biggest cost,
 only shown by monitoring tools; we pass a short summary) and per-message queue declaration (the
 worker declares its queues; a list needs no declaring to be pushed to).
+
+The outbox row's headers (correlation id, trace context) become Celery message headers, which the
+worker sees as ``task.request`` attributes. With tracing on, each message gets a producer span
+under the row's stored trace context, and its ``traceparent`` goes out instead (``shared.tracing``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import structlog
 from celery import Celery
 from celery.utils.nodenames import anon_nodename
 
+from shared import tracing
 from shared.broker import BROKER_ERRORS
 from shared.contracts import Route
 from shared.outbox.messages import BatchOutcome, PendingMessage, routed
@@ -61,6 +66,12 @@ class RedisPipelinePublisher:
 
     def encode(self, message: PendingMessage, route: Route) -> tuple[str, bytes]:
         """The queue and the exact bytes kombu's Redis transport would push for ``send_task``."""
+        if not tracing.enabled():
+            return self._encode(message, route, message.headers)
+        with tracing.publish_span(message.topic, str(message.message_id), message.headers) as headers:
+            return self._encode(message, route, headers)
+
+    def _encode(self, message: PendingMessage, route: Route, headers: Mapping[str, Any]) -> tuple[str, bytes]:
         queue = f"{self._queue_prefix}{route.queue}"
         task_id = str(message.message_id)
         task = self._app.amqp.as_task_v2(
@@ -77,7 +88,7 @@ class RedisPipelinePublisher:
             "body": base64.b64encode(_dumps(body).encode()).decode(),
             "content-encoding": "utf-8",
             "content-type": "application/json",
-            "headers": {**message.headers, **task.headers},
+            "headers": {**headers, **task.headers},
             "properties": {
                 **task.properties,
                 "delivery_mode": 2,

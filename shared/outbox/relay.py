@@ -38,7 +38,8 @@ Liveness (the stall bound, ``RelayPolicy.stall_seconds`` = ``RELAY_STALL_SECONDS
 * A relay that resumes after being retired finds its session gone at its next query, reconnects
   and rebalances. Stopped while waiting (the usual case) it had nothing claimed and publishes
   nothing twice; stopped between claim and mark, it may publish that one batch again on resume.
-* ``metrics`` records the loop's progress for ``/healthz`` (``health.py``).
+* ``metrics`` records the loop's progress for ``/healthz`` and the batches, lags, parked and
+  re-driven rows for ``/metrics`` (``health.py``); the backlog gauges are read per scrape.
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ from sqlalchemy.exc import DBAPIError
 
 from shared.backoff import jittered_backoff
 from shared.db import is_postgres, utcnow
-from shared.outbox import redrive, store
-from shared.outbox.health import RelayMetrics
+from shared.logs import CORRELATION_HEADER
+from shared.outbox import redrive, status, store
+from shared.outbox.health import BacklogCollector, RelayMetrics
 from shared.outbox.messages import BatchOutcome, PendingMessage, Publisher
 from shared.outbox.partitions import LockKeys, PartitionLeases
 
@@ -68,6 +70,17 @@ log = structlog.get_logger(__name__)
 
 _LOOP_BACKOFF_MAX = 30.0
 """Longest pause between attempts after the loop failed (a database or broker outage, a bug)."""
+
+
+_LOGGED_IDS = 20
+"""Message and correlation ids named in one ``outbox.batch_relayed`` line (the counts are complete)."""
+
+
+def _correlation(batch: list[PendingMessage]) -> dict[str, list[str]]:
+    """The first messages of a batch by id and correlation id, so one request's lines can be found."""
+    head = batch[:_LOGGED_IDS]
+    ids = [str(m.headers[CORRELATION_HEADER]) for m in head if m.headers.get(CORRELATION_HEADER)]
+    return {"message_ids": [str(message.message_id) for message in head], "correlation_ids": ids}
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +142,7 @@ class OutboxRelay:
             else None
         )
         self.metrics = RelayMetrics(self.policy.stall_seconds)
+        self.metrics.registry.register(BacklogCollector(outbox.name, self.read_backlog))
         # The heartbeat that tells live relays from stopped ones: a query at least this often.
         self._rebalance_every = min(self.policy.rebalance_interval, self.policy.stall_seconds / 3)
         self._partitions: frozenset[int] | None = frozenset() if postgres else None
@@ -136,6 +150,13 @@ class OutboxRelay:
         self._next_rebalance = 0.0
         self._next_purge = 0.0
         self._next_redrive = 0.0
+
+    def read_backlog(self) -> status.Backlog:
+        """The table's backlog now, on a pooled connection of the scrape's thread (not the loop's)."""
+        with self.engine.connect() as conn:
+            if is_postgres(conn.dialect):
+                conn.execute(text("SELECT set_config('statement_timeout', '5000', true)"))
+            return status.read_backlog(conn, self.outbox)
 
     @property
     def partitions(self) -> frozenset[int] | None:
@@ -202,6 +223,7 @@ class OutboxRelay:
         conn = self._connection()
         if self._partitions is not None and not self._partitions:
             return BatchOutcome()
+        started = time.perf_counter()
         with conn.begin():
             batch = store.claim(  # times: the database's clock (store's docstring)
                 conn,
@@ -213,16 +235,21 @@ class OutboxRelay:
             if not batch:
                 return BatchOutcome()
             outcome = self.publisher.publish(batch)
-            store.mark_published(conn, self.outbox, outcome.published)
+            lags = store.mark_published(conn, self.outbox, outcome.published, lags=True)
             if outcome.failed:
                 failures = [(m, outcome.failed[m.id]) for m in batch if m.id in outcome.failed]
                 self._record_failures(conn, failures, outcome.transient)
+        self.metrics.batch_duration.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(batch))
+        for lag in lags:
+            self.metrics.publish_lag.observe(lag)
         log.info(
             "outbox.batch_relayed",
             published=len(outcome.published),
             failed=len(outcome.failed),
             held_back=len(batch) - len(outcome.published) - len(outcome.failed),
             first_message_id=str(batch[0].message_id),
+            **_correlation(batch),
         )
         return outcome
 
@@ -238,12 +265,14 @@ class OutboxRelay:
             base_backoff=self.policy.base_backoff,
             max_backoff=self.policy.max_backoff,
         )
+        self.metrics.parked.inc(sum(1 for failure in recorded if failure.parked))
         for failure in recorded:
             log.warning(
                 "outbox.publish_failed",
                 message_id=str(failure.message.message_id),
                 aggregate_id=failure.message.aggregate_id,
                 topic=failure.message.topic,
+                correlation_id=failure.message.headers.get(CORRELATION_HEADER),
                 attempts=failure.attempts,
                 parked=failure.parked,
                 retry_in_s=round(failure.retry_in.total_seconds(), 3),
@@ -294,7 +323,9 @@ class OutboxRelay:
         """Put unanswered messages whose backoff has passed back in the queue (one relay at a time)."""
         if not self.policy.expects_answer:
             return 0
-        return redrive.redrive_unanswered(self._connection(), self.outbox, self.policy.redrive_rule())
+        count = redrive.redrive_unanswered(self._connection(), self.outbox, self.policy.redrive_rule())
+        self.metrics.redriven.inc(count)
+        return count
 
     def _redrive_when_due(self) -> None:
         if self.policy.expects_answer and time.monotonic() >= self._next_redrive:

@@ -123,10 +123,22 @@ def claim(
     return [PendingMessage(*cast(tuple[Any, ...], row)) for row in conn.execute(query)]
 
 
-def mark_published(conn: Connection, t: Table, ids: list[int], now: datetime | None = None) -> None:
-    """One statement for the whole batch."""
-    if ids:
-        conn.execute(update(t).where(_ids_match(t, conn, ids)).values(published_at=_clock(conn, now)))
+def mark_published(
+    conn: Connection, t: Table, ids: list[int], now: datetime | None = None, *, lags: bool = False
+) -> list[float]:
+    """One statement for the whole batch; with ``lags``, each first publication's seconds since its insert.
+
+    Both ends are the database's clock (``published_at`` and ``created_at``); a re-driven row's
+    republication is no publish lag and is left out.
+    """
+    if not ids:
+        return []
+    statement = update(t).where(_ids_match(t, conn, ids)).values(published_at=_clock(conn, now))
+    if not lags:
+        conn.execute(statement)
+        return []
+    rows = conn.execute(statement.returning(t.c.published_at, t.c.created_at, t.c.redrives))
+    return [(published - created).total_seconds() for published, created, redrives in rows if not redrives]
 
 
 @dataclass(frozen=True, slots=True)

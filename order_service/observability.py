@@ -1,0 +1,71 @@
+"""Request ids, request metrics, ``GET /metrics`` and tracing for the API, wired by ``init_observability``.
+
+Every request gets a correlation id: the client's ``X-Request-ID`` if it is a sane token, else a
+new one. It is bound to the request's log lines (``correlation_id``), returned in the response's
+``X-Request-ID``, and written by the receivers into the outbox headers, from where it follows the
+order through the relay, the worker, the answer and the order consumer.
+
+Cost per request: one ``uuid4`` when the client sent no id, two ``perf_counter`` calls, a counter
+and a histogram observation (a few microseconds). Tracing is installed only when enabled.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from flask import Flask, Response, g, request
+
+from order_service.metrics import ApiMetrics, api_metrics
+from shared import tracing
+from shared.config import Settings
+from shared.logs import bind_correlation, valid_correlation_id
+from shared.metrics import CONTENT_TYPE_LATEST, exposition
+
+__all__ = ["REQUEST_ID_HEADER", "init_observability"]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_UNMATCHED = "<unmatched>"
+"""The route label of a request no rule matched (a 404): one series, not one per probed URL."""
+
+
+def _start() -> None:
+    g.started = time.perf_counter()
+    g.correlation_id = cid = valid_correlation_id(request.headers.get(REQUEST_ID_HEADER))
+    structlog.contextvars.clear_contextvars()
+    bind_correlation(cid)
+
+
+def _finish(response: Response) -> Response:
+    rule = request.url_rule
+    route = rule.rule if rule is not None else _UNMATCHED
+    started = g.get("started")
+    metrics: ApiMetrics = api_metrics()
+    if started is not None:
+        metrics.request_duration.labels(route, request.method).observe(time.perf_counter() - started)
+    metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+    cid = g.get("correlation_id")
+    if cid:
+        response.headers[REQUEST_ID_HEADER] = cid
+    return response
+
+
+def _forget(_exc: BaseException | None) -> None:
+    structlog.contextvars.clear_contextvars()
+
+
+def metrics_view() -> Response:
+    """Prometheus text format; not behind the API keys (scrapers), and cheap: no database access."""
+    return Response(exposition(api_metrics().registry), mimetype=None, content_type=CONTENT_TYPE_LATEST)
+
+
+def init_observability(app: Flask, settings: Settings) -> None:
+    """Register first, so every request (a 401 and a 429 too) is timed and carries its id."""
+    service = settings.otel_service_name or "order-api"
+    if tracing.configure_tracing(service, settings.otel_traces_exporter):
+        tracing.instrument_flask(app)
+    api_metrics()  # made now: after the entry point chose the metrics mode, before any request
+    app.before_request(_start)
+    app.after_request(_finish)
+    app.teardown_request(_forget)
+    app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])
