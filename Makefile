@@ -40,11 +40,18 @@ chaos: install  ## N orders under random SIGKILLs of relays/workers and one Redi
 test-unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+# The Compose v2 plugin (`docker compose`) or the v1 client (`docker-compose`), whichever is installed. The
+# project name is passed (Compose v1 rejects a top-level `name:`); ENV_FILE=path reads secrets from another file
+# than ./.env. Local images instead of the official ones: see README, "Production shape: docker compose".
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
+COMPOSE_PROJECT ?= order-outbox
+COMPOSE_ARGS = -p $(COMPOSE_PROJECT) $(if $(ENV_FILE),--env-file $(ENV_FILE))
+
 up:
-	docker compose up -d --build
+	$(COMPOSE) $(COMPOSE_ARGS) up -d --build
 
 down:
-	docker compose down
+	$(COMPOSE) $(COMPOSE_ARGS) down
 
 # Benchmarks (bench/): `make bench` on the local Postgres and Redis (BENCH_QUICK=1 for a smoke run),
 # `make load` runs the locust file against a running stack at HOST.

@@ -5,7 +5,7 @@ isolates itself with its own databases and its own queue prefix. Tests that stop
 their own instead (see tests/support/servers.py).
 
 Markers come from the directory a test lives in (``pytestmark`` in a conftest.py marks nothing):
-``pytest -m unit``, ``-m integration``, ``-m e2e``, ``-m fault``, ``-m "not fault"``.
+``pytest -m unit``, ``-m integration``, ``-m e2e``, ``-m fault``, ``-m compose``, ``-m "not fault"``.
 """
 
 from __future__ import annotations
@@ -29,13 +29,20 @@ TEST_POSTGRES_URL = os.environ.get(
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 TESTS_ROOT = Path(__file__).resolve().parent
-LAYER_MARKERS = {"unit": "unit", "integration": "integration", "e2e": "e2e", "fault": "fault"}
+LAYER_MARKERS = {
+    "unit": "unit",
+    "integration": "integration",
+    "e2e": "e2e",
+    "fault": "fault",
+    "compose": "compose",
+}
 """Top-level folder under tests/ → the marker every test in it carries."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # The other layers' markers are declared in pyproject.toml; ``unit`` is only ever given here.
+    # The other layers' markers are declared in pyproject.toml; ``unit`` and ``compose`` are only given here.
     config.addinivalue_line("markers", "unit: fast, no network (tests/unit)")
+    config.addinivalue_line("markers", "compose: docker compose up on a private engine (tests/compose)")
 
 
 @pytest.hookimpl(tryfirst=True)  # before the mark plugin deselects by ``-m``

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-LAYERS = ("unit", "integration", "e2e", "fault")
+LAYERS = ("unit", "integration", "e2e", "fault", "compose")
 EVERYTHING = ""
 SELECTIONS = (EVERYTHING, *LAYERS, "not fault")
 """The unfiltered suite, then every ``-m`` expression the README documents."""
