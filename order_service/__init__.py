@@ -70,7 +70,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.config.update(
         SQLALCHEMY_DATABASE_URI=settings.orders_database_url,
-        SQLALCHEMY_ENGINE_OPTIONS=engine_options(settings.orders_database_url, settings.database_pool_size),
+        SQLALCHEMY_ENGINE_OPTIONS=engine_options(
+            settings.orders_database_url,
+            settings.database_pool_size,
+            statement_timeout_ms=settings.api_statement_timeout_ms,  # API engine only: a 503, not a hang
+            pool_timeout=settings.api_pool_timeout_seconds,
+        ),
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
     )
     app.extensions["order_service.settings"] = settings

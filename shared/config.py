@@ -39,6 +39,23 @@ class Settings(BaseSettings):
         description="Signs the pipeline page's session cookie; default: one generated into var/secret-key",
     )
     rate_limit: str = Field(default="600 per minute", validation_alias="RATE_LIMIT")
+    auth_failure_rate_limit: str = Field(
+        default="60 per minute",
+        validation_alias="AUTH_FAILURE_RATE_LIMIT",
+        description="Requests without a valid API key per client address; checked before the key lookup",
+    )
+    api_statement_timeout_ms: int = Field(
+        default=5000,
+        ge=0,
+        validation_alias="API_STATEMENT_TIMEOUT_MS",
+        description="Postgres statement_timeout on the API's connections (0: none); a timeout is a 503",
+    )
+    api_pool_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        validation_alias="API_POOL_TIMEOUT_SECONDS",
+        description="How long an API request waits for a pooled database connection before a 503",
+    )
     rate_limit_storage_url: str = Field(
         default="", validation_alias="RATE_LIMIT_STORAGE_URL", description="Default: BROKER_URL if Redis"
     )
@@ -48,6 +65,13 @@ class Settings(BaseSettings):
     idempotency_lock_seconds: float = Field(default=60.0, gt=0, validation_alias="IDEMPOTENCY_LOCK_SECONDS")
     idempotency_prune_interval: float = Field(
         default=300.0, gt=0, validation_alias="IDEMPOTENCY_PRUNE_INTERVAL"
+    )
+    idempotency_prune_batch: int = Field(
+        default=1_000,
+        ge=1,
+        le=100_000,
+        validation_alias="IDEMPOTENCY_PRUNE_BATCH",
+        description="Expired keys per DELETE; a request prunes one batch in passing, the CLI loops",
     )
 
     relay_batch_size: int = Field(default=500, ge=1, le=10_000, validation_alias="RELAY_BATCH_SIZE")

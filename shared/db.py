@@ -97,12 +97,28 @@ def _tune_sqlite(engine: Engine) -> None:
         cursor.close()
 
 
-def engine_options(url: str, pool_size: int = 5) -> dict[str, Any]:
-    """Engine keyword arguments suited to the URL's backend."""
+def engine_options(
+    url: str,
+    pool_size: int = 5,
+    *,
+    statement_timeout_ms: int = 0,
+    pool_timeout: float | None = None,
+) -> dict[str, Any]:
+    """Engine keyword arguments suited to the URL's backend.
+
+    ``statement_timeout_ms`` (Postgres, 0: none) and ``pool_timeout`` are for request-serving
+    engines, which must answer a 503 rather than wait on an overloaded database; relays and workers
+    leave them unset, since their long batches and waits are expected.
+    """
     if url.startswith("sqlite"):
         # Several processes share the file in embedded mode: wait for locks instead of failing.
         return {"connect_args": {"timeout": 30}}
-    return {"pool_size": pool_size, "max_overflow": pool_size, "pool_pre_ping": True}
+    options: dict[str, Any] = {"pool_size": pool_size, "max_overflow": pool_size, "pool_pre_ping": True}
+    if pool_timeout is not None:
+        options["pool_timeout"] = pool_timeout
+    if statement_timeout_ms:
+        options["connect_args"] = {"options": f"-c statement_timeout={int(statement_timeout_ms)}"}
+    return options
 
 
 def keepalive_connect_args(bound_seconds: float) -> dict[str, Any]:

@@ -25,6 +25,10 @@ def run_migrations_online() -> None:
             **current_app.extensions["migrate"].configure_args,
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # The app's engine carries the API's statement_timeout; a migration may take longer.
+                # LOCAL: the pooled connection keeps its timeout after this transaction.
+                connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
             context.run_migrations()
 
 

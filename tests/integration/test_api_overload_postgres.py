@@ -1,0 +1,105 @@
+"""An overloaded orders database answers 503 with Retry-After, never a 500 or a hang (real Postgres).
+
+Overload is made for real: every pooled connection checked out (pool timeout), or the orders table
+locked by another transaction so the API's statement outlives its ``statement_timeout``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import pytest
+from flask import Flask
+from sqlalchemy import Engine, text
+
+from order_service import create_app
+from order_service.extensions import db
+from shared.config import Settings
+from shared.db import create_db_engine
+
+pytestmark = pytest.mark.timeout(60)  # without the fix the locked-table request hangs: fail, don't stall CI
+
+API_KEY = "osk_overload-" + uuid.uuid4().hex
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+ORDER = {
+    "customer_id": "cus_busy",
+    "currency": "EUR",
+    "lines": [{"sku": "A", "quantity": 1, "unit_amount": 1}],
+}
+
+
+def _app(settings: Settings, **changes: object) -> Iterator[Flask]:
+    app = create_app(
+        settings.model_copy(update={"api_keys": API_KEY, "rate_limit": "100000 per minute", **changes})
+    )
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def small_pool_app(pg_settings: Settings) -> Iterator[Flask]:
+    """Two connections at most (pool 1 + overflow 1), and a short wait for one."""
+    yield from _app(pg_settings, database_pool_size=1, api_pool_timeout_seconds=0.5)
+
+
+@pytest.fixture
+def short_timeout_app(pg_settings: Settings) -> Iterator[Flask]:
+    yield from _app(pg_settings, api_statement_timeout_ms=300)
+
+
+def _assert_503(response: object) -> None:
+    assert response.status_code == 503, response.get_data(as_text=True)  # type: ignore[attr-defined]
+    assert response.mimetype == "application/problem+json"  # type: ignore[attr-defined]
+    assert response.get_json()["type"].endswith("/unavailable")  # type: ignore[attr-defined]
+    assert int(response.headers["Retry-After"]) >= 1  # type: ignore[attr-defined]
+
+
+def test_an_exhausted_pool_is_a_503_after_the_pool_timeout(small_pool_app: Flask) -> None:
+    client = small_pool_app.test_client()
+    with small_pool_app.app_context(), ExitStack() as held:
+        for _ in range(2):
+            held.enter_context(db.engine.connect()).execute(text("SELECT 1"))
+        started = time.monotonic()
+
+        listing = client.get("/orders", headers=AUTH)
+        placing = client.post("/orders", json=ORDER, headers={**AUTH, "Idempotency-Key": str(uuid.uuid4())})
+        ready = client.get("/readyz")
+
+        elapsed = time.monotonic() - started
+    for response in (listing, placing, ready):
+        _assert_503(response)
+    assert elapsed < 10  # three waits of 0.5 s, not SQLAlchemy's default 30 s each
+    assert client.get("/orders", headers=AUTH).status_code == 200  # and it recovers once connections return
+
+
+def test_a_statement_over_the_timeout_is_a_503(short_timeout_app: Flask, orders_engine: Engine) -> None:
+    client = short_timeout_app.test_client()
+    with orders_engine.connect() as locker:
+        locker.execute(text("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE"))
+        started = time.monotonic()
+
+        response = client.get("/orders", headers=AUTH)
+
+        waited = time.monotonic() - started
+        locker.rollback()
+    _assert_503(response)
+    assert 0.3 <= waited < 10
+    assert client.get("/orders", headers=AUTH).status_code == 200
+
+
+def test_the_statement_timeout_is_set_on_the_api_engine_only(pg_settings: Settings) -> None:
+    app = create_app(pg_settings)
+    relay_engine = create_db_engine(pg_settings.orders_database_url)
+    try:
+        with app.app_context(), db.engine.connect() as conn:
+            assert conn.execute(text("SHOW statement_timeout")).scalar_one() == "5s"  # the default, 5000 ms
+        with relay_engine.connect() as conn:
+            assert conn.execute(text("SHOW statement_timeout")).scalar_one() == "0"
+    finally:
+        relay_engine.dispose()
+        with app.app_context():
+            db.engine.dispose()
