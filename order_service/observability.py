@@ -15,6 +15,7 @@ import time
 
 import structlog
 from flask import Flask, Response, g, request
+from prometheus_client import Counter, Histogram
 
 from order_service.metrics import ApiMetrics, api_metrics
 from shared import tracing
@@ -30,23 +31,40 @@ _UNMATCHED = "<unmatched>"
 
 
 def _start() -> None:
-    g.started = time.perf_counter()
-    g.correlation_id = cid = valid_correlation_id(request.headers.get(REQUEST_ID_HEADER))
+    cid = valid_correlation_id(request.headers.get(REQUEST_ID_HEADER))
+    g.observed = (time.perf_counter(), cid)
     structlog.contextvars.clear_contextvars()
     bind_correlation(cid)
 
 
+_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+"""Each (route, method, status)'s counter and histogram: ``labels()`` takes a lock and builds a key."""
+
+
+def _children(route: str, method: str, status: int) -> tuple[Counter, Histogram]:
+    key = (route, method, status)
+    found = _series.get(key)
+    if found is None:
+        metrics: ApiMetrics = api_metrics()
+        found = _series[key] = (
+            metrics.requests.labels(route, method, str(status)),
+            metrics.request_duration.labels(route, method),
+        )
+    return found
+
+
 def _finish(response: Response) -> Response:
+    observed = g.get("observed")
+    if observed is None:  # a request that failed before ``_start`` ran
+        return response
+    started, cid = observed
     rule = request.url_rule
-    route = rule.rule if rule is not None else _UNMATCHED
-    started = g.get("started")
-    metrics: ApiMetrics = api_metrics()
-    if started is not None:
-        metrics.request_duration.labels(route, request.method).observe(time.perf_counter() - started)
-    metrics.requests.labels(route, request.method, str(response.status_code)).inc()
-    cid = g.get("correlation_id")
-    if cid:
-        response.headers[REQUEST_ID_HEADER] = cid
+    counter, histogram = _children(
+        rule.rule if rule is not None else _UNMATCHED, request.method, response.status_code
+    )
+    histogram.observe(time.perf_counter() - started)
+    counter.inc()
+    response.headers[REQUEST_ID_HEADER] = cid
     return response
 
 

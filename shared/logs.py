@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
-import uuid
 
 import structlog
 
@@ -29,7 +29,7 @@ def valid_correlation_id(value: str | None) -> str:
     """``value`` if it is a sane id (a client's ``X-Request-ID``), else a new one: no log injection."""
     if value and _VALID.fullmatch(value):
         return value
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as uuid4().hex, a sixth of its cost
 
 
 def bind_correlation(value: str | None) -> None:
