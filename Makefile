@@ -53,8 +53,10 @@ up:
 down:
 	$(COMPOSE) $(COMPOSE_ARGS) down
 
-# Benchmarks (bench/): `make bench` on the local Postgres and Redis (BENCH_QUICK=1 for a smoke run),
-# `make load` runs the locust file against a running stack at HOST.
+# Benchmarks (bench/): `make bench` runs the product and the naive Flask+Celery baseline
+# (bench/naive_app.py) in paired rounds on the local Postgres and Redis, and profiles the product with
+# py-spy; BENCH_QUICK=1 for a smoke run (written to e2e-quick.json). `make load` runs the locust file
+# against a running stack at HOST.
 HOST ?= http://127.0.0.1:8000
 LOAD_USERS ?= 20
 LOAD_SPAWN_RATE ?= 5
@@ -62,8 +64,8 @@ LOAD_TIME ?= 60s
 .PHONY: bench load
 
 bench: install
-	@$(BIN)/python -c "import aiohttp, psutil, pyinstrument" 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
-	$(BIN)/python -m bench.e2e
+	@$(BIN)/python -c "import aiohttp, psutil" 2>/dev/null && test -x $(BIN)/py-spy || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.e2e
 
 load: install
 	@$(BIN)/python -c "import locust" 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,load]'

@@ -13,6 +13,7 @@ from bench.stats import rates_by_part
 __all__ = [
     "Delivery",
     "InvoiceProbe",
+    "RoundTripProbe",
     "cpu_by_pid",
     "cpu_used",
     "postgres_backends",
@@ -37,6 +38,14 @@ class Delivery:
         """Orders/s from the first order written to the last invoice written."""
         span = self.last_created - self.first_placed
         return self.count / span if span > 0 else 0.0
+
+    def sustained(self, start: float = 0.2, end: float = 0.8) -> float:
+        """Invoices/s over a steady window: the middle of first order → last invoice (ramp and tail cut)."""
+        span = self.last_created - self.first_placed
+        if span <= 0:
+            return 0.0
+        low, high = self.first_placed + start * span, self.first_placed + end * span
+        return sum(low <= c < high for c in self.created) / (high - low)
 
     def rates_by_part(self, parts: int) -> list[float]:
         """Invoices/s in each of ``parts`` consecutive equal shares of the invoices: steady, or slowing?"""
@@ -86,6 +95,41 @@ class InvoiceProbe:
             latencies_ms=[float(r.latency) for r in rows],
             created=created,
         )
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+class RoundTripProbe:
+    """The product's answer coming home: orders turned ``invoiced`` and their outbox rows acknowledged."""
+
+    def __init__(self, orders_url: str) -> None:
+        self._engine: Engine = create_engine(orders_url, pool_size=1, max_overflow=0)
+
+    def count(self, tag: str) -> int:
+        query = text(
+            "SELECT count(*) FROM orders o JOIN outbox x ON x.aggregate_id = o.id::text"
+            " WHERE o.customer_id LIKE :tag AND o.status = 'invoiced' AND x.acknowledged_at IS NOT NULL"
+        )
+        with self._engine.connect() as conn:
+            return int(conn.scalar(query, {"tag": f"{tag}%"}) or 0)
+
+    def wait_for(self, tag: str, expected: int, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        count = self.count(tag)
+        while count < expected and time.monotonic() < deadline:
+            time.sleep(0.2)
+            count = self.count(tag)
+        return count
+
+    def last_acknowledged(self, tag: str) -> float:
+        """Epoch seconds of the last acknowledgement (the database's clock, the consumer's commit)."""
+        query = text(
+            "SELECT extract(epoch FROM max(x.acknowledged_at)) FROM orders o"
+            " JOIN outbox x ON x.aggregate_id = o.id::text WHERE o.customer_id LIKE :tag"
+        )
+        with self._engine.connect() as conn:
+            return float(conn.scalar(query, {"tag": f"{tag}%"}) or 0.0)
 
     def close(self) -> None:
         self._engine.dispose()

@@ -1,4 +1,18 @@
-"""The four measured scenarios; each returns the median of its runs plus the raw runs."""
+"""The measured scenarios: the product against the naive baseline, paired round by round.
+
+Both stacks stay up for the whole run; each round runs them one after the other (naive first in even
+rounds, product first in odd ones, so a drift of the shared CPU hits both alike) with the same load
+generator, and each ratio divides the product's figure by the naive one's of the *same* round.
+The median of those per-round ratios is the headline, never a ratio of medians.
+
+1. Saturation: ``concurrency`` clients POST as fast as answered for ``seconds``; then the run waits
+   until every accepted order is invoiced (for the product: and its answer is back, order
+   ``invoiced`` and outbox row acknowledged). Figures: accepted POST/s, end-to-end orders/s (first
+   order written → last invoice written), a sustained invoices/s over the steady middle of that span,
+   CPU ms per order by process (API, relays, workers, Postgres backends) and RSS.
+2. Latency: an open loop at half the naive app's end-to-end capacity (median of the saturation
+   rounds); order written → invoice written p50/p95/p99.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +20,39 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bench.backlog import fill_backlog
 from bench.load import LoadResult, closed_loop, open_loop
-from bench.measure import InvoiceProbe, cpu_by_pid, cpu_used, postgres_backends, publish_rate, rss_mb
+from bench.measure import (
+    InvoiceProbe,
+    RoundTripProbe,
+    cpu_by_pid,
+    cpu_used,
+    postgres_backends,
+    publish_rate,
+    rss_mb,
+)
 from bench.stack import API_KEY, Stack, StackFactory
 from bench.stats import median_of, ratio, summarize
 
-__all__ = ["Plan", "backlog_drain", "pipeline", "write_path"]
+__all__ = ["GROUPS", "VARIANTS", "Plan", "Variant", "backlog_drain", "paired_rounds"]
 
-REAL_APP = "order_service.wsgi:app"
+VARIANTS = ("naive", "product")
+GROUPS = {
+    "api": "api",
+    "relay": "relays",
+    "invoice_relay": "relays",
+    "worker": "workers",
+    "consumer": "workers",
+    "postgres": "postgres",
+}
+"""Each service's group in the CPU and RSS figures (the naive app has no relays)."""
+
+SATURATION_RATIOS = ("post_rps", "e2e_rps", "sustained_rps", "cpu_ms_total")
+LATENCY_RATIOS = ("p50", "p95", "p99")
 
 
 def _env(name: str, quick: float, full: float) -> float:
@@ -28,9 +63,10 @@ def _env(name: str, quick: float, full: float) -> float:
 class Plan:
     """How much to measure; ``BENCH_QUICK=1`` shrinks everything for a smoke run."""
 
-    runs: int
+    rounds: int
     concurrency: int
     seconds: float
+    latency_seconds: float
     rate: float
     backlog: int
     backlog_runs: int
@@ -38,10 +74,11 @@ class Plan:
     @classmethod
     def from_env(cls) -> Plan:
         return cls(
-            runs=int(_env("BENCH_RUNS", 3, 3)),
+            rounds=int(_env("BENCH_ROUNDS", 3, 5)),
             concurrency=int(_env("BENCH_CONCURRENCY", 16, 16)),
             seconds=_env("BENCH_SECONDS", 3, 10),
-            rate=_env("BENCH_RATE", 100, 100),
+            latency_seconds=_env("BENCH_LATENCY_SECONDS", 3, 10),
+            rate=_env("BENCH_RATE", 0, 0),  # 0: half the naive app's measured capacity
             backlog=int(_env("BENCH_BACKLOG", 3_000, 100_000)),
             backlog_runs=int(_env("BENCH_BACKLOG_RUNS", 3, 3)),
         )
@@ -50,123 +87,158 @@ class Plan:
         return asdict(self)
 
 
-def _load_figures(load: LoadResult, label: str) -> dict[str, float]:
-    if load.errors:
-        print(f"warning: {label}: failed requests {load.errors}", file=sys.stderr)
-    errors = float(sum(load.errors.values()))
-    return {"rps": load.throughput, **summarize(load.latencies_ms), "errors": errors}
+@dataclass
+class Variant:
+    """One stack under test and the probes that read what it did."""
 
+    name: str
+    stack: Stack
+    invoices: InvoiceProbe = field(init=False)
+    round_trip: RoundTripProbe | None = field(init=False)
 
-def write_path(factory: StackFactory, plan: Plan) -> dict[str, Any]:
-    """1. POST /orders at a fixed concurrency: the real service vs the same without the outbox receiver."""
-    stacks = {
-        "outbox": factory.stack("write-outbox").start_api(REAL_APP),
-        "bare": factory.stack("write-bare").start_api("bench.apps:bare"),
-    }
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in stacks}
-    try:
-        for run in range(plan.runs):
-            for name, stack in stacks.items():  # interleaved, so drift in the shared CPU hits both alike
-                before = _cpu(stack)
-                load = closed_loop(
-                    f"{stack.base_url}/orders", API_KEY, f"w{run}{name}-", plan.concurrency, plan.seconds
-                )
-                cpu = _cpu_per_order(before, _cpu(stack), load.placed)
-                runs[name].append({**_load_figures(load, f"write {name}"), **cpu})
-    finally:
-        for stack in stacks.values():
-            stack.stop()
-    medians = {name: median_of(r) for name, r in runs.items()}
-    return {
-        **medians,
-        "ratio": ratio(medians["outbox"]["rps"], medians["bare"]["rps"]),
-        "runs": runs,
-    }
+    def __post_init__(self) -> None:
+        self.invoices = InvoiceProbe(self.stack.databases.invoices_url)
+        has_answer = "consumer" in self.stack.services
+        self.round_trip = RoundTripProbe(self.stack.databases.orders_url) if has_answer else None
 
+    def cpu(self) -> dict[str, dict[int, float]]:
+        """CPU used so far by each process of the stack and by the Postgres backends serving it."""
+        used = {name: cpu_by_pid(self.stack.processes(name)) for name in self.stack.services}
+        databases = [self.stack.databases.orders_url, self.stack.databases.invoices_url]
+        used["postgres"] = cpu_by_pid(postgres_backends(databases))
+        return used
 
-def _cpu(stack: Stack) -> dict[str, dict[int, float]]:
-    """CPU used so far by each of the stack's processes and by the Postgres backends serving it."""
-    used = {name: cpu_by_pid(stack.processes(name)) for name in stack.services}
-    databases = [stack.databases.orders_url, stack.databases.invoices_url]
-    used["postgres"] = cpu_by_pid(postgres_backends(databases))
-    return used
+    def rss(self) -> dict[str, float]:
+        by_group: dict[str, float] = {}
+        for name in self.stack.services:
+            group = GROUPS[name]
+            by_group[group] = by_group.get(group, 0.0) + rss_mb(self.stack.processes(name))
+        return {f"rss_mb_{group}": mb for group, mb in by_group.items()}
+
+    def run(self, tag: str, send: Callable[[str, str], LoadResult]) -> tuple[LoadResult, dict[str, float]]:
+        """Send one round's orders and wait until all are invoiced (and answered); its figures."""
+        before = self.cpu()
+        load = send(f"{self.stack.base_url}/orders", tag)
+        rss = self.rss()  # at the end of the load: every process busy, queues at their longest
+        timeout = 120 + load.placed / 50
+        invoiced = self.invoices.wait_for(tag, load.placed, timeout)
+        if invoiced != load.placed:
+            raise RuntimeError(f"{self.name}: {load.placed} orders placed, {invoiced} invoiced")
+        figures: dict[str, float] = {}
+        delivery = self.invoices.delivery(tag)
+        if self.round_trip is not None:
+            answered = self.round_trip.wait_for(tag, load.placed, timeout)
+            if answered != load.placed:
+                raise RuntimeError(f"{self.name}: {load.placed} orders placed, {answered} answered")
+            span = self.round_trip.last_acknowledged(tag) - delivery.first_placed
+            figures["round_trip_rps"] = load.placed / span if span > 0 else 0.0
+        cpu = _cpu_per_order(before, self.cpu(), load.placed)
+        if load.errors:
+            print(f"warning: {self.name} {tag}: failed requests {load.errors}", file=sys.stderr)
+        figures |= {
+            "placed": float(load.placed),
+            "errors": float(sum(load.errors.values())),
+            "e2e_rps": delivery.throughput,
+            "sustained_rps": delivery.sustained(),
+            **cpu,
+            **rss,
+        }
+        return load, figures
+
+    def close(self) -> None:
+        self.invoices.close()
+        if self.round_trip is not None:
+            self.round_trip.close()
 
 
 def _cpu_per_order(
     before: dict[str, dict[int, float]], after: dict[str, dict[int, float]], orders: int
 ) -> dict[str, float]:
-    """Milliseconds of CPU per order in each process: a cost the shared CPU's noise barely moves."""
-    return {
-        f"cpu_ms_{name}": 1000 * cpu_used(before.get(name, {}), used) / max(orders, 1)
-        for name, used in after.items()
+    """Milliseconds of CPU per order, by service and by group: a cost the shared CPU's noise barely moves."""
+    figures: dict[str, float] = {}
+    for name, used in after.items():
+        ms = 1000 * cpu_used(before.get(name, {}), used) / max(orders, 1)
+        figures[f"cpu_ms_{name}"] = ms
+        group = f"cpu_ms_group_{GROUPS[name]}"
+        figures[group] = figures.get(group, 0.0) + ms
+    for group in set(GROUPS.values()):
+        figures.setdefault(f"cpu_ms_group_{group}", 0.0)
+    figures["cpu_ms_total"] = sum(v for k, v in figures.items() if k.startswith("cpu_ms_group_"))
+    return figures
+
+
+def _paired(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, float]:
+    """The median over rounds of each per-round ratio product ÷ naive."""
+    return {key: statistics.median(row["ratios"][key] for row in rows) for key in keys}
+
+
+def _round_order(round_no: int) -> tuple[str, ...]:
+    return VARIANTS if round_no % 2 == 0 else tuple(reversed(VARIANTS))
+
+
+def paired_rounds(factory: StackFactory, plan: Plan) -> dict[str, Any]:
+    """Both stacks up; saturation rounds, then latency rounds at half the naive capacity; paired ratios."""
+    started = time.monotonic()
+    variants = {
+        "naive": Variant("naive", factory.stack("naive", factory.naive_databases()).start_naive()),
+        "product": Variant("product", factory.stack("product").start_product()),
     }
-
-
-def _deliver(stack: Stack, probe: InvoiceProbe, tag: str, send: Any) -> tuple[LoadResult, dict[str, float]]:
-    """Send one run's orders, wait until all are invoiced, return the load and the CPU per order."""
-    before = _cpu(stack)
-    load: LoadResult = send(f"{stack.base_url}/orders", tag)
-    invoiced = probe.wait_for(tag, load.placed, timeout=120 + load.placed / 50)
-    if invoiced != load.placed:
-        raise RuntimeError(
-            f"{stack.name}: {load.placed} orders placed, {invoiced} invoiced ({stack.log_dir})"
-        )
-    return load, _cpu_per_order(before, _cpu(stack), load.placed)
-
-
-def pipeline(factory: StackFactory, plan: Plan) -> dict[str, Any]:
-    """2. sustained HTTP-in → invoice orders/s and 3. commit → invoice latency: outbox vs dual write."""
-    stacks = {
-        "outbox": factory.stack("pipe-outbox").start_api(REAL_APP).start_relay().start_worker(),
-        "dual_write": factory.stack("pipe-dual").start_api("bench.apps:dual_write").start_worker(),
-    }
-    probes = {name: InvoiceProbe(stack.databases.invoices_url) for name, stack in stacks.items()}
-    throughput: dict[str, list[dict[str, float]]] = {name: [] for name in stacks}
-    latency: dict[str, list[dict[str, float]]] = {name: [] for name in stacks}
+    print(f"stacks up in {time.monotonic() - started:.0f} s", file=sys.stderr)
 
     def saturate(url: str, tag: str) -> LoadResult:
         return closed_loop(url, API_KEY, tag, plan.concurrency, plan.seconds)
 
+    saturation: list[dict[str, Any]] = []
+    latency: list[dict[str, Any]] = []
     try:
-        for run in range(plan.runs):
-            for name, stack in stacks.items():
-                load, cpu = _deliver(stack, probes[name], f"t{run}{name}-", saturate)
-                delivery = probes[name].delivery(f"t{run}{name}-")
-                throughput[name].append({"e2e_rps": delivery.throughput, "api_rps": load.throughput, **cpu})
-        # "Moderate" means well below saturation: the plan's rate, capped at half the slower variant's
-        # sustained rate, or queueing (not the pipeline) would set the latency on a small machine.
-        capacity = min(median_of(r)["e2e_rps"] for r in throughput.values())
-        rate = min(plan.rate, capacity / 2)
+        for name, variant in variants.items():  # warm pools, imports and Celery's children, unrecorded
+            variant.run(f"warm-{name}-", lambda url, tag: closed_loop(url, API_KEY, tag, 8, 1.0, 0.5))
+        for round_no in range(plan.rounds):
+            row: dict[str, Any] = {"round": round_no, "order": list(_round_order(round_no))}
+            for name in row["order"]:
+                load, figures = variants[name].run(f"s{round_no}{name}-", saturate)
+                row[name] = {"post_rps": load.throughput, **figures}
+            row["ratios"] = {k: ratio(row["product"][k], row["naive"][k]) for k in SATURATION_RATIOS}
+            saturation.append(row)
+            print(_progress("saturation", row, SATURATION_RATIOS), file=sys.stderr)
+        capacity = statistics.median(row["naive"]["e2e_rps"] for row in saturation)
+        rate = plan.rate or capacity / 2
 
         def steady(url: str, tag: str) -> LoadResult:
-            return open_loop(url, API_KEY, tag, rate, plan.seconds)
+            return open_loop(url, API_KEY, tag, rate, plan.latency_seconds)
 
-        for run in range(plan.runs):
-            for name, stack in stacks.items():
-                load, cpu = _deliver(stack, probes[name], f"l{run}{name}-", steady)
-                delivery = probes[name].delivery(f"l{run}{name}-")
-                latency[name].append(
-                    {**summarize(delivery.latencies_ms), "sent_rps": load.offered_rps, **cpu}
-                )
+        for round_no in range(plan.rounds):
+            row = {"round": round_no, "order": list(_round_order(round_no))}
+            for name in row["order"]:
+                load, figures = variants[name].run(f"l{round_no}{name}-", steady)
+                latencies = variants[name].invoices.delivery(f"l{round_no}{name}-").latencies_ms
+                row[name] = {**summarize(latencies), "sent_rps": load.offered_rps, **figures}
+            row["ratios"] = {k: ratio(row["product"][k], row["naive"][k]) for k in LATENCY_RATIOS}
+            latency.append(row)
+            print(_progress("latency", row, LATENCY_RATIOS), file=sys.stderr)
     finally:
-        for probe in probes.values():
-            probe.close()
-        for stack in stacks.values():
-            stack.stop()
-    sustained = {name: median_of(r) for name, r in throughput.items()}
-    delays = {name: median_of(r) for name, r in latency.items()}
+        for variant in variants.values():
+            variant.close()
+            variant.stack.stop()
     return {
-        "throughput": {
-            **sustained,
-            "ratio": ratio(sustained["outbox"]["e2e_rps"], sustained["dual_write"]["e2e_rps"]),
-            "runs": throughput,
+        "saturation": {
+            "ratios": _paired(saturation, SATURATION_RATIOS),
+            **{name: median_of([row[name] for row in saturation]) for name in VARIANTS},
+            "rounds": saturation,
         },
         "latency": {
-            **delays,
-            "p50_ratio": ratio(delays["outbox"]["p50"], delays["dual_write"]["p50"]),
-            "runs": latency,
+            "rate": rate,
+            "naive_capacity": capacity,
+            "ratios": _paired(latency, LATENCY_RATIOS),
+            **{name: median_of([row[name] for row in latency]) for name in VARIANTS},
+            "rounds": latency,
         },
     }
+
+
+def _progress(phase: str, row: dict[str, Any], keys: tuple[str, ...]) -> str:
+    ratios = ", ".join(f"{k} {row['ratios'][k]:.2f}" for k in keys)
+    return f"{phase} round {row['round']}: {ratios}"
 
 
 def _memory_profile(samples: list[tuple[int, dict[str, float]]], size: int) -> dict[str, float]:
@@ -212,6 +284,6 @@ def _drain_once(factory: StackFactory, size: int) -> dict[str, float]:
 
 
 def backlog_drain(factory: StackFactory, plan: Plan) -> dict[str, Any]:
-    """4. Workers stopped while ``plan.backlog`` orders pile up, then started: time to drain, memory."""
+    """Product only: ``plan.backlog`` orders piled up with no relay or worker, then drained: time, memory."""
     runs = [_drain_once(factory, plan.backlog) for _ in range(plan.backlog_runs)]
     return {**median_of(runs), "orders": plan.backlog, "runs": runs}

@@ -1,11 +1,17 @@
-"""The processes a benchmark runs: gunicorn (one app variant), the relay, Celery workers.
+"""The processes a benchmark runs: the product's whole loop, or the naive baseline.
 
-Each stack gets its own throwaway databases (cloned from migrated templates, dropped at the end)
-and its own queue prefix on Redis, so a bench never touches anyone else's data on shared servers.
+The product: gunicorn (``order_service.wsgi``), the order relay, the invoice worker, the invoice relay
+and the order consumer. The naive baseline (``bench.naive_app`` / ``bench.naive_worker``): gunicorn
+and one Celery worker. Both run with the same gunicorn workers/threads and Celery concurrency.
+
+Each stack gets its own throwaway databases (the product's cloned from migrated templates, the naive
+one's made empty and given its tables) and its own queue prefix on Redis, so a bench never touches
+anyone else's data on shared servers; everything is dropped at the end.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import sys
@@ -16,14 +22,16 @@ from pathlib import Path
 
 import psutil
 import redis
+from sqlalchemy import create_engine, text
 
 from tests.support.databases import DatabasePair, PostgresFactory
 from tests.support.processes import BIN, Service, free_port, pipeline_env, wait_for_http
 
-__all__ = ["API_KEY", "Knobs", "Stack", "StackFactory"]
+__all__ = ["API_KEY", "Knobs", "Stack", "StackFactory", "store_api_key"]
 
-API_KEY = os.environ.get("BENCH_API_KEY") or f"bench-{secrets.token_hex(16)}"
-"""The Bearer token the load generator sends; the stacks accept it through ``API_KEYS``."""
+API_KEY = os.environ.get("BENCH_API_KEY") or f"osk_bench_{secrets.token_hex(16)}"
+"""The Bearer token the load generator sends: stored in the product's ``api_keys`` table (as
+``flask api-keys create`` would), so every request takes the stored-key path, not ``API_KEYS``."""
 
 
 def _env_int(name: str, default: int) -> int:
@@ -70,23 +78,38 @@ class Stack:
         wait_for_http(f"{self.base_url}/readyz", timeout=60)
         return self
 
-    def start_relay(self) -> Stack:
-        command = [sys.executable, "-m", "order_service.relay"]
-        self.services["relay"] = Service("relay", command, self.env, self.log_dir / "relay.log").start()
+    def start_relay(self, name: str = "relay", module: str = "order_service.relay") -> Stack:
+        command = [sys.executable, "-m", module]
+        self.services[name] = Service(name, command, self.env, self.log_dir / f"{name}.log").start()
         return self
 
-    def start_worker(self) -> Stack:
+    def start_worker(
+        self, app: str = "invoice_worker", name: str = "worker", queue: str = "invoices"
+    ) -> Stack:
         command = [
-            str(BIN / "celery"), "-A", "invoice_worker", "worker", "-Q", self.queue,
+            str(BIN / "celery"), "-A", app, "worker", "-Q", f"{self.env['QUEUE_PREFIX']}{queue}",
             "--concurrency", str(self.knobs.worker_concurrency),
             "--prefetch-multiplier", str(self.knobs.worker_prefetch),
-            "--hostname", f"bench-{self.name}-{uuid.uuid4().hex[:6]}@%h",
+            "--loglevel", self.knobs.log_level,
+            "--hostname", f"bench-{self.name}-{name}-{uuid.uuid4().hex[:6]}@%h",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]  # fmt: skip
-        worker = Service("worker", command, self.env, self.log_dir / "worker.log").start()
-        self.services["worker"] = worker
+        worker = Service(name, command, self.env, self.log_dir / f"{name}.log").start()
+        self.services[name] = worker
         worker.wait_for_log("ready", timeout=90)
         return self
+
+    def start_product(self) -> Stack:
+        """The whole loop: API, order relay, invoice worker, invoice relay, order consumer."""
+        store_api_key(self.databases.orders_url, API_KEY)
+        self.start_api("order_service.wsgi:app").start_relay().start_worker()
+        self.start_relay("invoice_relay", "invoice_worker.relay")
+        return self.start_worker("order_service.worker", name="consumer", queue="orders")
+
+    def start_naive(self) -> Stack:
+        """The naive baseline: its gunicorn app and its Celery worker."""
+        self.start_api("bench.naive_app:app")
+        return self.start_worker("bench.naive_worker")
 
     def stop(self, *names: str) -> None:
         for name in names or list(self.services):
@@ -125,6 +148,16 @@ class StackFactory:
     def databases(self) -> DatabasePair:
         return self._postgres.fresh_pair()
 
+    def naive_databases(self) -> DatabasePair:
+        """Two empty databases with the naive baseline's tables (no migrations, as such an app has)."""
+        from bench.naive_app import create_tables as orders_tables
+        from bench.naive_worker import create_tables as invoices_tables
+
+        pair = DatabasePair(self._postgres.empty("naive_orders"), self._postgres.empty("naive_invoices"))
+        orders_tables(pair.orders_url)
+        invoices_tables(pair.invoices_url)
+        return pair
+
     def stack(self, name: str, databases: DatabasePair | None = None) -> Stack:
         databases = databases or self.databases()
         prefix = f"bench-{uuid.uuid4().hex[:8]}-"
@@ -139,11 +172,16 @@ class StackFactory:
             queue_prefix=prefix,
         )
         env.update(
-            API_KEYS=API_KEY,
+            API_KEYS="",
+            NAIVE_ORDERS_DATABASE_URL=databases.orders_url,
+            NAIVE_INVOICES_DATABASE_URL=databases.invoices_url,
+            RELAY_METRICS_PORT="0",
+            WORKER_METRICS_PORT="0",
             BENCH_API_KEY=API_KEY,
             LOG_LEVEL=self.knobs.log_level,
             DATABASE_POOL_SIZE=str(self.knobs.gunicorn_threads),
             RELAY_BATCH_SIZE=str(self.knobs.relay_batch_size),
+            # On, and counting in Redis, but far above the load: the limiter's cost, never its 429s.
             RATE_LIMIT=os.environ.get("BENCH_RATE_LIMIT", "1000000 per second"),
             **self.extra_env,
         )
@@ -164,3 +202,19 @@ class StackFactory:
                     client.delete(*batch)
         finally:
             client.close()
+
+
+def store_api_key(orders_url: str, key: str, name: str = "bench") -> None:
+    """Store ``key``'s digest in the product's ``api_keys`` table, as ``flask api-keys create`` does."""
+    engine = create_engine(orders_url, pool_size=1, max_overflow=0)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO api_keys (name, key_hash, created_at) VALUES (:name, :hash, now())"
+                    " ON CONFLICT (name) DO NOTHING"
+                ),
+                {"name": name, "hash": hashlib.sha256(key.encode()).hexdigest()},
+            )
+    finally:
+        engine.dispose()

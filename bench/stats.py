@@ -68,21 +68,24 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def format_table(rows: Sequence[Row], title: str = "") -> str:
-    """A plain fixed-width table, readable in a terminal and pasteable into a README."""
-    header: Row = ("measure", "value", "detail")
-    widths = [max(len(_cell(row[i])) for row in (header, *rows)) for i in range(3)]
+def format_table(rows: Sequence[Sequence[object]], title: str = "", header: Sequence[str] = ()) -> str:
+    """A plain fixed-width table, readable in a terminal and pasteable into a README.
+
+    The first column is left-aligned, numbers right-aligned; the header defaults to measure/value/detail.
+    """
+    head = tuple(header) or ("measure", "value", "detail")
+    width = len(head)
+    widths = [max(len(_cell(row[i])) for row in (head, *rows)) for i in range(width)]
     line = "+-" + "-+-".join("-" * w for w in widths) + "-+"
 
-    def render(row: Row) -> str:
+    def render(row: Sequence[object]) -> str:
         cells = [
-            _cell(row[0]).ljust(widths[0]),
-            _cell(row[1]).rjust(widths[1]),
-            _cell(row[2]).ljust(widths[2]),
+            _cell(value).rjust(widths[i]) if 0 < i < width - 1 else _cell(value).ljust(widths[i])
+            for i, value in enumerate(row)
         ]
         return "| " + " | ".join(cells) + " |"
 
-    body = [line, render(header), line, *(render(row) for row in rows), line]
+    body = [line, render(head), line, *(render(row) for row in rows), line]
     return "\n".join([title, *body] if title else body)
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from bench.hotspots import package_of, top
+from bench.measure import Delivery
 from bench.orders import order_body
+from bench.spy import summarize_raw
 from bench.stats import format_table, median_of, percentile, rates_by_part, ratio, summarize, write_results
 
 
@@ -68,12 +68,28 @@ def test_results_are_written_as_json_with_nan_as_null(tmp_path: Path) -> None:
     assert not list(path.parent.glob("*.tmp"))
 
 
-def test_profile_time_is_grouped_by_owning_package() -> None:
-    assert package_of("/w/.venv/lib/python3.11/site-packages/sqlalchemy/orm/session.py") == "sqlalchemy"
-    assert package_of("/w/main/order_service/api.py") == "order_service"
-    assert package_of("/usr/lib/python3.11/json/decoder.py") == "stdlib"
-    shares = top(Counter({"psycopg": 3.0, "flask": 1.0}), total=8.0, limit=1)
-    assert shares == [{"name": "psycopg", "seconds": 3.0, "share": 37.5}]
+def test_py_spy_samples_are_counted_inclusive_and_self_and_idle_ones_dropped() -> None:
+    site = "/w/.venv/lib/python3.11/site-packages"
+    raw = "\n".join(
+        [
+            f'process 1:"gunicorn";handle ({site}/flask/app.py:10);execute ({site}/psycopg/cursor.py:5) 3',
+            f'process 1:"gunicorn";handle ({site}/flask/app.py:12);dumps (/usr/lib/json/__init__.py:1) 1',
+            'process 1:"gunicorn";run (/usr/lib/threading.py:3);select (/usr/lib/selectors.py:9) 50',
+        ]
+    )
+    busy, inclusive, own = summarize_raw(raw)
+    assert busy == 4  # the idle select is not CPU
+    assert inclusive[0] == ("handle (flask/app.py)", 4)  # two lines of one function merged
+    assert ("execute (psycopg/cursor.py)", 3) in own
+
+
+def test_delivery_sustained_rate_counts_the_middle_of_the_span() -> None:
+    created = [float(t) for t in range(1, 11)]  # one invoice a second, first order at t=0
+    delivery = Delivery(
+        10, first_placed=0.0, first_created=1.0, last_created=10.0, latencies_ms=[], created=created
+    )
+    assert delivery.throughput == pytest.approx(1.0)
+    assert delivery.sustained() == pytest.approx(1.0)  # 2.0 <= t < 8.0: six in six seconds
 
 
 def test_generated_orders_are_valid_and_tagged() -> None:
