@@ -7,6 +7,11 @@ because keys are 256-bit random tokens, not passwords: there is nothing to brute
 digests are compared with ``hmac.compare_digest`` over the whole set; a table lookup is by digest,
 which reveals nothing usable about the key itself. With SQLite and no key configured (embedded mode)
 a dev key is generated once into ``var/dev-api-key`` and logged, so every gunicorn worker shares it.
+
+Outside the embedded mode a raw key shorter than ``MIN_RAW_KEY_LENGTH`` or a known placeholder (such
+as a copied ``.env.example``) refuses to start (``WeakApiKey``): such a key *can* be guessed. Guessing
+is also throttled: a request without a valid key counts against its client address
+(``AUTH_FAILURE_RATE_LIMIT``), and an address over that limit gets a 429 before any lookup.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,19 +30,46 @@ from flask import Flask, Response, current_app, g, request
 from flask.cli import AppGroup
 from sqlalchemy import String, select
 from sqlalchemy.orm import Mapped, mapped_column
+from werkzeug.exceptions import TooManyRequests
 
 from order_service.extensions import db
 from order_service.problems import problem
+from order_service.ratelimit import FailedAuthLimit
 from shared.config import Settings
 from shared.db import BigIntPK, UTCDateTime, utcnow
 
-__all__ = ["ApiKey", "KeyRing", "client_id", "digest", "init_auth", "known_key", "new_key"]
+__all__ = [
+    "MIN_RAW_KEY_LENGTH",
+    "ApiKey",
+    "KeyRing",
+    "WeakApiKey",
+    "client_id",
+    "digest",
+    "init_auth",
+    "known_key",
+    "new_key",
+]
 
 log = structlog.get_logger(__name__)
 
 PROTECTED_BLUEPRINTS = frozenset({"orders"})
 _PREFIX = "sha256:"
 _EXTENSION = "order_service.keys"
+_FAILURES = "order_service.failed_auth"
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+
+MIN_RAW_KEY_LENGTH = 32
+"""``new_key`` makes 47 characters (256 random bits); a raw key must be at least this long in production."""
+
+_PLACEHOLDER = re.compile(
+    r"change.?me|replace.?me|your.?(api.?)?key|placeholder|example|secret|password|^(.)\2*$",
+    re.IGNORECASE,
+)
+"""Values left in place of a key (``.env.example`` once shipped ``change-me-to-a-long-random-key``)."""
+
+
+class WeakApiKey(ValueError):
+    """``API_KEYS`` holds a key that could be guessed; the service refuses to start with it."""
 
 
 class ApiKey(db.Model):  # type: ignore[name-defined,misc]
@@ -69,11 +102,15 @@ class KeyRing:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KeyRing:
+        """The configured keys; raises ``WeakApiKey`` for a guessable one outside the embedded mode."""
+        embedded = settings.orders_database_url.startswith("sqlite")
         entries = [entry.strip() for entry in settings.api_keys.split(",") if entry.strip()]
+        for position, entry in enumerate(entries, start=1):
+            _check_entry(position, entry, embedded=embedded)
         digests = tuple(
             e.removeprefix(_PREFIX).lower() if e.startswith(_PREFIX) else digest(e) for e in entries
         )
-        if digests or not settings.orders_database_url.startswith("sqlite"):
+        if digests or not embedded:
             return cls(digests)
         key = _dev_key(settings)
         return cls((digest(key),), dev_key=key)
@@ -81,6 +118,29 @@ class KeyRing:
     def configured(self, key_hash: str) -> bool:
         matches = [hmac.compare_digest(key_hash, known) for known in self.digests]
         return any(matches)
+
+
+def _check_entry(position: int, entry: str, *, embedded: bool) -> None:
+    """Refuse a malformed digest anywhere, and a guessable raw key outside the embedded mode."""
+    where = f"API_KEYS entry {position}"  # never the key itself: it would land in the logs
+    if entry.startswith(_PREFIX):
+        if not _DIGEST.match(entry.removeprefix(_PREFIX).lower()):
+            raise WeakApiKey(f"{where} is not 'sha256:' followed by 64 hex digits")
+        return
+    if embedded:
+        return
+    if _PLACEHOLDER.search(entry):
+        raise WeakApiKey(f"{where} is a placeholder, not a key. {_MAKE_ONE}")
+    if len(entry) < MIN_RAW_KEY_LENGTH:
+        raise WeakApiKey(
+            f"{where} is {len(entry)} characters; a raw key needs at least {MIN_RAW_KEY_LENGTH}. {_MAKE_ONE}"
+        )
+
+
+_MAKE_ONE = (
+    "Make one with: python -c \"import secrets; print('osk_' + secrets.token_urlsafe(32))\" "
+    "(or put its 'flask --app order_service api-keys digest <key>' in API_KEYS)."
+)
 
 
 def _dev_key(settings: Settings) -> str:
@@ -103,13 +163,43 @@ def _unauthorized(detail: str, error: str | None = None) -> Response:
     return response
 
 
-def known_key(key_hash: str) -> bool:
-    """A configured key, or a stored one not revoked (the pipeline page re-checks its session with it)."""
+def _key_ring() -> KeyRing:
     ring: KeyRing = current_app.extensions[_EXTENSION]
-    if ring.configured(key_hash):
+    return ring
+
+
+def _failed_auth() -> FailedAuthLimit:
+    limit: FailedAuthLimit = current_app.extensions[_FAILURES]
+    return limit
+
+
+def _address() -> str:
+    return request.remote_addr or "unknown"
+
+
+def _throttle_guessing() -> None:
+    """Refuse (429) a client address over its limit of requests without a valid key, before any lookup."""
+    wait = _failed_auth().retry_after(_address())
+    if wait is not None:
+        log.info("api.auth_throttled", address=_address(), retry_after=wait)
+        detail = "Too many requests without a valid API key from this address; retry later."
+        raise TooManyRequests(detail, retry_after=wait)
+
+
+def known_key(key_hash: str) -> bool:
+    """A configured key, or a stored one not revoked (the pipeline page re-checks its session with it).
+
+    Throttled per client address: over its limit a request is a 429 before the lookup, and every
+    unknown key counts against the address (the pipeline page's sign-in too).
+    """
+    _throttle_guessing()
+    if _key_ring().configured(key_hash):
         return True
     stored = select(ApiKey.id).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
-    return db.session.scalar(stored) is not None
+    if db.session.scalar(stored) is not None:
+        return True
+    _failed_auth().failed(_address())
+    return False
 
 
 def authenticate() -> Response | None:
@@ -118,6 +208,8 @@ def authenticate() -> Response | None:
         return None
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
+        _throttle_guessing()
+        _failed_auth().failed(_address())
         return _unauthorized("Send an API key as 'Authorization: Bearer <key>'.")
     key_hash = digest(token.strip())
     if not known_key(key_hash):
@@ -161,6 +253,7 @@ def init_auth(app: Flask, settings: Settings) -> None:
     """Register before any other ``before_request`` so the rate limiter sees the client id."""
     ring = KeyRing.from_settings(settings)
     app.extensions[_EXTENSION] = ring
+    app.extensions[_FAILURES] = FailedAuthLimit.from_settings(settings)
     if ring.dev_key:
         log.warning("api.dev_key", key=ring.dev_key, usage=f"Authorization: Bearer {ring.dev_key}")
     elif not ring.digests:

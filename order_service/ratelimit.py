@@ -1,32 +1,81 @@
-"""Per-API-key rate limit with Flask-Limiter: Redis counters when the broker is Redis, else in-process.
+"""Rate limits: per API key on the order endpoints, and per client address for requests without a valid key.
 
-Only the order endpoints count (health, readiness and docs stay free), keyed by the authenticated
-client id, so ``before_request`` auth must be registered first. If Redis is unreachable the limiter
-falls back to in-memory counters rather than failing orders.
+The per-key limit is Flask-Limiter's, keyed by the client id that ``before_request`` auth sets (so
+auth must be registered first); requests it never identified (health, readiness, docs, the pipeline
+page) are not counted. ``FailedAuthLimit`` throttles key guessing: a request from an address that
+already spent its budget of missing or wrong keys is refused *before* the key is looked up, so
+guessing can neither succeed nor load the database. Both keep their counters in Redis when the broker
+is Redis, else in the process; if Redis is unreachable they fall back to in-process counters rather
+than failing orders.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
-from flask import Flask, Response, g, request
+import structlog
+from flask import Flask, Response, g
 from flask_limiter import Limiter, RateLimitExceeded
-from flask_limiter.util import get_remote_address
+from limits import parse
+from limits.storage import MemoryStorage, storage_from_string
+from limits.strategies import FixedWindowRateLimiter
 
-from order_service.auth import PROTECTED_BLUEPRINTS
 from order_service.problems import problem
 from shared.config import Settings
 
-__all__ = ["init_rate_limit"]
+__all__ = ["FailedAuthLimit", "init_rate_limit"]
+
+log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
 
 
 def _client() -> str:
-    return str(g.get("client_id") or get_remote_address())
+    return str(g.client_id)
 
 
 def _exempt() -> bool:
-    return request.blueprint not in PROTECTED_BLUEPRINTS
+    return "client_id" not in g
+
+
+class FailedAuthLimit:
+    """Requests without a valid API key, counted per client address (a fixed window).
+
+    Checked before the lookup and counted after it fails, so concurrent guesses from one address can
+    overshoot the limit by at most the number of requests in flight at once (workers x threads).
+    """
+
+    def __init__(self, limit: str, storage_uri: str, namespace: str) -> None:
+        self._item = parse(limit)
+        self._namespace = namespace
+        self._limiter = FixedWindowRateLimiter(storage_from_string(storage_uri))
+        self._fallback = FixedWindowRateLimiter(MemoryStorage())
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FailedAuthLimit:
+        namespace = f"{settings.queue_prefix}orders-api-auth-failures"
+        return cls(settings.auth_failure_rate_limit, settings.rate_limit_storage, namespace)
+
+    def _on_storage(self, call: Callable[[FixedWindowRateLimiter], _T]) -> _T:
+        try:
+            return call(self._limiter)
+        except Exception as error:  # any storage failure (Redis down): count in this process instead
+            log.warning("api.auth_limit_storage_unavailable", error=str(error))
+            return call(self._fallback)
+
+    def retry_after(self, address: str) -> int | None:
+        """Seconds until ``address`` may present a key again; ``None`` while it is under its limit."""
+        if self._on_storage(lambda limiter: limiter.test(self._item, self._namespace, address)):
+            return None
+        stats = self._on_storage(lambda lim: lim.get_window_stats(self._item, self._namespace, address))
+        return max(1, math.ceil(stats.reset_time - time.time()))
+
+    def failed(self, address: str) -> None:
+        """Count one request from ``address`` that carried no valid key."""
+        self._on_storage(lambda limiter: limiter.hit(self._item, self._namespace, address))
 
 
 def init_rate_limit(app: Flask, settings: Settings) -> Limiter:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from order_service.auth import KeyRing, digest
+from order_service import create_app
+from order_service.auth import MIN_RAW_KEY_LENGTH, KeyRing, WeakApiKey, digest
 from order_service.extensions import db
 from shared.config import Settings
 from tests.unit.conftest import API_KEY, app_on_sqlite
@@ -114,3 +116,55 @@ def test_production_mode_never_generates_a_dev_key(tmp_path: Path) -> None:
     assert ring.digests == ()
     assert ring.dev_key is None
     assert not (tmp_path / "var" / "dev-api-key").exists()
+
+
+PRODUCTION_DB = "postgresql+psycopg://db.invalid/orders"
+STRONG = "osk_" + "Zq8-" * 10  # 44 characters
+
+
+def _production(tmp_path: Path, api_keys: str) -> Settings:
+    return Settings(var_dir=tmp_path / "var", orders_database_url=PRODUCTION_DB, api_keys=api_keys)
+
+
+@pytest.mark.parametrize(
+    "weak",
+    [
+        pytest.param("osk_short-but-random-7f3a", id="shorter than 32"),
+        pytest.param("change-me-to-a-long-random-key", id="the old .env.example value"),
+        pytest.param("change-me-to-a-long-random-key-of-at-least-32", id="a long placeholder"),
+        pytest.param("your-api-key-goes-here-0000000000000", id="your-api-key"),
+        pytest.param("x" * 64, id="one character repeated"),
+    ],
+)
+def test_a_guessable_raw_key_refuses_to_start_outside_the_embedded_mode(tmp_path: Path, weak: str) -> None:
+    settings = _production(tmp_path, f"{STRONG},{weak}")
+
+    with pytest.raises(WeakApiKey, match="API_KEYS entry 2") as refused:
+        create_app(settings)
+
+    assert weak not in str(refused.value)  # the message never leaks the key into logs
+    assert "secrets.token_urlsafe" in str(refused.value)
+
+
+def test_a_malformed_digest_refuses_to_start_in_any_mode(tmp_path: Path) -> None:
+    with pytest.raises(WeakApiKey, match="64 hex digits"):
+        KeyRing.from_settings(Settings(var_dir=tmp_path / "var", api_keys="sha256:abc"))
+
+
+def test_strong_keys_and_digests_start_in_production_and_short_keys_in_embedded_mode(tmp_path: Path) -> None:
+    ring = KeyRing.from_settings(_production(tmp_path, f"{STRONG}, sha256:{digest('anything')}"))
+    assert ring.digests == (digest(STRONG), digest("anything"))
+    assert len(STRONG) >= MIN_RAW_KEY_LENGTH
+
+    embedded = KeyRing.from_settings(Settings(var_dir=tmp_path / "var", api_keys="osk_dev"))
+    assert embedded.digests == (digest("osk_dev"),)
+
+
+def test_env_example_ships_no_usable_key(tmp_path: Path) -> None:
+    example = (Path(__file__).resolve().parents[2] / ".env.example").read_text(encoding="utf-8")
+    values = re.findall(r"^API_KEYS=(.*)$", example, re.MULTILINE)
+    assert len(values) == 1
+
+    if values[0].strip():  # empty: compose refuses to start (API_KEYS:?); anything else must be refused here
+        with pytest.raises(WeakApiKey):
+            KeyRing.from_settings(_production(tmp_path, values[0]))
