@@ -73,7 +73,13 @@ def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            # Records from the standard library (Celery, kombu) carry exc_info as a tuple: render the
+            # traceback as text in JSON, as structlog's own lines are.
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *([structlog.processors.format_exc_info] if fmt == "json" else []),
+                renderer,
+            ],
             foreign_pre_chain=shared_processors,
         )
     )
