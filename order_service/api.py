@@ -85,7 +85,7 @@ def create_order(body: OrderIn, header: IdempotencyHeader) -> Response:
         return _created(_render(order), str(order.id))
     settings: Settings = current_app.extensions["order_service.settings"]
     fingerprint = idempotency.request_hash(request.method, request.path, request.get_json())
-    idempotency.prune_when_due(current_app, db.engine)  # before claiming: a failure here holds no key
+    idempotency.prune_when_due(current_app, db.engine)  # one bounded batch, after the response is sent
     outcome = idempotency.claim(db.engine, settings, g.client_id, key, fingerprint)
     if isinstance(outcome, idempotency.Replay):
         replayed = OrderOut.model_validate_json(outcome.body)

@@ -17,6 +17,12 @@ checked by the database in the same statement, not by an earlier read.
   the retry replays the answer.
 - ``release`` deletes only an unanswered claim: a request can fail *after* its COMMIT landed
   (the acknowledgement was lost), and its stored 201 must then stay for the retry to replay.
+
+**Pruning** expired keys is never one unbounded DELETE in a live request: each ``prune`` deletes at
+most ``IDEMPOTENCY_PRUNE_BATCH`` rows in its own short transaction. Requests schedule one batch per
+``IDEMPOTENCY_PRUNE_INTERVAL`` per process, run after their response is sent; the CLI
+``flask --app order_service idempotency-keys prune`` drains any backlog batch by batch (cron it if
+keys expire faster than that pace).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from typing import Any
 
 import click
 import structlog
-from flask import Flask, Response
+from flask import Flask, Response, after_this_request, current_app
 from flask.cli import AppGroup
 from sqlalchemy import (
     Connection,
@@ -47,7 +53,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from order_service.extensions import db
@@ -65,6 +71,8 @@ __all__ = [
     "claim",
     "init_idempotency",
     "prune",
+    "prune_all",
+    "prune_when_due",
     "recorded_with_order",
     "release",
     "request_hash",
@@ -222,39 +230,93 @@ def release(engine: Engine, owned: Claim) -> None:
         log.warning("idempotency.claim_kept_answered_or_taken_over", key_row=owned.row_id)
 
 
-def prune(engine: Engine, now: datetime | None = None) -> int:
+def prune(engine: Engine, *, batch: int, now: datetime | None = None) -> int:
+    """Delete up to ``batch`` expired keys (oldest first) in one short transaction; returns how many.
+
+    Never one unbounded DELETE: the rows are picked by ``expires_at`` (indexed) with a LIMIT, and on
+    Postgres rows another pruner holds are skipped rather than waited for.
+    """
+    expired = (
+        select(_table.c.id)
+        .where(_table.c.expires_at <= (now or utcnow()))
+        .order_by(_table.c.expires_at)
+        .limit(batch)
+        .with_for_update(skip_locked=True)  # not rendered on SQLite, whose writers are serialised anyway
+    )
     with engine.begin() as conn:
-        return int(conn.execute(delete(_table).where(_table.c.expires_at <= (now or utcnow()))).rowcount)
+        return int(conn.execute(delete(_table).where(_table.c.id.in_(expired.scalar_subquery()))).rowcount)
+
+
+def prune_all(engine: Engine, *, batch: int, now: datetime | None = None) -> tuple[int, int]:
+    """Delete every key expired at ``now``, ``batch`` rows per transaction; returns (rows, batches)."""
+    now = now or utcnow()
+    removed = batches = 0
+    while True:
+        deleted = prune(engine, batch=batch, now=now)
+        removed, batches = removed + deleted, batches + 1
+        if deleted < batch:
+            return removed, batches
 
 
 @dataclass
 class _Pruner:
+    """At most one bounded batch per interval per process, run after a response has been sent.
+
+    Requests with an Idempotency-Key schedule it in passing, so expired keys never pile up even
+    without the CLI; a larger backlog (after a long outage) drains over several intervals, or at once
+    with ``flask --app order_service idempotency-keys prune``.
+    """
+
     interval: float
+    batch: int
     last: float = 0.0
 
-    def maybe(self, engine: Engine) -> None:
-        """Prune at most once per interval per process, so expired keys never pile up."""
-        if time.monotonic() - self.last >= self.interval:
-            self.last = time.monotonic()
-            if removed := prune(engine):
-                log.info("idempotency.pruned", removed=removed)
+    def due(self) -> bool:
+        if time.monotonic() - self.last < self.interval:
+            return False
+        self.last = time.monotonic()
+        return True
+
+    def run(self, engine: Engine) -> None:
+        try:
+            removed = prune(engine, batch=self.batch)
+        except SQLAlchemyError as exc:  # the response is already sent; the next interval tries again
+            log.warning("idempotency.prune_failed", error=str(exc))
+            return
+        if removed:
+            log.info("idempotency.pruned", removed=removed, batch=self.batch)
 
 
 def prune_when_due(app: Flask, engine: Engine) -> None:
-    app.extensions["order_service.idempotency_pruner"].maybe(engine)
+    """Schedule one bounded prune after this request's response is sent, if one is due."""
+    pruner: _Pruner = app.extensions["order_service.idempotency_pruner"]
+    if not pruner.due():
+        return
+
+    @after_this_request
+    def _after_sending(response: Response) -> Response:
+        response.call_on_close(lambda: pruner.run(engine))
+        return response
 
 
 idempotency_cli = AppGroup("idempotency-keys", help="Maintain stored Idempotency-Key responses.")
 
 
 @idempotency_cli.command("prune")
-def _prune() -> None:
-    """Delete expired keys now."""
-    click.echo(f"pruned {prune(db.engine)} expired idempotency keys")
+@click.option(
+    "--batch", type=click.IntRange(min=1), default=None, help="Rows per DELETE (IDEMPOTENCY_PRUNE_BATCH)"
+)
+def _prune(batch: int | None) -> None:
+    """Delete every expired key now, in bounded batches (one short transaction each)."""
+    settings: Settings = current_app.extensions["order_service.settings"]
+    removed, batches = prune_all(db.engine, batch=batch or settings.idempotency_prune_batch)
+    click.echo(f"pruned {removed} expired idempotency keys in {batches} batches")
 
 
 def init_idempotency(app: Flask, settings: Settings) -> None:
-    app.extensions["order_service.idempotency_pruner"] = _Pruner(settings.idempotency_prune_interval)
+    app.extensions["order_service.idempotency_pruner"] = _Pruner(
+        settings.idempotency_prune_interval, settings.idempotency_prune_batch
+    )
     app.cli.add_command(idempotency_cli)
 
     @app.errorhandler(KeyReused)

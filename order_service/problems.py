@@ -43,7 +43,7 @@ _DESCRIPTIONS = {
     413: "Body larger than the configured limit",
     415: "Body is not application/json",
     422: "Invalid input; `errors` names each field by JSON pointer or parameter",
-    429: "Rate limit of this API key exceeded",
+    429: "Rate limit exceeded: this API key's, or this address's for requests without a valid key",
     500: "Unexpected server error (no details leak)",
     503: "Database unavailable or overloaded; retry after `Retry-After` seconds",
 }

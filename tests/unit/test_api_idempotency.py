@@ -5,7 +5,8 @@ from __future__ import annotations
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -138,7 +139,7 @@ def test_an_expired_key_starts_afresh_and_expired_keys_are_pruned(
     assert second.status_code == 201
     assert second.get_json()["id"] != first["id"]
     with app.app_context():
-        assert idempotency.prune(db.engine, now=utcnow() + timedelta(days=2)) == 1
+        assert idempotency.prune(db.engine, batch=100, now=utcnow() + timedelta(days=2)) == 1
     assert row_counts()["idempotency_keys"] == 0
 
 
@@ -147,8 +148,8 @@ def test_keys_expire_after_the_configured_time(app: Flask, client: FlaskClient) 
     ttl = app.extensions["order_service.settings"].idempotency_key_ttl_seconds
 
     with app.app_context():
-        assert idempotency.prune(db.engine, now=utcnow() + timedelta(seconds=ttl - 60)) == 0
-        assert idempotency.prune(db.engine, now=utcnow() + timedelta(seconds=ttl + 1)) == 1
+        assert idempotency.prune(db.engine, batch=100, now=utcnow() + timedelta(seconds=ttl - 60)) == 0
+        assert idempotency.prune(db.engine, batch=100, now=utcnow() + timedelta(seconds=ttl + 1)) == 1
 
 
 def test_a_refused_order_releases_its_key_for_a_retry(
@@ -170,29 +171,68 @@ def test_a_refused_order_releases_its_key_for_a_retry(
     assert client.post("/orders", json=ORDER, headers=headers).status_code == 201
 
 
-def test_the_prune_command_deletes_expired_keys(app: Flask, client: FlaskClient) -> None:
-    client.post("/orders", json=ORDER, headers=_key())
+def _expire_all(app: Flask) -> None:
     with app.app_context(), db.engine.begin() as conn:
         conn.execute(update(IdempotencyKey.__table__).values(expires_at=utcnow() - timedelta(seconds=1)))
 
-    result = app.test_cli_runner().invoke(args=["idempotency-keys", "prune"])
 
-    assert result.exit_code == 0
-    assert "pruned 1 expired" in result.output
+@contextmanager
+def _deletes(app: Flask) -> Iterator[list[str]]:
+    """Every DELETE on idempotency_keys the app's engine runs while the context is open."""
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("DELETE") and "idempotency_keys" in statement:
+            seen.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
 
 
-def test_requests_prune_expired_keys_in_passing(
+def test_the_prune_command_deletes_every_expired_key_in_bounded_batches(
     app: Flask, client: FlaskClient, row_counts: Callable[[], dict[str, int]]
 ) -> None:
-    client.post("/orders", json=ORDER, headers=_key())
-    with app.app_context(), db.engine.begin() as conn:
-        conn.execute(update(IdempotencyKey.__table__).values(expires_at=utcnow() - timedelta(seconds=1)))
-    pruner = app.extensions["order_service.idempotency_pruner"]
-    pruner.last = time.monotonic() - pruner.interval
+    for _ in range(5):
+        client.post("/orders", json=ORDER, headers=_key())
+    _expire_all(app)
+    client.post("/orders", json=ORDER, headers=_key())  # not expired: stays
 
-    client.post("/orders", json=ORDER, headers=_key())
+    with _deletes(app) as deletes:
+        result = app.test_cli_runner().invoke(args=["idempotency-keys", "prune", "--batch", "2"])
 
+    assert result.exit_code == 0, result.output
+    assert "pruned 5 expired idempotency keys in 3 batches" in result.output
+    assert len(deletes) == 3
+    assert all("LIMIT" in statement.upper() for statement in deletes)
     assert row_counts()["idempotency_keys"] == 1
+
+
+def test_requests_prune_one_bounded_batch_after_the_response_is_sent(
+    app: Flask, client: FlaskClient, row_counts: Callable[[], dict[str, int]]
+) -> None:
+    for _ in range(3):
+        client.post("/orders", json=ORDER, headers=_key())
+    _expire_all(app)
+    pruner = app.extensions["order_service.idempotency_pruner"]
+    pruner.batch, pruner.last = 2, time.monotonic() - pruner.interval
+
+    with _deletes(app) as deletes:
+        response = client.post("/orders", json=ORDER, headers=_key())
+        assert response.status_code == 201
+        assert (deletes, row_counts()["idempotency_keys"]) == ([], 4)  # nothing on the request's path
+
+        response.close()  # the WSGI server closes the response once it is sent
+
+    assert len(deletes) == 1
+    assert "LIMIT" in deletes[0].upper()
+    assert (
+        row_counts()["idempotency_keys"] == 2
+    )  # one batch of 2 of the 3 expired; the next interval does more
 
 
 def test_a_commit_whose_acknowledgement_is_lost_is_replayed_not_placed_again(
