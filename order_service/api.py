@@ -15,6 +15,7 @@ from order_service import cursor, idempotency
 from order_service.extensions import db
 from order_service.metrics import api_metrics
 from order_service.models import Order
+from order_service.parameters import reject_repeated
 from order_service.problems import problem_responses
 from order_service.schemas import (
     IdempotencyHeader,
@@ -41,6 +42,7 @@ bp = APIBlueprint(
     abp_security=[{"bearerAuth": []}],
     abp_responses=problem_responses(401, 422, 429, 500, 503),
 )
+bp.before_request(reject_repeated)  # ?status=a&status=b is a 422, not "the first one wins"
 health = APIBlueprint("health", __name__, abp_tags=[Tag(name="operations")])
 
 

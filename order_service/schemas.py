@@ -8,6 +8,7 @@ from typing import Annotated, Literal, cast
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
 
+from order_service.cursor import MAX_LENGTH as CURSOR_MAX_LENGTH
 from order_service.models import Order
 
 __all__ = [
@@ -150,9 +151,9 @@ class OrderQuery(BaseModel):
     created_gte: Annotated[Instant | None, Field(description="Created at or after (RFC 3339)")] = None
     created_lt: Annotated[Instant | None, Field(description="Created before (RFC 3339)")] = None
     limit: Annotated[int, Field(ge=1, le=200)] = 50
-    cursor: Annotated[str | None, Field(max_length=200, description="`next_cursor` of the previous page")] = (
-        None
-    )
+    cursor: Annotated[
+        str | None, Field(max_length=CURSOR_MAX_LENGTH, description="`next_cursor` of the previous page")
+    ] = None
 
 
 class OrderPath(BaseModel):

@@ -204,3 +204,35 @@ def test_a_vetoed_order_is_a_422_naming_the_reason_not_the_receiver(
     assert "_credit_check" not in response.get_data(as_text=True)
     assert "receiver" not in problem
     assert row_counts() == NOTHING
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "status=placed&status=invoiced",
+        "limit=1&limit=200",
+        "cursor=a&cursor=a",
+        "customer_id=a&customer_id=b",
+        "=1&=2",
+    ],
+)
+def test_a_repeated_query_parameter_is_a_422_naming_it(client: FlaskClient, query: str) -> None:
+    response = client.get(f"/orders?{query}")
+
+    assert response.status_code == 422
+    name = query.split("=", maxsplit=1)[0]
+    assert response.get_json()["errors"] == [
+        {"parameter": name, "detail": "Given 2 times; send it once", "code": "repeated"}
+    ]
+
+
+def test_a_repeated_idempotency_key_is_a_422_naming_the_header(
+    client: FlaskClient, row_counts: Callable[[], dict[str, int]]
+) -> None:
+    headers = [("Idempotency-Key", "first-key"), ("Idempotency-Key", "second-key")]
+
+    response = client.post("/orders", data=order(), content_type=JSON, headers=headers)
+
+    assert response.status_code == 422
+    assert [e["header"] for e in response.get_json()["errors"]] == ["Idempotency-Key"]
+    assert row_counts() == NOTHING
