@@ -166,10 +166,10 @@ def mutated_cursors(issued: Issued) -> st.SearchStrategy[str]:
 
 
 def cursors(issued: Issued) -> st.SearchStrategy[tuple[str, bool]]:
-    """``(cursor, issued_as_is)``: a real cursor a third of the time, else a mutated one."""
+    """``(cursor, issued_as_is)``: a mutated cursor, or one the API issued (listed last: hypothesis
+    draws the first alternative more often, and mutations are where the bugs are)."""
     real = st.sampled_from(issued.cursors)
-    mutated = mutated_cursors(issued)
-    return st.one_of(st.tuples(real, st.just(True)), *[st.tuples(mutated, st.just(False))] * 2)
+    return st.tuples(mutated_cursors(issued), st.just(False)) | st.tuples(real, st.just(True))
 
 
 def order_ids(issued: Issued) -> st.SearchStrategy[str]:
