@@ -7,15 +7,16 @@ import uuid
 from typing import Any
 
 import structlog
-from sqlalchemy import Insert, exists, select, update
+from sqlalchemy import Insert, TextClause, bindparam, exists, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from invoice_worker.models import DeadLetter, Invoice, MessageDelivery, ProcessedMessage
 from invoice_worker.receivers import connect_receivers
 from invoice_worker.signals import invoice_created, invoice_requested_again
 from shared.contracts import ORDER_PLACED, OrderPlaced
-from shared.db import database_clock, utcnow
+from shared.db import UTCDateTime, database_clock, utcnow
 
 __all__ = ["Outcome", "count_delivery", "create_invoice", "is_processed", "record_dead_letter"]
 
@@ -38,6 +39,36 @@ def _insert(session: Session, model: type[Any]) -> Insert:
     return dialect.insert(model)  # type: ignore[no-any-return]
 
 
+_INVOICE_IN_ONE_STATEMENT: TextClause = text(
+    """
+    WITH inbox AS (
+        INSERT INTO processed_messages (message_id, topic, processed_at)
+        VALUES (:message_id, :topic, statement_timestamp())
+        ON CONFLICT (message_id) DO NOTHING
+        RETURNING message_id
+    ), numbered AS (
+        SELECT nextval(pg_get_serial_sequence('invoices', 'id')) AS id FROM inbox
+    ), invoice AS (
+        INSERT INTO invoices (id, order_id, number, customer_id, currency, amount_total, lines,
+                              message_id, placed_at, created_at)
+        SELECT id, :order_id, 'INV-' || lpad(id::text, greatest(8, length(id::text)), '0'), :customer_id,
+               :currency, :amount_total, :lines, :message_id, :placed_at, statement_timestamp()
+        FROM numbered
+        ON CONFLICT (order_id) DO NOTHING
+        RETURNING id, number, created_at
+    ), settled AS (
+        UPDATE dead_letters SET replayed_at = statement_timestamp()
+        WHERE message_id = :message_id AND replayed_at IS NULL AND EXISTS (SELECT 1 FROM invoice)
+    )
+    SELECT EXISTS (SELECT 1 FROM inbox) AS fresh, invoice.id, invoice.number, invoice.created_at
+    FROM (SELECT 1) AS one LEFT JOIN invoice ON true
+    """
+).bindparams(bindparam("lines", type_=JSONB), bindparam("placed_at", type_=UTCDateTime()))
+"""Postgres: inbox row, invoice numbered ``INV-%08d`` from its own id, and an early dead letter settled,
+in one round trip. Each write keeps its UNIQUE guard (ON CONFLICT DO NOTHING), so duplicates still
+serialise on the indexes; ``fresh`` tells a duplicate message from an order already invoiced."""
+
+
 def create_invoice(session: Session, message_id: uuid.UUID, event: OrderPlaced) -> Outcome:
     """In one transaction: record the message in the inbox, make the order's invoice and its answer.
 
@@ -50,6 +81,8 @@ def create_invoice(session: Session, message_id: uuid.UUID, event: OrderPlaced) 
     side re-drives it when it never heard back (the broker may have lost the answer), and the
     invoice, not the broker, is what acknowledges it.
     """
+    if session.get_bind().dialect.name == "postgresql":
+        return _create_invoice_postgres(session, message_id, event)
     now = database_clock(session.get_bind().dialect)  # the invoice's time is the database's, not this host's
     inbox = (
         _insert(session, ProcessedMessage)
@@ -101,6 +134,47 @@ def create_invoice(session: Session, message_id: uuid.UUID, event: OrderPlaced) 
     return Outcome.CREATED
 
 
+def _create_invoice_postgres(session: Session, message_id: uuid.UUID, event: OrderPlaced) -> Outcome:
+    """``create_invoice`` in one statement (``_INVOICE_IN_ONE_STATEMENT``), then the answer and commit."""
+    row = session.execute(
+        _INVOICE_IN_ONE_STATEMENT,
+        {
+            "message_id": message_id,
+            "topic": ORDER_PLACED,
+            "order_id": event.order_id,
+            "customer_id": event.customer_id,
+            "currency": event.currency,
+            "amount_total": event.amount_total,
+            "lines": [line.model_dump(mode="json") for line in event.lines],
+            "placed_at": event.placed_at,
+        },
+    ).one()
+    if not row.fresh:
+        session.rollback()
+        log.info("invoice.duplicate_message", message_id=str(message_id), order_id=event.order_id)
+        _answer_again(session, message_id, event.order_id)
+        return Outcome.DUPLICATE_MESSAGE
+    if row.id is None:
+        log.info("invoice.already_exists", message_id=str(message_id), order_id=event.order_id)
+        _answer_again(session, message_id, event.order_id)  # commits the inbox row with the answer
+        return Outcome.ALREADY_INVOICED
+    invoice = Invoice(
+        id=row.id,
+        order_id=event.order_id,
+        number=row.number,
+        customer_id=event.customer_id,
+        currency=event.currency,
+        amount_total=event.amount_total,
+        message_id=message_id,
+        placed_at=event.placed_at,
+        created_at=row.created_at,
+    )  # as written: the receivers read it, the session never tracks it
+    invoice_created.send(create_invoice, invoice=invoice, causation_id=message_id, session=session)
+    session.commit()
+    log.info("invoice.created", message_id=str(message_id), order_id=event.order_id, number=row.number)
+    return Outcome.CREATED
+
+
 def _answer_again(session: Session, message_id: uuid.UUID, order_id: str) -> None:
     """Answer ``message_id`` with the order's existing invoice, and commit the session's transaction.
 
@@ -148,11 +222,15 @@ def record_dead_letter(
     log.error("invoice.dead_lettered", message_id=str(message_id), reason=reason, attempts=attempts)
 
 
-def count_delivery(session: Session, message_id: uuid.UUID) -> int:
-    """Count one more delivery of ``message_id`` and commit before any work, so a crash still counts."""
+def count_delivery(session: Session, message_id: uuid.UUID, first: int = 1) -> int:
+    """Count one more delivery of ``message_id`` and commit before any work, so a crash still counts.
+
+    ``first``: the count a message's first counted delivery gets: 2 when the broker's first delivery
+    of it went uncounted (``DeliveryPolicy.first_delivery_uncounted``).
+    """
     now = utcnow()
     statement = _insert(session, MessageDelivery).values(
-        message_id=message_id, deliveries=1, first_delivered_at=now, last_delivered_at=now
+        message_id=message_id, deliveries=first, first_delivered_at=now, last_delivered_at=now
     )
     statement = statement.on_conflict_do_update(  # type: ignore[attr-defined]
         index_elements=["message_id"],

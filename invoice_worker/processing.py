@@ -64,10 +64,21 @@ class RetryLater(Exception):
 
 @dataclass(frozen=True, slots=True)
 class DeliveryPolicy:
+    """How deliveries are bounded.
+
+    ``first_delivery_uncounted``: the broker flags every redelivery (Redis: kombu marks a message
+    ``redelivered`` whenever it restores one, after a lost worker, a requeue or the visibility timeout),
+    so a message's first delivery need not commit a count before its work: if it kills the worker, it
+    comes back flagged and is counted then, starting at 2. The bound on poison stays exactly
+    ``max_deliveries``; the common case saves a committed transaction. Off for brokers that do not
+    flag redeliveries (the embedded file broker): there every delivery is counted first.
+    """
+
     max_retries: int = 8
     max_deliveries: int = 5
     backoff_base: float = 1.0
     backoff_max: float = 20.0
+    first_delivery_uncounted: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryPolicy:
@@ -82,7 +93,12 @@ class DeliveryPolicy:
             max_deliveries=settings.worker_max_deliveries,
             backoff_base=settings.worker_retry_backoff,
             backoff_max=min(settings.worker_retry_backoff_max, settings.broker_visibility_timeout / 2),
+            first_delivery_uncounted=not settings.uses_embedded_broker,
         )
+
+    def is_first_delivery(self, retries: int, redelivered: bool) -> bool:
+        """Whether this delivery may skip the count: the broker's first delivery of the first attempt."""
+        return self.first_delivery_uncounted and retries == 0 and not redelivered
 
     def backoff(self, attempt: int) -> float:
         return jittered_backoff(attempt, self.backoff_base, self.backoff_max)
@@ -106,13 +122,22 @@ def invoice_payload(database: InvoiceDatabase, message_id: uuid.UUID, payload: d
 
 
 def _deliver(
-    database: InvoiceDatabase, message_id: uuid.UUID, payload: dict[str, Any], policy: DeliveryPolicy
+    database: InvoiceDatabase,
+    message_id: uuid.UUID,
+    payload: dict[str, Any],
+    policy: DeliveryPolicy,
+    first_delivery: bool,
 ) -> str:
-    with database.session() as session:
-        deliveries = count_delivery(session, message_id)
-        if deliveries > policy.max_deliveries and not is_processed(session, message_id):
-            reason = f"delivered {deliveries} times without completing (worker lost or timed out each time)"
-            return _park(database, message_id, payload, reason, deliveries)
+    deliveries = 1
+    if not first_delivery:
+        with database.session() as session:
+            first = 2 if policy.first_delivery_uncounted else 1
+            deliveries = count_delivery(session, message_id, first)
+            if deliveries > policy.max_deliveries and not is_processed(session, message_id):
+                reason = (
+                    f"delivered {deliveries} times without completing (worker lost or timed out each time)"
+                )
+                return _park(database, message_id, payload, reason, deliveries)
     try:
         return invoice_payload(database, message_id, payload)
     except PERMANENT_ERRORS as exc:
@@ -138,17 +163,20 @@ def handle_order_placed(
     payload: dict[str, Any],
     retries: int,
     policy: DeliveryPolicy,
+    *,
+    first_delivery: bool = False,
 ) -> str:
     """Process one delivery; return the outcome (invoiced or dead-lettered) or raise ``RetryLater``.
 
     Deliveries are counted in the invoice database before the work starts, which bounds every kind of
-    failure (exceptions, and crashes that leave no other trace). Database trouble cannot be counted
-    there, so it is bounded by ``retries``; after that the message is parked if the database can
-    take it, and otherwise kept in the broker at the longest backoff: never dropped. Anything else
-    that escapes is the task's to keep (see ``invoice_worker.tasks``).
+    failure (exceptions, and crashes that leave no other trace); ``first_delivery`` (see
+    ``DeliveryPolicy.is_first_delivery``) skips the count for a delivery nothing can have preceded.
+    Database trouble cannot be counted there, so it is bounded by ``retries``; after that the message
+    is parked if the database can take it, and otherwise kept in the broker at the longest backoff:
+    never dropped. Anything else that escapes is the task's to keep (see ``invoice_worker.tasks``).
     """
     try:
-        return _deliver(database, message_id, payload, policy)
+        return _deliver(database, message_id, payload, policy, first_delivery)
     except DATABASE_ERRORS as exc:
         reason = _describe(exc)
         log.warning("invoice.database_trouble", retries=retries, error=reason)

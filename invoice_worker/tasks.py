@@ -36,8 +36,15 @@ def order_placed(self: Task, payload: dict[str, Any]) -> str:
     structlog.contextvars.bind_contextvars(message_id=self.request.id, order_id=order_id)
     try:
         try:
+            retries = self.request.retries
+            redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
             return handle_order_placed(
-                database, uuid.UUID(self.request.id), payload, self.request.retries, POLICY
+                database,
+                uuid.UUID(self.request.id),
+                payload,
+                retries,
+                POLICY,
+                first_delivery=POLICY.is_first_delivery(retries, redelivered),
             )
         except RetryLater as exc:
             reason: Exception = exc

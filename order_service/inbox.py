@@ -18,13 +18,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Insert, delete, select, update
+from sqlalchemy import Insert, TextClause, bindparam, delete, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from order_service.models import INVOICED, PLACED, DeadLetter, Order, ProcessedMessage, outbox
 from shared.contracts import INVOICE_CREATED, InvoiceCreated
-from shared.db import database_clock, utcnow
+from shared.db import UTCDateTime, database_clock, utcnow
 
 __all__ = [
     "InvalidAnswer",
@@ -73,13 +73,58 @@ def _causation(event: InvoiceCreated) -> uuid.UUID:
         raise InvalidAnswer(f"causation_id {event.causation_id!r} is not a message id") from None
 
 
-def record_invoice(session: Session, message_id: uuid.UUID, event: InvoiceCreated) -> Outcome:
-    """In one transaction: inbox, ``placed -> invoiced``, acknowledge the answered outbox row; commit.
+_RECORD_IN_ONE_STATEMENT: TextClause = text(
+    f"""
+    WITH inbox AS (
+        INSERT INTO processed_messages (message_id, topic, processed_at)
+        VALUES (:message_id, :topic, statement_timestamp())
+        ON CONFLICT (message_id) DO NOTHING
+        RETURNING message_id
+    ), moved AS (
+        UPDATE orders SET status = '{INVOICED}', invoice_number = :invoice_number, invoiced_at = :invoiced_at
+        WHERE id = :order_id AND status = '{PLACED}' AND EXISTS (SELECT 1 FROM inbox)
+        RETURNING id
+    ), acknowledged AS (
+        UPDATE outbox SET acknowledged_at = statement_timestamp()
+        WHERE message_id = :causation_id AND acknowledged_at IS NULL AND EXISTS (SELECT 1 FROM inbox)
+        RETURNING id
+    )
+    SELECT EXISTS (SELECT 1 FROM inbox) AS fresh, EXISTS (SELECT 1 FROM moved) AS moved,
+           EXISTS (SELECT 1 FROM acknowledged) AS acknowledged
+    """  # noqa: S608 - the interpolated values are this module's constants, never input
+).bindparams(bindparam("invoiced_at", type_=UTCDateTime()))
+"""Postgres: inbox, ``placed -> invoiced`` and the acknowledgement in one round trip, each write behind
+its own guard (ON CONFLICT DO NOTHING on the inbox, the status and ``acknowledged_at IS NULL``)."""
 
-    Raises ``UnknownOrder`` or ``InvalidAnswer`` (nothing written) for an answer that can never apply.
-    """
-    order_id, causation_id = _order_key(event), _causation(event)
-    context = {"message_id": str(message_id), "order_id": event.order_id}
+
+def _record_postgres(
+    session: Session,
+    message_id: uuid.UUID,
+    event: InvoiceCreated,
+    order_id: uuid.UUID,
+    causation_id: uuid.UUID,
+) -> tuple[bool, bool, bool]:
+    row = session.execute(
+        _RECORD_IN_ONE_STATEMENT,
+        {
+            "message_id": message_id,
+            "topic": INVOICE_CREATED,
+            "invoice_number": event.invoice_number,
+            "invoiced_at": event.invoiced_at,
+            "order_id": order_id,
+            "causation_id": causation_id,
+        },
+    ).one()
+    return bool(row.fresh), bool(row.moved), bool(row.acknowledged)
+
+
+def _record_portable(
+    session: Session,
+    message_id: uuid.UUID,
+    event: InvoiceCreated,
+    order_id: uuid.UUID,
+    causation_id: uuid.UUID,
+) -> tuple[bool, bool, bool]:
     now = database_clock(session.get_bind().dialect)
     inbox = (
         _insert(session, ProcessedMessage)
@@ -89,10 +134,7 @@ def record_invoice(session: Session, message_id: uuid.UUID, event: InvoiceCreate
     )
     # RETURNING, not rowcount: an ORM-session INSERT reports rowcount -1 on psycopg.
     if session.execute(inbox).scalar_one_or_none() is None:
-        session.rollback()
-        log.info("order.invoice_duplicate_message", **context)
-        return Outcome.DUPLICATE_MESSAGE
-
+        return False, False, False
     moved = session.execute(
         update(Order)
         .where(Order.id == order_id, Order.status == PLACED)
@@ -100,8 +142,30 @@ def record_invoice(session: Session, message_id: uuid.UUID, event: InvoiceCreate
         .returning(Order.id)
         .execution_options(synchronize_session=False)
     ).scalar_one_or_none()
+    acknowledged = session.execute(
+        update(outbox)
+        .where(outbox.c.message_id == causation_id, outbox.c.acknowledged_at.is_(None))
+        .values(acknowledged_at=now)
+    ).rowcount
+    return True, moved is not None, bool(acknowledged)
+
+
+def record_invoice(session: Session, message_id: uuid.UUID, event: InvoiceCreated) -> Outcome:
+    """In one transaction: inbox, ``placed -> invoiced``, acknowledge the answered outbox row; commit.
+
+    Raises ``UnknownOrder`` or ``InvalidAnswer`` (nothing written) for an answer that can never apply.
+    """
+    order_id, causation_id = _order_key(event), _causation(event)
+    context = {"message_id": str(message_id), "order_id": event.order_id}
+    postgres = session.get_bind().dialect.name == "postgresql"
+    record = _record_postgres if postgres else _record_portable
+    fresh, moved, acknowledged = record(session, message_id, event, order_id, causation_id)
+    if not fresh:
+        session.rollback()
+        log.info("order.invoice_duplicate_message", **context)
+        return Outcome.DUPLICATE_MESSAGE
     outcome = Outcome.INVOICED
-    if moved is None:
+    if not moved:
         current = session.execute(
             select(Order.status, Order.invoice_number).where(Order.id == order_id)
         ).one_or_none()
@@ -119,11 +183,6 @@ def record_invoice(session: Session, message_id: uuid.UUID, event: InvoiceCreate
                 status=current.status,
                 **context,
             )
-    acknowledged = session.execute(
-        update(outbox)
-        .where(outbox.c.message_id == causation_id, outbox.c.acknowledged_at.is_(None))
-        .values(acknowledged_at=now)
-    ).rowcount
     session.commit()
     log.info(
         "order.invoice_recorded",

@@ -45,7 +45,8 @@ def test_whole_worker_killed_with_reserved_tasks_is_redelivered_after_visibility
     worker = cluster.start_worker(app="tests.fault.faulty_worker", concurrency=2)
     cluster.start_relay()
     place_in_process(cluster, bodies(6, seed=43, customer_id=f"{SLOW}3") + bodies(10, seed=44))
-    wait_until(lambda: len(deliveries_of(cluster)) >= 2, timeout=30, message="tasks to start")
+    with Redis.from_url(cluster.redis.url) as redis:  # delivered to the worker, not acknowledged
+        wait_until(lambda: len(unacked_message_ids(redis)) >= 2, timeout=30, message="tasks to start")
 
     worker.kill()  # SIGKILL the pool and its parent with tasks executing and reserved
     cluster.start_worker(name="worker-2", app="tests.fault.faulty_worker")
@@ -74,17 +75,17 @@ def test_task_longer_than_visibility_timeout_delivered_twice_concurrently_makes_
 
 @contextmanager
 def deliveries_locked(cluster: Cluster) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
-    """Hold ``message_deliveries`` locked: every delivery stops at its first write, mid-task."""
+    """Hold the inbox locked: every delivery stops at its first write (a first delivery's is the inbox)."""
     conninfo = make_url(cluster.databases.invoices_url).set(drivername="postgresql")
     with psycopg.connect(conninfo.render_as_string(hide_password=False)) as conn:
-        conn.execute("LOCK TABLE message_deliveries IN ACCESS EXCLUSIVE MODE")
+        conn.execute("LOCK TABLE processed_messages IN ACCESS EXCLUSIVE MODE")
         yield conn
         conn.rollback()
 
 
 def lock_waiters(conn: psycopg.Connection[tuple[object, ...]]) -> list[int]:
     """Backends queued behind the lock (pg_locks is live; pg_stat_activity is a per-transaction snapshot)."""
-    query = "SELECT pid FROM pg_locks WHERE NOT granted AND relation = 'message_deliveries'::regclass"
+    query = "SELECT pid FROM pg_locks WHERE NOT granted AND relation = 'processed_messages'::regclass"
     return [int(str(pid)) for (pid,) in conn.execute(query)]
 
 

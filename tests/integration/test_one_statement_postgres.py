@@ -1,0 +1,157 @@
+"""The one-statement Postgres paths of the invoice worker and the order consumer keep every outcome.
+
+``create_invoice`` writes inbox, numbered invoice and an early dead letter's settlement in one CTE;
+``record_invoice`` writes inbox, ``placed -> invoiced`` and the acknowledgement in one CTE. The
+portable (SQLite) paths are covered by the unit tests; these pin the Postgres ones to the same results.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from invoice_worker.database import InvoiceDatabase
+from invoice_worker.invoicing import Outcome, create_invoice, record_dead_letter
+from invoice_worker.models import DeadLetter, Invoice, ProcessedMessage
+from invoice_worker.models import outbox as invoice_outbox
+from order_service.inbox import Outcome as Applied
+from order_service.inbox import UnknownOrder, record_invoice
+from order_service.models import Order
+from order_service.models import ProcessedMessage as OrderInbox
+from order_service.models import outbox as order_outbox
+from shared.contracts import ORDER_PLACED, InvoiceCreated, parse_invoice_created
+from shared.outbox.writer import bucket_of
+from tests.support.events import order_placed_event
+
+pytestmark = pytest.mark.integration
+
+
+def test_invoice_is_numbered_from_its_id_answered_and_settles_an_early_dead_letter(
+    pg_invoice_db: InvoiceDatabase,
+) -> None:
+    event, message_id = order_placed_event(), uuid.uuid4()
+    with pg_invoice_db.session() as session:  # parked too early, e.g. redelivered during a slow first run
+        record_dead_letter(session, message_id, "invoices.order_placed", {}, "delivered 6 times", 6)
+    with pg_invoice_db.session() as session:
+        assert create_invoice(session, message_id, event) is Outcome.CREATED
+    with pg_invoice_db.session() as session:
+        invoice = session.scalars(select(Invoice)).one()
+        processed_at = session.scalar(select(ProcessedMessage.processed_at))
+        letter = session.scalars(select(DeadLetter)).one()
+        answers = [parse_invoice_created(p) for p in session.scalars(select(invoice_outbox.c.payload))]
+    assert invoice.number == f"INV-{invoice.id:08d}"
+    assert (invoice.order_id, invoice.amount_total, invoice.message_id) == (
+        event.order_id,
+        event.amount_total,
+        message_id,
+    )
+    assert invoice.lines == [line.model_dump(mode="json") for line in event.lines]
+    assert invoice.placed_at == event.placed_at
+    assert invoice.created_at == processed_at  # one statement, one database clock
+    assert letter.replayed_at == invoice.created_at
+    assert [(a.invoice_number, a.causation_id, a.invoiced_at) for a in answers] == [
+        (invoice.number, str(message_id), invoice.created_at)
+    ]
+
+
+def test_duplicate_message_and_second_message_for_an_invoiced_order_write_no_second_invoice(
+    pg_invoice_db: InvoiceDatabase,
+) -> None:
+    event, first, second = order_placed_event(), uuid.uuid4(), uuid.uuid4()
+    outcomes = []
+    for message_id in (first, first, second):
+        with pg_invoice_db.session() as session:
+            outcomes.append(create_invoice(session, message_id, event))
+    assert outcomes == [Outcome.CREATED, Outcome.DUPLICATE_MESSAGE, Outcome.ALREADY_INVOICED]
+    with pg_invoice_db.session() as session:
+        assert session.scalar(select(func.count()).select_from(Invoice)) == 1
+        inbox = set(session.scalars(select(ProcessedMessage.message_id)))
+        answers = [parse_invoice_created(p) for p in session.scalars(select(invoice_outbox.c.payload))]
+    assert inbox == {first, second}
+    assert len({a.invoice_number for a in answers}) == 1  # every answer carries the one number
+    assert len(answers) == 3
+
+
+def _placed_order(engine: Engine) -> tuple[uuid.UUID, uuid.UUID]:
+    """An order and its published ``order.placed`` outbox row; returns (order id, message id)."""
+    order_id, message_id, now = uuid.uuid4(), uuid.uuid4(), datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(Order.__table__).values(
+                id=order_id,
+                customer_id="cus_1",
+                currency="EUR",
+                status="placed",
+                amount_total=100,
+                created_at=now,
+            )
+        )
+        conn.execute(
+            insert(order_outbox).values(
+                message_id=message_id, topic=ORDER_PLACED, aggregate_type="order", aggregate_id=str(order_id),
+                bucket=bucket_of(str(order_id)), payload={}, headers={}, created_at=now, available_at=now,
+                attempts=0, published_at=now,
+            )
+        )  # fmt: skip
+    return order_id, message_id
+
+
+def _answer(order_id: uuid.UUID, causation_id: uuid.UUID, number: str = "INV-00000001") -> InvoiceCreated:
+    return InvoiceCreated(
+        order_id=str(order_id),
+        invoice_number=number,
+        currency="EUR",
+        amount_total=100,
+        causation_id=str(causation_id),
+        invoiced_at=datetime(2026, 3, 1, 12, tzinfo=UTC),
+    )
+
+
+def test_answer_moves_the_order_once_acknowledges_and_refuses_unknown_orders(orders_engine: Engine) -> None:
+    sessions: sessionmaker[Session] = sessionmaker(orders_engine, expire_on_commit=False)
+    order_id, placed = _placed_order(orders_engine)
+    first, again, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    outcomes = []
+    for message_id, number in ((first, "INV-00000001"), (first, "INV-00000001"), (again, "INV-00000001")):
+        with sessions() as session:
+            outcomes.append(record_invoice(session, message_id, _answer(order_id, placed, number)))
+    with sessions() as session:
+        outcomes.append(record_invoice(session, other, _answer(order_id, placed, "INV-99999999")))
+    assert outcomes == [
+        Applied.INVOICED,
+        Applied.DUPLICATE_MESSAGE,
+        Applied.ALREADY_INVOICED,
+        Applied.NUMBER_CONFLICT,
+    ]
+    with sessions() as session:
+        order = session.get(Order, order_id)
+        acknowledged = session.scalar(
+            select(order_outbox.c.acknowledged_at).where(order_outbox.c.message_id == placed)
+        )
+        inbox = set(session.scalars(select(OrderInbox.message_id)))
+    assert order is not None
+    assert (order.status, order.invoice_number) == ("invoiced", "INV-00000001")
+    assert acknowledged is not None
+    assert inbox == {first, again, other}
+
+    unknown = uuid.uuid4()
+    with sessions() as session, pytest.raises(UnknownOrder):
+        record_invoice(session, unknown, _answer(uuid.uuid4(), placed))
+    with sessions() as session:
+        assert session.get(OrderInbox, unknown) is None  # rolled back with the CTE's other writes
+
+
+def test_answer_for_a_row_acknowledged_already_still_moves_nothing_twice(orders_engine: Engine) -> None:
+    sessions: sessionmaker[Session] = sessionmaker(orders_engine, expire_on_commit=False)
+    order_id, placed = _placed_order(orders_engine)
+    with orders_engine.begin() as conn:
+        conn.execute(update(order_outbox).values(acknowledged_at=datetime(2026, 1, 1, tzinfo=UTC)))
+    with sessions() as session:
+        assert record_invoice(session, uuid.uuid4(), _answer(order_id, placed)) is Applied.INVOICED
+    with sessions() as session:
+        kept = session.scalar(select(order_outbox.c.acknowledged_at))
+    assert kept == datetime(2026, 1, 1, tzinfo=UTC)  # the first acknowledgement is not moved

@@ -1,0 +1,86 @@
+"""A broker's first delivery skips the committed count; the bound on poison stays exactly the same.
+
+Redis flags every redelivery (kombu marks a restored message ``redelivered``), so the first delivery
+of a message's first attempt need not commit a count before its work: if it kills the worker, the
+message comes back flagged and is counted from 2. Brokers that do not flag (the embedded file
+broker) count every delivery, as before.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+import invoice_worker.processing as processing
+from invoice_worker.database import InvoiceDatabase
+from invoice_worker.models import Base, DeadLetter, MessageDelivery
+from invoice_worker.processing import DeliveryPolicy, handle_order_placed
+from shared.config import Settings
+from tests.unit.test_invoice_processing import payload
+
+UNCOUNTED = DeliveryPolicy(max_retries=2, max_deliveries=3, backoff_base=0.01, first_delivery_uncounted=True)
+
+
+@pytest.fixture
+def invoice_db(sqlite_settings: Settings) -> Iterator[InvoiceDatabase]:
+    sqlite_settings.ensure_var_dir()
+    database = InvoiceDatabase(sqlite_settings)
+    Base.metadata.create_all(database.engine)
+    yield database
+    database.engine.dispose()
+
+
+def deliveries(database: InvoiceDatabase, message_id: uuid.UUID) -> int | None:
+    with database.session() as session:
+        return session.scalar(
+            select(MessageDelivery.deliveries).where(MessageDelivery.message_id == message_id)
+        )
+
+
+def test_only_the_first_delivery_of_the_first_attempt_skips_the_count() -> None:
+    assert UNCOUNTED.is_first_delivery(retries=0, redelivered=False)
+    assert not UNCOUNTED.is_first_delivery(retries=0, redelivered=True)  # restored: it may have crashed
+    assert not UNCOUNTED.is_first_delivery(retries=1, redelivered=False)  # a retry counts, as before
+    assert not DeliveryPolicy().is_first_delivery(retries=0, redelivered=False)  # off by default
+
+
+def test_the_policy_skips_it_on_redis_only(tmp_path: Path) -> None:
+    redis = Settings(var_dir=tmp_path, broker_url="redis://127.0.0.1:6379/0")
+    assert DeliveryPolicy.from_settings(redis).first_delivery_uncounted
+    assert not DeliveryPolicy.from_settings(Settings(var_dir=tmp_path)).first_delivery_uncounted
+
+
+def test_a_first_delivery_invoices_without_writing_a_count_and_a_redelivery_counts_from_two(
+    invoice_db: InvoiceDatabase,
+) -> None:
+    message_id, body = uuid.uuid4(), payload()
+    assert handle_order_placed(invoice_db, message_id, body, 0, UNCOUNTED, first_delivery=True) == "created"
+    assert deliveries(invoice_db, message_id) is None
+
+    again = handle_order_placed(invoice_db, message_id, body, 0, UNCOUNTED, first_delivery=False)
+    assert again == "duplicate-message"
+    assert deliveries(invoice_db, message_id) == 2  # the uncounted first delivery, and this one
+
+
+@pytest.mark.parametrize("policy", [UNCOUNTED, DeliveryPolicy(max_retries=2, max_deliveries=3)])
+def test_a_message_that_kills_its_worker_every_time_is_parked_after_the_same_deliveries(
+    invoice_db: InvoiceDatabase, monkeypatch: pytest.MonkeyPatch, policy: DeliveryPolicy
+) -> None:
+    """Each delivery 'crashes' after the count (nothing else is written); then the next one is parked."""
+    message_id, body = uuid.uuid4(), payload()
+    monkeypatch.setattr(processing, "invoice_payload", lambda *_: None)  # a crash: returns, writes nothing
+    first = policy.is_first_delivery(retries=0, redelivered=False)
+    handle_order_placed(invoice_db, message_id, body, 0, policy, first_delivery=first)
+    for _ in range(policy.max_deliveries - 1):  # redeliveries, flagged by the broker
+        handle_order_placed(invoice_db, message_id, body, 0, policy, first_delivery=False)
+    assert deliveries(invoice_db, message_id) == policy.max_deliveries
+
+    monkeypatch.setattr(processing, "invoice_payload", lambda *_: pytest.fail("ran a parked message"))
+    assert handle_order_placed(invoice_db, message_id, body, 0, policy) == "dead-lettered"
+    with invoice_db.session() as session:
+        letter = session.scalars(select(DeadLetter)).one()
+    assert letter.attempts == policy.max_deliveries + 1
