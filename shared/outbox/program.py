@@ -99,6 +99,7 @@ class RelayProgram:
             pool_size=2,
             connect_args=keepalive_connect_args(settings.relay_stall_seconds),
         )
+        store.disable_jit(engine)  # once per connection, not once per claimed batch
         try:
             if args.command == "status":
                 return self._status(engine, settings)

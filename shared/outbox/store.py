@@ -11,20 +11,25 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     Connection,
+    Engine,
     Interval,
     Select,
     Table,
+    Update,
     any_,
     bindparam,
     case,
     delete,
+    event,
     exists,
+    func,
     null,
     or_,
     select,
@@ -35,7 +40,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.elements import ColumnElement
 
 from shared.backoff import jittered_backoff
-from shared.db import database_clock, is_postgres
+from shared.db import UTCDateTime, database_clock, is_postgres, utcnow
 from shared.outbox.messages import PendingMessage
 from shared.outbox.table import NOTIFY_CHANNEL
 
@@ -43,6 +48,7 @@ __all__ = [
     "RecordedFailure",
     "backoff",
     "claim",
+    "disable_jit",
     "mark_published",
     "purge_published",
     "record_failures",
@@ -60,13 +66,6 @@ def backoff(attempts: int, base: float, ceiling: float) -> timedelta:
 def _clock(conn: Connection, now: datetime | None) -> Clock:
     """``now`` if given; else the database's clock on Postgres, Python's on SQLite."""
     return now if now is not None else database_clock(conn.dialect)
-
-
-def _ids_match(t: Table, conn: Connection, ids: list[int]) -> ColumnElement[bool]:
-    """One array parameter on Postgres (one plan for any batch size); an IN list elsewhere."""
-    if is_postgres(conn.dialect):
-        return t.c.id == any_(bindparam("ids", ids, type_=ARRAY(BigInteger)))
-    return t.c.id.in_(ids)
 
 
 def _held_back(t: Table) -> ColumnElement[bool]:
@@ -91,6 +90,49 @@ def _held_back(t: Table) -> ColumnElement[bool]:
     )
 
 
+_JIT_OFF = "outbox.jit_off"
+
+
+def _bound_or_database_clock(bound: bool) -> ColumnElement[datetime]:
+    """A ``now`` parameter (SQLite, or a caller pinning time), else Postgres's ``statement_timestamp()``."""
+    if bound:
+        return bindparam("now", type_=UTCDateTime())
+    return func.statement_timestamp(type_=UTCDateTime())
+
+
+def disable_jit(engine: Engine) -> None:
+    """Open the engine's Postgres connections with JIT off, so ``claim`` need not turn it off per batch.
+
+    JIT compiling costs ~10 ms per claim once a long backlog lifts the plan's estimated cost past
+    ``jit_above_cost``: far more than the claim itself (one index probe per row).
+    """
+    if not is_postgres(engine):
+        return
+
+    @event.listens_for(engine, "connect")
+    def _jit_off(dbapi_connection: Any, record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET jit = off")
+        dbapi_connection.commit()
+        record.info[_JIT_OFF] = True
+
+
+@lru_cache(maxsize=256)
+def _claim_statement(
+    t: Table, limit: int, scope: tuple[int, ...] | None, partition_count: int, bound_clock: bool, guard: bool
+) -> Select[tuple[object, ...]]:
+    """The claim query, built once per table, batch size and partition set: building it cost more CPU
+    than running it. The clock is the database's (Postgres), or a ``now`` parameter (SQLite, tests)."""
+    clock = _bound_or_database_clock(bound_clock)
+    in_scope = [] if scope is None else [(t.c.bucket % partition_count).in_(scope)]
+    query: Select[tuple[object, ...]] = select(  # PendingMessage's fields, in its order
+        t.c.id, t.c.message_id, t.c.topic, t.c.aggregate_id, t.c.payload, t.c.headers, t.c.attempts
+    ).where(t.c.published_at.is_(None), t.c.parked_at.is_(None), t.c.available_at <= clock, *in_scope)
+    if guard:
+        query = query.where(~_held_back(t))
+    return query.order_by(t.c.id).limit(limit).with_for_update(of=t, skip_locked=True)
+
+
 def claim(
     conn: Connection,
     t: Table,
@@ -107,20 +149,27 @@ def claim(
     aggregate that failed is unpublished (``_held_back``). The batch keeps id order; a publisher
     holds back the rest of an aggregate whose row fails in it.
     """
-    clock = _clock(conn, now)
-    if is_postgres(conn.dialect):
-        # JIT compiling costs ~10 ms per claim once a long backlog lifts the plan's estimated
-        # cost past jit_above_cost: far more than the claim itself (one index probe per row).
+    postgres = is_postgres(conn.dialect)
+    if postgres and not conn.info.get(_JIT_OFF):  # see ``disable_jit``
         conn.execute(text("SELECT set_config('jit', 'off', true)"))
     everything = partitions is None or len(partitions) == partition_count
-    scope = [] if everything else [(t.c.bucket % partition_count).in_(sorted(partitions or ()))]
-    query: Select[tuple[object, ...]] = select(  # PendingMessage's fields, in its order
-        t.c.id, t.c.message_id, t.c.topic, t.c.aggregate_id, t.c.payload, t.c.headers, t.c.attempts
-    ).where(t.c.published_at.is_(None), t.c.parked_at.is_(None), t.c.available_at <= clock, *scope)
-    if guard_order:
-        query = query.where(~_held_back(t))
-    query = query.order_by(t.c.id).limit(limit).with_for_update(of=t, skip_locked=True)
-    return [PendingMessage(*cast(tuple[Any, ...], row)) for row in conn.execute(query)]
+    scope = None if everything else tuple(sorted(partitions or ()))
+    bound_clock = now is not None or not postgres
+    query = _claim_statement(t, limit, scope, partition_count, bound_clock, guard_order)
+    params = {"now": now if now is not None else utcnow()} if bound_clock else {}
+    return [PendingMessage(*cast(tuple[Any, ...], row)) for row in conn.execute(query, params)]
+
+
+@lru_cache(maxsize=64)
+def _mark_statement(t: Table, postgres: bool, bound_clock: bool, lags: bool) -> Update:
+    """The batch's UPDATE, built once per table: ids as one array (Postgres) or an expanding IN list."""
+    ids = (
+        t.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))
+        if postgres
+        else t.c.id.in_(bindparam("ids", expanding=True))
+    )
+    statement = update(t).where(ids).values(published_at=_bound_or_database_clock(bound_clock))
+    return statement.returning(t.c.published_at, t.c.created_at, t.c.redrives) if lags else statement
 
 
 def mark_published(
@@ -133,12 +182,15 @@ def mark_published(
     """
     if not ids:
         return []
-    statement = update(t).where(_ids_match(t, conn, ids)).values(published_at=_clock(conn, now))
+    postgres = is_postgres(conn.dialect)
+    bound_clock = now is not None or not postgres
+    params: dict[str, Any] = {"ids": ids}
+    if bound_clock:
+        params["now"] = now if now is not None else utcnow()
+    result = conn.execute(_mark_statement(t, postgres, bound_clock, lags), params)
     if not lags:
-        conn.execute(statement)
         return []
-    rows = conn.execute(statement.returning(t.c.published_at, t.c.created_at, t.c.redrives))
-    return [(published - created).total_seconds() for published, created, redrives in rows if not redrives]
+    return [(published - created).total_seconds() for published, created, redrives in result if not redrives]
 
 
 @dataclass(frozen=True, slots=True)
