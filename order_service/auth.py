@@ -8,6 +8,10 @@ digests are compared with ``hmac.compare_digest`` over the whole set; a table lo
 which reveals nothing usable about the key itself. With SQLite and no key configured (embedded mode)
 a dev key is generated once into ``var/dev-api-key`` and logged, so every gunicorn worker shares it.
 
+A stored key found valid is remembered for ``STORED_KEY_CACHE_SECONDS`` per process, so a client's
+requests do not each pay a lookup; revoking a key therefore takes up to that long to reach API
+processes other than the one that ran the command.
+
 Outside the embedded mode a raw key shorter than ``MIN_RAW_KEY_LENGTH`` or a known placeholder (such
 as a copied ``.env.example``) refuses to start (``WeakApiKey``): such a key *can* be guessed. Guessing
 is also throttled: a request without a valid key counts against its client address
@@ -21,7 +25,9 @@ import hmac
 import os
 import re
 import secrets
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import click
@@ -40,6 +46,7 @@ from shared.db import BigIntPK, UTCDateTime, utcnow
 
 __all__ = [
     "MIN_RAW_KEY_LENGTH",
+    "STORED_KEY_CACHE_SECONDS",
     "ApiKey",
     "KeyRing",
     "WeakApiKey",
@@ -56,6 +63,9 @@ PROTECTED_BLUEPRINTS = frozenset({"orders"})
 _PREFIX = "sha256:"
 _EXTENSION = "order_service.keys"
 _FAILURES = "order_service.failed_auth"
+_STORED = "order_service.stored_keys"
+STORED_KEY_CACHE_SECONDS = 5.0
+"""How long a process trusts a stored key it found valid: how late a revocation may take effect."""
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 MIN_RAW_KEY_LENGTH = 32
@@ -118,6 +128,30 @@ class KeyRing:
     def configured(self, key_hash: str) -> bool:
         matches = [hmac.compare_digest(key_hash, known) for known in self.digests]
         return any(matches)
+
+
+@dataclass
+class StoredKeyCache:
+    """Stored keys found valid, per process, each trusted for ``ttl`` seconds (valid ones only)."""
+
+    ttl: float = STORED_KEY_CACHE_SECONDS
+    limit: int = 1024
+    _until: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def valid(self, key_hash: str) -> bool:
+        until = self._until.get(key_hash)
+        return until is not None and until > time.monotonic()
+
+    def remember(self, key_hash: str) -> None:
+        with self._lock:
+            if len(self._until) >= self.limit:
+                self._until.clear()  # bounded: a flood of distinct keys costs lookups, never memory
+            self._until[key_hash] = time.monotonic() + self.ttl
+
+    def forget_all(self) -> None:
+        with self._lock:
+            self._until.clear()
 
 
 def _check_entry(position: int, entry: str, *, embedded: bool) -> None:
@@ -186,7 +220,7 @@ def _throttle_guessing() -> None:
         raise TooManyRequests(detail, retry_after=wait)
 
 
-def known_key(key_hash: str) -> bool:
+def known_key(key_hash: str, *, cached: bool = False) -> bool:
     """A configured key, or a stored one not revoked (the pipeline page re-checks its session with it).
 
     Throttled per client address: over its limit a request is a 429 before the lookup, and every
@@ -195,8 +229,12 @@ def known_key(key_hash: str) -> bool:
     _throttle_guessing()
     if _key_ring().configured(key_hash):
         return True
+    cache: StoredKeyCache = current_app.extensions[_STORED]
+    if cached and cache.valid(key_hash):  # the API's hot path; the pipeline page re-checks for real
+        return True
     stored = select(ApiKey.id).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
     if db.session.scalar(stored) is not None:
+        cache.remember(key_hash)
         return True
     _failed_auth().failed(_address())
     return False
@@ -212,7 +250,7 @@ def authenticate() -> Response | None:
         _failed_auth().failed(_address())
         return _unauthorized("Send an API key as 'Authorization: Bearer <key>'.")
     key_hash = digest(token.strip())
-    if not known_key(key_hash):
+    if not known_key(key_hash, cached=True):
         log.info("api.key_refused", client=client_id(key_hash))
         return _unauthorized("The API key is not valid.", error="invalid_token")
     g.client_id = client_id(key_hash)
@@ -240,6 +278,7 @@ def _revoke(name: str) -> None:
         raise click.ClickException(f"no key named {name!r}")
     stored.revoked_at = utcnow()
     db.session.commit()
+    current_app.extensions[_STORED].forget_all()  # this process at once; others within the cache's ttl
 
 
 @api_keys_cli.command("digest")
@@ -254,6 +293,7 @@ def init_auth(app: Flask, settings: Settings) -> None:
     ring = KeyRing.from_settings(settings)
     app.extensions[_EXTENSION] = ring
     app.extensions[_FAILURES] = FailedAuthLimit.from_settings(settings)
+    app.extensions[_STORED] = StoredKeyCache()
     if ring.dev_key:
         log.warning("api.dev_key", key=ring.dev_key, usage=f"Authorization: Bearer {ring.dev_key}")
     elif not ring.digests:
