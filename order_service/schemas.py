@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
 
@@ -141,7 +141,25 @@ class OrderPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null on the last")
 
 
-class OrderQuery(BaseModel):
+class _SchemaOnce(BaseModel):
+    """flask-openapi3 reads a header or query model's JSON schema on every request it validates
+    (``_validate_header``, ``_validate_query``); pydantic would rebuild it each time. The plain call is
+    answered from a per-class copy made once (read-only: callers only look names up in it)."""
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if args or kwargs:  # the OpenAPI document's generation: as pydantic builds it
+            return super().model_json_schema(*args, **kwargs)
+        schema = _SCHEMAS.get(cls)
+        if schema is None:
+            schema = _SCHEMAS[cls] = super().model_json_schema()
+        return schema
+
+
+_SCHEMAS: dict[type[BaseModel], dict[str, Any]] = {}
+
+
+class OrderQuery(_SchemaOnce):
     """Filters of ``GET /orders``; newest first. An unknown (misspelt) filter is a 422, not ignored."""
 
     model_config = ConfigDict(extra="forbid")
@@ -160,7 +178,7 @@ class OrderPath(BaseModel):
     order_id: str
 
 
-class IdempotencyHeader(BaseModel):
+class IdempotencyHeader(_SchemaOnce):
     idempotency_key: Annotated[
         str | None,
         Field(
