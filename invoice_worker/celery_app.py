@@ -41,11 +41,11 @@ check_retention(settings)  # refuse, at start, an inbox retention shorter than t
 instrument_worker("invoice-worker", settings, settings.invoices_database_url, invoice_metrics)
 
 
-@setup_logging.connect
+@setup_logging.connect  # type: ignore[untyped-decorator]  # celery ships no type hints
 def _configure_logging(**_: Any) -> None:
     configure_logging(settings.log_level, settings.log_format)
 
 
-@worker_process_init.connect
+@worker_process_init.connect  # type: ignore[untyped-decorator]  # celery ships no type hints
 def _reset_database_after_fork(**_: Any) -> None:
     database.after_fork()

@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 import structlog
-from sqlalchemy import Insert, TextClause, bindparam, exists, select, text, update
+from sqlalchemy import TextClause, bindparam, exists, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
@@ -33,10 +33,11 @@ class Outcome(enum.StrEnum):
     ALREADY_INVOICED = "already-invoiced"
 
 
-def _insert(session: Session, model: type[Any]) -> Insert:
+def _insert(session: Session, model: type[Any]) -> postgresql.Insert | sqlite.Insert:
     """An INSERT that can say ON CONFLICT DO NOTHING on either backend."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    return dialect.insert(model)  # type: ignore[no-any-return]
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(model)
+    return sqlite.insert(model)
 
 
 _INVOICE_IN_ONE_STATEMENT: TextClause = text(
@@ -209,7 +210,7 @@ def record_dead_letter(
         attempts=attempts,
         created_at=utcnow(),
     )
-    statement = statement.on_conflict_do_update(  # type: ignore[attr-defined]
+    statement = statement.on_conflict_do_update(
         index_elements=["message_id"],
         set_={
             "reason": statement.excluded.reason,
@@ -229,10 +230,10 @@ def count_delivery(session: Session, message_id: uuid.UUID, first: int = 1) -> i
     of it went uncounted (``DeliveryPolicy.first_delivery_uncounted``).
     """
     now = utcnow()
-    statement = _insert(session, MessageDelivery).values(
+    insert = _insert(session, MessageDelivery).values(
         message_id=message_id, deliveries=first, first_delivered_at=now, last_delivered_at=now
     )
-    statement = statement.on_conflict_do_update(  # type: ignore[attr-defined]
+    statement = insert.on_conflict_do_update(
         index_elements=["message_id"],
         set_={"deliveries": MessageDelivery.deliveries + 1, "last_delivered_at": now},
     ).returning(MessageDelivery.deliveries)

@@ -23,7 +23,7 @@ INBOX_PRUNER = InboxPruner.from_settings(settings, database)
 
 # max_retries=None: the bounds live in DeliveryPolicy, which may keep a message at the longest backoff
 # rather than let Celery drop it.
-@app.task(name=TASK_NAME, bind=True, acks_late=True, max_retries=None)
+@app.task(name=TASK_NAME, bind=True, acks_late=True, max_retries=None)  # type: ignore[untyped-decorator]  # celery ships no type hints
 def order_placed(self: Task, payload: dict[str, Any]) -> str:
     """Invoice one placed order; duplicates are no-ops, poison goes to the dead letters.
 

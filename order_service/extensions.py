@@ -37,5 +37,6 @@ def discard_broken_sessions(app: Flask) -> None:
             db.session.remove()
         except DBAPIError as error:
             log.warning("api.session_discarded", error=str(error.orig))
-            db.session.invalidate()
+            # remove() failed in close(), so the registry still holds the broken session.
+            db.session().invalidate()
             db.session.registry.clear()

@@ -15,10 +15,10 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import structlog
-from sqlalchemy import Insert, TextClause, bindparam, delete, select, text, update
+from sqlalchemy import CursorResult, Result, TextClause, bindparam, delete, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -53,10 +53,16 @@ class UnknownOrder(LookupError):
     """The answer names an order this database does not hold: it can never apply here."""
 
 
-def _insert(session: Session, model: type[Any]) -> Insert:
+def _insert(session: Session, model: type[Any]) -> postgresql.Insert | sqlite.Insert:
     """An INSERT that can say ON CONFLICT on either backend."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    return dialect.insert(model)  # type: ignore[no-any-return]
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(model)
+    return sqlite.insert(model)
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE matched: a Core DML statement's result is a ``CursorResult``."""
+    return cast("CursorResult[Any]", result).rowcount
 
 
 def _order_key(event: InvoiceCreated) -> uuid.UUID:
@@ -142,11 +148,13 @@ def _record_portable(
         .returning(Order.id)
         .execution_options(synchronize_session=False)
     ).scalar_one_or_none()
-    acknowledged = session.execute(
-        update(outbox)
-        .where(outbox.c.message_id == causation_id, outbox.c.acknowledged_at.is_(None))
-        .values(acknowledged_at=now)
-    ).rowcount
+    acknowledged = _rowcount(
+        session.execute(
+            update(outbox)
+            .where(outbox.c.message_id == causation_id, outbox.c.acknowledged_at.is_(None))
+            .values(acknowledged_at=now)
+        )
+    )
     return True, moved is not None, bool(acknowledged)
 
 
@@ -207,7 +215,7 @@ def record_dead_letter(
         attempts=attempts,
         created_at=utcnow(),
     )
-    statement = statement.on_conflict_do_update(  # type: ignore[attr-defined]
+    statement = statement.on_conflict_do_update(
         index_elements=["message_id"],
         set_={"reason": statement.excluded.reason, "attempts": statement.excluded.attempts},
     )
@@ -231,8 +239,10 @@ def prune_processed(
         .order_by(ProcessedMessage.processed_at)
         .limit(batch)
     )
-    deleted = session.execute(
-        delete(ProcessedMessage).where(ProcessedMessage.message_id.in_(oldest.scalar_subquery()))
-    ).rowcount
+    deleted = _rowcount(
+        session.execute(
+            delete(ProcessedMessage).where(ProcessedMessage.message_id.in_(oldest.scalar_subquery()))
+        )
+    )
     session.commit()
     return int(deleted or 0)

@@ -186,12 +186,12 @@ app.conf.update(
 instrument_worker("order-consumer", settings, settings.orders_database_url)
 
 
-@setup_logging.connect
+@setup_logging.connect  # type: ignore[untyped-decorator]  # celery ships no type hints
 def _configure_logging(**_: Any) -> None:
     configure_logging(settings.log_level, settings.log_format)
 
 
-@worker_process_init.connect
+@worker_process_init.connect  # type: ignore[untyped-decorator]  # celery ships no type hints
 def _reset_database_after_fork(**_: Any) -> None:
     database.after_fork()
 
@@ -227,7 +227,7 @@ _prune_when_due = _InboxPruner()
 
 
 # max_retries=None: the bounds live in DeliveryPolicy, which keeps a message rather than let Celery drop it.
-@app.task(name=TASK_NAME, bind=True, acks_late=True, max_retries=None)
+@app.task(name=TASK_NAME, bind=True, acks_late=True, max_retries=None)  # type: ignore[untyped-decorator]  # celery ships no type hints
 def invoice_created(self: Task, payload: Any) -> str:
     """Move the order to ``invoiced`` and acknowledge its ``order.placed``; duplicates are no-ops."""
     order_id = payload.get("order_id") if isinstance(payload, dict) else None

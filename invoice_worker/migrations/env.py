@@ -8,7 +8,17 @@ from sqlalchemy import create_engine
 from invoice_worker.models import Base
 
 config = context.config
-url = config.get_main_option("sqlalchemy.url")
+
+
+def _database_url() -> str:
+    """The URL invoice_worker.migrations_cli puts in the alembic config."""
+    url = config.get_main_option("sqlalchemy.url")
+    if url is None:
+        raise RuntimeError("sqlalchemy.url is not set in the alembic config")
+    return url
+
+
+url = _database_url()
 
 
 def run_migrations_offline() -> None:

@@ -4,7 +4,6 @@
 ``outbox_oldest_due_age_seconds``, ``outbox_parked``): one query, so the two always agree.
 """
 
-
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -16,7 +16,7 @@ branch_labels = None
 depends_on = None
 
 
-def upgrade():
+def upgrade() -> None:
     op.create_table('message_deliveries',
     sa.Column('message_id', sa.Uuid(), nullable=False),
     sa.Column('deliveries', sa.Integer(), nullable=False),
@@ -26,5 +26,5 @@ def upgrade():
     )
 
 
-def downgrade():
+def downgrade() -> None:
     op.drop_table('message_deliveries')

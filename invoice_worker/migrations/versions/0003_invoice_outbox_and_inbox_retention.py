@@ -22,7 +22,7 @@ _PENDING = sa.text('published_at IS NULL AND parked_at IS NULL')
 _FAILED_UNPUBLISHED = sa.text('published_at IS NULL AND attempts > 0')
 
 
-def upgrade():
+def upgrade() -> None:
     # The table of shared.outbox.define_outbox (answered=False: invoice.created expects no answer).
     op.create_table('outbox',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False, comment='publish order'),
@@ -62,7 +62,7 @@ def upgrade():
         batch_op.create_index(batch_op.f('ix_processed_messages_processed_at'), ['processed_at'], unique=False)
 
 
-def downgrade():
+def downgrade() -> None:
     with op.batch_alter_table('processed_messages', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_processed_messages_processed_at'))
 

@@ -15,13 +15,13 @@ branch_labels = None
 depends_on = None
 
 
-def upgrade():
+def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         for statement in notify_trigger_ddl("outbox"):
             op.execute(statement)
 
 
-def downgrade():
+def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         for statement in drop_notify_trigger_ddl("outbox"):
             op.execute(statement)

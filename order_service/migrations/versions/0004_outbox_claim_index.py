@@ -23,7 +23,7 @@ _INDEX = "ix_outbox_failed_unpublished"
 _WHERE = "published_at IS NULL AND attempts > 0"
 
 
-def upgrade():
+def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         with op.get_context().autocommit_block():
             op.execute(f"CREATE INDEX CONCURRENTLY {_INDEX} ON outbox (aggregate_id, id) WHERE {_WHERE}")
@@ -31,7 +31,7 @@ def upgrade():
         op.execute(f"CREATE INDEX {_INDEX} ON outbox (aggregate_id, id) WHERE {_WHERE}")
 
 
-def downgrade():
+def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         with op.get_context().autocommit_block():
             op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_INDEX}")

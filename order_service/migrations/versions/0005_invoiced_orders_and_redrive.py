@@ -19,7 +19,7 @@ depends_on = None
 _INDEX = "ix_outbox_unacknowledged"
 
 
-def upgrade():
+def upgrade() -> None:
     with op.batch_alter_table("orders", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("invoice_number", sa.String(length=64), nullable=True, comment="the first one wins")
@@ -83,7 +83,7 @@ def upgrade():
     )
 
 
-def downgrade():
+def downgrade() -> None:
     op.drop_table("dead_letters")
     with op.batch_alter_table("processed_messages", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_processed_messages_processed_at"))

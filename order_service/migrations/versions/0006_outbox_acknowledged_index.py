@@ -24,7 +24,7 @@ _INDEX = "ix_outbox_acknowledged_at"
 _WHERE = "acknowledged_at IS NOT NULL"
 
 
-def upgrade():
+def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         with op.get_context().autocommit_block():
             op.execute(f"CREATE INDEX CONCURRENTLY {_INDEX} ON outbox (acknowledged_at) WHERE {_WHERE}")
@@ -32,7 +32,7 @@ def upgrade():
         op.execute(f"CREATE INDEX {_INDEX} ON outbox (acknowledged_at) WHERE {_WHERE}")
 
 
-def downgrade():
+def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         with op.get_context().autocommit_block():
             op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_INDEX}")
