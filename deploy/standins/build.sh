@@ -3,8 +3,9 @@
 #   order-outbox/debian-base:local     debootstrap --variant=minbase bookworm, trimmed, `docker import`ed
 #   order-outbox/python-standin:local  Debian's python3.11 (for the Dockerfile's PYTHON_IMAGE)
 #   order-outbox/postgres-standin:local, order-outbox/redis-standin:local  Debian's PostgreSQL 15 and Redis 7
-# None of them carries an official image's name. The debootstrap tarball is cached (ORDER_OUTBOX_CACHE,
-# default ~/.cache/order-outbox); images already present on the engine are kept (FORCE=1 rebuilds them).
+# None of them carries an official image's name. Cached in ORDER_OUTBOX_CACHE (default ~/.cache/order-outbox):
+# the debootstrap tarball, and the built stand-ins as one `docker save` archive keyed by their sources, so a
+# fresh engine loads them in seconds. Images already on the engine are kept; FORCE=1 rebuilds everything.
 # Needs root (debootstrap) and a reachable Debian mirror; DOCKER_HOST picks the engine.
 set -eu
 
@@ -22,6 +23,12 @@ seconds() { date +%s; }
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT INT TERM
+
+print_images() {  # what to export so compose and the Dockerfile use them (the defaults are the official images)
+    printf 'PYTHON_IMAGE=order-outbox/python-standin:%s\n' "$tag"
+    printf 'POSTGRES_IMAGE=order-outbox/postgres-standin:%s\n' "$tag"
+    printf 'REDIS_IMAGE=order-outbox/redis-standin:%s\n' "$tag"
+}
 
 have_image() { [ -z "${FORCE:-}" ] && "$docker" image inspect "$1" >/dev/null 2>&1; }
 
@@ -48,6 +55,26 @@ CFG
         "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/var/log/*.log "$root"/var/log/apt/*
     : >"$root/etc/machine-id"
 }
+
+standins="order-outbox/python-standin:$tag order-outbox/postgres-standin:$tag order-outbox/redis-standin:$tag"
+# The archive's key: the stand-ins' sources, the base's shape and the CA bundle baked into the Python one.
+key=$( (cd "$here" && basename "$tarball" && find python postgres redis -type f | sort | while read -r f; do
+    printf '%s\n' "$f" && cat "$f"; done && cat "$ca_bundle") | sha256sum | cut -c1-16)
+archive=$cache/standins-$tag-$key.tar
+
+missing=""
+for image in $standins; do have_image "$image" || missing="$missing $image"; done
+if [ -n "$missing" ] && [ -z "${FORCE:-}" ] && [ -s "$archive" ]; then
+    start=$(seconds)
+    "$docker" load -q -i "$archive" >/dev/null
+    log "loaded the stand-ins from $archive in $(( $(seconds) - start )) s"
+    missing=""
+    for image in $standins; do have_image "$image" || missing="$missing $image"; done
+fi
+if [ -z "$missing" ]; then
+    print_images
+    exit 0
+fi
 
 if [ ! -s "$tarball" ]; then
     command -v debootstrap >/dev/null || { log "debootstrap is missing (apt-get install debootstrap)"; exit 2; }
@@ -77,15 +104,23 @@ build() {  # build <name> <context dir>: the stand-in's folder plus the host's C
     mkdir -p "$work/$1" && cp -R "$2/." "$work/$1"
     # HTTPS from a build goes through the host's trust store (pip in the Python stand-in).
     cp "$ca_bundle" "$work/$1/ca-certificates.crt"
-    DOCKER_BUILDKIT=0 "$docker" build --quiet --build-arg "BASE_IMAGE=$base" -t "$image" "$work/$1" >/dev/null
+    DOCKER_BUILDKIT=0 "$docker" build --build-arg "BASE_IMAGE=$base" -t "$image" "$work/$1" >"$work/$1.log" 2>&1 \
+        || { tail -n 30 "$work/$1.log" >&2; log "building $image failed"; return 1; }
     log "built $image in $(( $(seconds) - start )) s"
 }
 
-build python-standin "$here/python"
-build postgres-standin "$here/postgres"
-build redis-standin "$here/redis"
+# The three builds only share the base: side by side (mostly waiting on the mirror and dpkg).
+build python-standin "$here/python" & python_build=$!
+build postgres-standin "$here/postgres" & postgres_build=$!
+build redis-standin "$here/redis" & redis_build=$!
+failed=0
+for pid in "$python_build" "$postgres_build" "$redis_build"; do wait "$pid" || failed=1; done
+[ "$failed" = 0 ] || { log "a stand-in build failed (see above)"; exit 1; }
 
-# What to export so compose and the Dockerfile use them (the defaults are the official images).
-printf 'PYTHON_IMAGE=order-outbox/python-standin:%s\n' "$tag"
-printf 'POSTGRES_IMAGE=order-outbox/postgres-standin:%s\n' "$tag"
-printf 'REDIS_IMAGE=order-outbox/redis-standin:%s\n' "$tag"
+mkdir -p "$cache"
+# shellcheck disable=SC2086  # a word list of image names
+"$docker" save -o "$archive.$$" $standins && mv "$archive.$$" "$archive"
+find "$cache" -maxdepth 1 -name "standins-$tag-*.tar" ! -name "$(basename "$archive")" -delete  # older keys
+log "saved the stand-ins to $archive ($(du -h "$archive" | cut -f1))"
+
+print_images
