@@ -157,7 +157,8 @@ class Settings(BaseSettings):
         defaults = {
             "orders_database_url": f"sqlite:///{var / 'orders.sqlite3'}",
             "invoices_database_url": f"sqlite:///{var / 'invoices.sqlite3'}",
-            "broker_url": "filesystem://",
+            # A host name the file transport ignores: without one kombu warns "No hostname was supplied".
+            "broker_url": "filesystem://localhost//",
         }
         for name, value in defaults.items():
             if not getattr(self, name):

@@ -44,6 +44,17 @@ ENVIRONMENT = {
 """Both relays and both workers run on one host here (in compose each has its own container, so the
 relays both use 9101 and the workers 9102)."""
 
+# Run as root (a container, a fresh VM), a Celery worker warns at start (celery.platforms.check_privileges)
+# that it should drop privileges with --uid: good advice for a deployed worker, noise for a newcomer's local
+# loop, and C_FORCE_ROOT does not silence it (it only allows pickle as root, which we never accept). The
+# warning is a Python SecurityWarning, so a warnings filter for these two local processes hides it.
+_NOT_ROOT_WARNING = "ignore:You're running the worker with superuser privileges"
+_QUIET_ROOT = {
+    "PYTHONWARNINGS": ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), _NOT_ROOT_WARNING]))
+}
+for _worker in ("invoice-worker", "order-consumer"):
+    ENVIRONMENT[_worker] = {**ENVIRONMENT[_worker], **_QUIET_ROOT}
+
 HELP = """
   The pipeline is running (embedded mode: SQLite + file broker under var/).
 

@@ -35,7 +35,7 @@ from shared.outbox import redrive, store
 from shared.outbox.health import HealthServer
 from shared.outbox.publisher import publisher_for
 from shared.outbox.relay import OutboxRelay, RelayPolicy
-from shared.outbox.singleton import RelayAlreadyRunning, SingleRelayLock
+from shared.outbox.singleton import RelayAlreadyRunning, SingleRelayLock, lock_holder, lock_path
 from shared.outbox.status import read_status
 from shared.outbox.wakeup import waiter_for
 from shared.probes import broker_check, database_check
@@ -132,7 +132,12 @@ class RelayProgram:
             print(f"unacknowledged_overdue: {answers.overdue} (no answer after {rule.after:g} s)")
             exhausted = f"{answers.exhausted} (re-driven {rule.max_redrives} times)"
             print(f"unacknowledged_redrives_exhausted: {exhausted}")
-        print(f"relays_alive: {len(report.relays)}")
+        lock = _sqlite_lock(engine)
+        if lock is None:
+            print(f"relays_alive: {len(report.relays)}")
+        else:  # SQLite: the relay holds no database lock, only the file lock next to the database
+            holder = lock_holder(lock)
+            print("relays_alive: 0" if holder is None else f"relays_alive: 1 (embedded, pid {holder or '?'})")
         for relay in report.relays:
             partitions = ",".join(map(str, relay.partitions)) or "-"
             name = relay.application_name
@@ -147,13 +152,21 @@ class RelayProgram:
         return 0
 
 
+def _sqlite_lock(engine: Engine) -> Path | None:
+    """The embedded relay's lock file; None on Postgres (its relays show in ``pg_locks``)."""
+    if is_postgres(engine) or not engine.url.database:
+        return None
+    return lock_path(engine.url.database)
+
+
 @contextlib.contextmanager
 def _sole_relay_on_sqlite(engine: Engine) -> Iterator[None]:
     """SQLite has no row or advisory locks: hold a file lock next to the database file."""
-    if is_postgres(engine) or not engine.url.database:
+    path = _sqlite_lock(engine)
+    if path is None:
         yield
         return
-    lock = SingleRelayLock(Path(f"{engine.url.database}.relay.lock")).acquire()
+    lock = SingleRelayLock(path).acquire()
     try:
         yield
     finally:

@@ -66,6 +66,12 @@ def test_make_run_shows_a_placed_order_turn_invoiced(tmp_path: Path) -> None:
 
             order = wait_until(invoiced, timeout=60, interval=0.5, message="the order to turn invoiced")
             listed = client.get("/orders", params={"status": "invoiced"}).json()["data"]
+        for relay in ("order_service.relay", "invoice_worker.relay"):  # the commands the help shows
+            status = subprocess.run(
+                [sys.executable, "-m", relay, "status"],
+                env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+            ).stdout  # fmt: skip
+            assert re.search(r"^relays_alive: 1 \(embedded, pid \d+\)$", status, re.MULTILINE), status
         assert str(order["invoice_number"]).startswith("INV-")
         assert order["invoiced_at"] is not None
         assert [o["id"] for o in listed] == [created.json()["id"]]
@@ -75,3 +81,6 @@ def test_make_run_shows_a_placed_order_turn_invoiced(tmp_path: Path) -> None:
     assert returncode == 0, log_path.read_text()[-4000:]
     output = log_path.read_text()
     assert "exited with" not in output, output[-4000:]
+    # Nothing a newcomer has to read past (Celery's warning shows only when run as root, as CI is).
+    for noise in ("superuser privileges", "SecurityWarning", "No hostname was supplied"):
+        assert noise not in output, output[-4000:]
