@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, Uuid, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -17,7 +17,17 @@ from order_service.extensions import db
 from shared.db import BigIntPK, JSONDocument, UTCDateTime, utcnow
 from shared.outbox import define_outbox
 
-__all__ = ["INVOICED", "PLACED", "DeadLetter", "Order", "OrderLine", "ProcessedMessage", "outbox"]
+__all__ = [
+    "INVOICED",
+    "PLACED",
+    "DeadLetter",
+    "LineFields",
+    "Order",
+    "OrderLine",
+    "ProcessedMessage",
+    "line_fields",
+    "outbox",
+]
 
 PLACED = "placed"
 INVOICED = "invoiced"
@@ -50,6 +60,25 @@ class OrderLine(db.Model):  # type: ignore[name-defined,misc]
     unit_amount: Mapped[int] = mapped_column(BigInteger)
     amount_total: Mapped[int] = mapped_column(BigInteger)
     order: Mapped[Order] = relationship(back_populates="lines")
+
+
+class LineFields(TypedDict):
+    """An order line as the API's body and the ``order.placed`` message both carry it."""
+
+    sku: str
+    quantity: int
+    unit_amount: int
+    amount_total: int
+
+
+def line_fields(order: Order) -> list[LineFields]:
+    """The order -> lines mapping, in one place: ``schemas.OrderOut`` and ``receivers`` both use it."""
+    return [
+        LineFields(
+            sku=line.sku, quantity=line.quantity, unit_amount=line.unit_amount, amount_total=line.amount_total
+        )
+        for line in order.lines
+    ]
 
 
 class ProcessedMessage(db.Model):  # type: ignore[name-defined,misc]

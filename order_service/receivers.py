@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from order_service.models import Order, outbox
+from order_service.models import Order, line_fields, outbox
 from order_service.signals import order_placed
 from shared.contracts import ORDER_PLACED, SCHEMA_VERSION_HEADER, OrderPlaced, OrderPlacedLine
 from shared.logs import correlation_id
@@ -21,15 +21,7 @@ def order_placed_message(order: Order) -> OrderPlaced:
         order_id=str(order.id),
         customer_id=order.customer_id,
         currency=order.currency,
-        lines=[
-            OrderPlacedLine(
-                sku=line.sku,
-                quantity=line.quantity,
-                unit_amount=line.unit_amount,
-                amount_total=line.amount_total,
-            )
-            for line in order.lines
-        ],
+        lines=[OrderPlacedLine(**line) for line in line_fields(order)],
         amount_total=order.amount_total,
         placed_at=order.created_at,
     )

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal, cast
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
 
 from order_service.cursor import MAX_LENGTH as CURSOR_MAX_LENGTH
-from order_service.models import Order
+from order_service.models import Order, line_fields
 
 __all__ = [
     "FieldError",
@@ -101,15 +101,7 @@ class OrderOut(BaseModel):
             customer_id=order.customer_id,
             currency=order.currency,
             amount_total=order.amount_total,
-            lines=[
-                OrderLineOut(
-                    sku=line.sku,
-                    quantity=line.quantity,
-                    unit_amount=line.unit_amount,
-                    amount_total=line.amount_total,
-                )
-                for line in order.lines
-            ],
+            lines=[OrderLineOut(**line) for line in line_fields(order)],
             created_at=order.created_at,
             invoice_number=order.invoice_number,
             invoiced_at=order.invoiced_at,
