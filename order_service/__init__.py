@@ -22,7 +22,7 @@ from order_service.api import bp, health
 from order_service.auth import init_auth
 from order_service.bodies import check_json_body
 from order_service.dashboard import init_dashboard
-from order_service.extensions import db, discard_broken_sessions, migrate
+from order_service.extensions import SETTINGS, db, discard_broken_sessions, migrate
 from order_service.idempotency import init_idempotency
 from order_service.observability import init_observability
 from order_service.problems import openapi_validation_error, register_error_handlers
@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         ),
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
     )
-    app.extensions["order_service.settings"] = settings
+    SETTINGS.init_app(app, settings)
     init_observability(app, settings)  # first: times every request; traces engines made from now on
     db.init_app(app)
     discard_broken_sessions(app)

@@ -12,7 +12,7 @@ from sqlalchemy import Select, select, text, tuple_
 from werkzeug.exceptions import NotFound
 
 from order_service import cursor, idempotency
-from order_service.extensions import db
+from order_service.extensions import SETTINGS, db
 from order_service.metrics import api_metrics
 from order_service.models import Order
 from order_service.parameters import reject_repeated
@@ -28,7 +28,6 @@ from order_service.schemas import (
     Status,
 )
 from order_service.services import LineRequest, PlaceOrder, place_order
-from shared.config import Settings
 
 __all__ = ["bp", "health"]
 
@@ -85,7 +84,7 @@ def create_order(body: OrderIn, header: IdempotencyHeader) -> Response:
         order = _place(body)
         api_metrics().orders_placed.inc()
         return _created(_render(order), str(order.id))
-    settings: Settings = current_app.extensions["order_service.settings"]
+    settings = SETTINGS.get()
     fingerprint = idempotency.request_hash(request.method, request.path, request.get_json())
     idempotency.prune_when_due(current_app, db.engine)  # one bounded batch, after the response is sent
     outcome = idempotency.claim(db.engine, settings, g.client_id, key, fingerprint)

@@ -32,13 +32,13 @@ from datetime import datetime
 
 import click
 import structlog
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 from flask.cli import AppGroup
 from sqlalchemy import String, select
 from sqlalchemy.orm import Mapped, mapped_column
 from werkzeug.exceptions import TooManyRequests
 
-from order_service.extensions import db
+from order_service.extensions import AppState, db
 from order_service.problems import problem
 from order_service.ratelimit import FailedAuthLimit
 from shared.config import Settings
@@ -61,9 +61,9 @@ log = structlog.get_logger(__name__)
 
 PROTECTED_BLUEPRINTS = frozenset({"orders"})
 _PREFIX = "sha256:"
-_EXTENSION = "order_service.keys"
-_FAILURES = "order_service.failed_auth"
-_STORED = "order_service.stored_keys"
+_KEY_RING: AppState[KeyRing] = AppState("order_service.keys")
+_FAILURES: AppState[FailedAuthLimit] = AppState("order_service.failed_auth")
+_STORED: AppState[StoredKeyCache] = AppState("order_service.stored_keys")
 STORED_KEY_CACHE_SECONDS = 5.0
 """How long a process trusts a stored key it found valid: how late a revocation may take effect."""
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -197,23 +197,13 @@ def _unauthorized(detail: str, error: str | None = None) -> Response:
     return response
 
 
-def _key_ring() -> KeyRing:
-    ring: KeyRing = current_app.extensions[_EXTENSION]
-    return ring
-
-
-def _failed_auth() -> FailedAuthLimit:
-    limit: FailedAuthLimit = current_app.extensions[_FAILURES]
-    return limit
-
-
 def _address() -> str:
     return request.remote_addr or "unknown"
 
 
 def _throttle_guessing() -> None:
     """Refuse (429) a client address over its limit of requests without a valid key, before any lookup."""
-    wait = _failed_auth().retry_after(_address())
+    wait = _FAILURES.get().retry_after(_address())
     if wait is not None:
         log.info("api.auth_throttled", address=_address(), retry_after=wait)
         detail = "Too many requests without a valid API key from this address; retry later."
@@ -227,16 +217,16 @@ def known_key(key_hash: str, *, cached: bool = False) -> bool:
     unknown key counts against the address (the pipeline page's sign-in too).
     """
     _throttle_guessing()
-    if _key_ring().configured(key_hash):
+    if _KEY_RING.get().configured(key_hash):
         return True
-    cache: StoredKeyCache = current_app.extensions[_STORED]
+    cache = _STORED.get()
     if cached and cache.valid(key_hash):  # the API's hot path; the pipeline page re-checks for real
         return True
     stored = select(ApiKey.id).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
     if db.session.scalar(stored) is not None:
         cache.remember(key_hash)
         return True
-    _failed_auth().failed(_address())
+    _FAILURES.get().failed(_address())
     return False
 
 
@@ -247,7 +237,7 @@ def authenticate() -> Response | None:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         _throttle_guessing()
-        _failed_auth().failed(_address())
+        _FAILURES.get().failed(_address())
         return _unauthorized("Send an API key as 'Authorization: Bearer <key>'.")
     key_hash = digest(token.strip())
     if not known_key(key_hash, cached=True):
@@ -278,7 +268,7 @@ def _revoke(name: str) -> None:
         raise click.ClickException(f"no key named {name!r}")
     stored.revoked_at = utcnow()
     db.session.commit()
-    current_app.extensions[_STORED].forget_all()  # this process at once; others within the cache's ttl
+    _STORED.get().forget_all()  # this process at once; others within the cache's ttl
 
 
 @api_keys_cli.command("digest")
@@ -290,10 +280,9 @@ def _digest(key: str) -> None:
 
 def init_auth(app: Flask, settings: Settings) -> None:
     """Register before any other ``before_request`` so the rate limiter sees the client id."""
-    ring = KeyRing.from_settings(settings)
-    app.extensions[_EXTENSION] = ring
-    app.extensions[_FAILURES] = FailedAuthLimit.from_settings(settings)
-    app.extensions[_STORED] = StoredKeyCache()
+    ring = _KEY_RING.init_app(app, KeyRing.from_settings(settings))
+    _FAILURES.init_app(app, FailedAuthLimit.from_settings(settings))
+    _STORED.init_app(app, StoredKeyCache())
     if ring.dev_key:
         log.warning("api.dev_key", key=ring.dev_key, usage=f"Authorization: Bearer {ring.dev_key}")
     elif not ring.digests:

@@ -1,15 +1,24 @@
-"""Flask extensions, created once and bound to an app in ``create_app``."""
+"""Flask extensions, created once and bound to an app in ``create_app``, and the app's typed state.
+
+The app's own per-app objects (its settings, key ring, limits, caches) live in ``app.extensions``
+under an ``AppState`` key each, so a reader gets them typed (``SETTINGS.get()``) instead of
+looking up a string and casting.
+"""
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar, cast
+
 import structlog
-from flask import Flask
+from flask import Flask, current_app
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase
 
-__all__ = ["Base", "db", "discard_broken_sessions", "migrate"]
+from shared.config import Settings
+
+__all__ = ["SETTINGS", "AppState", "Base", "db", "discard_broken_sessions", "migrate"]
 
 log = structlog.get_logger(__name__)
 
@@ -22,6 +31,27 @@ class Base(DeclarativeBase):
 # objects without re-reading them.
 db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
 migrate = Migrate()
+
+T = TypeVar("T")
+
+
+class AppState(Generic[T]):
+    """One typed per-app object in ``app.extensions``, set once in ``create_app``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def init_app(self, app: Flask, value: T) -> T:
+        app.extensions[self.name] = value
+        return value
+
+    def get(self, app: Flask | None = None) -> T:
+        """The object of ``app``, else of the current app (in a request or an app context)."""
+        return cast(T, (app or current_app).extensions[self.name])
+
+
+SETTINGS: AppState[Settings] = AppState("order_service.settings")
+"""The settings ``create_app`` was given."""
 
 
 def discard_broken_sessions(app: Flask) -> None:

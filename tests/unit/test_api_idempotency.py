@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from order_service import idempotency
 from order_service.auth import client_id, digest
-from order_service.extensions import db
+from order_service.extensions import SETTINGS, db
 from order_service.idempotency import IdempotencyKey
 from order_service.services import LineRequest, PlaceOrder, place_order
 from order_service.signals import Veto, order_placed
@@ -83,7 +83,7 @@ def test_keys_belong_to_one_api_key(app: Flask, api_settings: Settings) -> None:
 
 
 def _claim_in_flight(app: Flask, key: str, body: dict[str, Any]) -> idempotency.Claim:
-    settings = app.extensions["order_service.settings"]
+    settings = SETTINGS.get(app)
     fingerprint = idempotency.request_hash("POST", "/orders", body)
     with app.app_context():
         owned = idempotency.claim(db.engine, settings, client_id(digest(API_KEY)), key, fingerprint)
@@ -145,7 +145,7 @@ def test_an_expired_key_starts_afresh_and_expired_keys_are_pruned(
 
 def test_keys_expire_after_the_configured_time(app: Flask, client: FlaskClient) -> None:
     client.post("/orders", json=ORDER, headers=_key())
-    ttl = app.extensions["order_service.settings"].idempotency_key_ttl_seconds
+    ttl = SETTINGS.get(app).idempotency_key_ttl_seconds
 
     with app.app_context():
         assert idempotency.prune(db.engine, batch=100, now=utcnow() + timedelta(seconds=ttl - 60)) == 0
