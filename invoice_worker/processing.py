@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from invoice_worker.database import InvoiceDatabase
-from invoice_worker.invoicing import count_delivery, create_invoice, is_processed, record_dead_letter
+from invoice_worker.invoicing import Outcome, count_delivery, create_invoice, is_processed, record_dead_letter
 from shared.backoff import jittered_backoff
 from shared.config import Settings
 from shared.contracts import ORDER_PLACED, ROUTES, UnsupportedSchemaVersion, parse_order_placed
@@ -139,7 +139,7 @@ def _deliver(
                 )
                 return _park(database, message_id, payload, reason, deliveries)
     try:
-        return invoice_payload(database, message_id, payload)
+        outcome = invoice_payload(database, message_id, payload)
     except PERMANENT_ERRORS as exc:
         return _park(database, message_id, payload, f"{type(exc).__name__}: {exc}", deliveries)
     except DATABASE_ERRORS:
@@ -150,6 +150,19 @@ def _deliver(
             return _park(database, message_id, payload, reason, deliveries)
         log.warning("invoice.failed_will_retry", deliveries=deliveries, error=reason)
         raise RetryLater(policy.backoff(deliveries), reason) from exc
+    if first_delivery and outcome == Outcome.DUPLICATE_MESSAGE:
+        _count_copy(database, message_id)
+    return outcome
+
+
+def _count_copy(database: InvoiceDatabase, message_id: uuid.UUID) -> None:
+    """A 'first' delivery of a message the inbox already holds was a copy (a relay republished it):
+    count it after the fact, so the delivery count still says the message came more than once."""
+    try:
+        with database.session() as session:
+            count_delivery(session, message_id, first=2)
+    except DATABASE_ERRORS as exc:  # bookkeeping only: the delivery itself is settled
+        log.warning("invoice.copy_not_counted", error=_describe(exc))
 
 
 def _describe(exc: Exception) -> str:

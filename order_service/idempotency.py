@@ -2,9 +2,9 @@
 
 A key is claimed by INSERTing its row in a short transaction of its own: the UNIQUE
 (client_id, key) constraint decides the race between concurrent retries, never a check-then-insert.
-The stored response is written by a session ``after_flush`` hook *inside the order's transaction*,
-so the order and its replayable response commit together: no crash can leave an order whose key
-still looks unanswered. The order's unit of work and its receivers stay untouched.
+The stored response is written by ``record_response``, an ``order_placed`` receiver, *inside the
+order's transaction*, so the order and its replayable response commit together: no crash can leave an
+order whose key still looks unanswered. The order's unit of work stays untouched.
 
 **A stored response is final.** Until the key expires, nothing deletes it or takes it over: every
 write other than expiry is conditional on ``response_status IS NULL`` (and on the writer's lock token),
@@ -48,7 +48,6 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     delete,
-    event,
     insert,
     select,
     update,
@@ -59,6 +58,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from order_service.extensions import db
 from order_service.models import Order
 from order_service.problems import problem
+from order_service.signals import order_placed
 from shared.config import Settings
 from shared.db import BigIntPK, UTCDateTime, utcnow
 
@@ -73,6 +73,7 @@ __all__ = [
     "prune",
     "prune_all",
     "prune_when_due",
+    "record_response",
     "recorded_with_order",
     "release",
     "request_hash",
@@ -191,29 +192,36 @@ def _take_over(conn: Connection, row_id: int, seen_token: uuid.UUID, token: uuid
     return taken.rowcount == 1
 
 
+_CLAIM = "order_service.idempotency_claim"
+
+
 @contextmanager
 def recorded_with_order(session: Session, owned: Claim, render: Callable[[Order], str]) -> Iterator[None]:
-    """While placing one order, write its 201 response onto the claimed row in the same transaction."""
+    """While placing one order, write its 201 response onto the claimed row in the same transaction.
 
-    def after_flush(flushing: Session, _context: object) -> None:
-        for order in [o for o in flushing.new if isinstance(o, Order)]:
-            stored = flushing.connection().execute(
-                update(_table)
-                .where(
-                    _table.c.id == owned.row_id,
-                    _table.c.lock_token == owned.token,
-                    _unanswered,
-                )
-                .values(response_status=201, response_body=render(order))
-            )
-            if stored.rowcount != 1:
-                raise KeyInFlight("the claim was taken over")  # rolls the order back
-
-    event.listen(session, "after_flush", after_flush)
+    The claim rides on the session (``session.info``) to ``record_response``, a receiver of
+    ``order_placed``: the response is written after the order, before its commit.
+    """
+    session.info[_CLAIM] = (owned, render)
     try:
         yield
     finally:
-        event.remove(session, "after_flush", after_flush)
+        session.info.pop(_CLAIM, None)
+
+
+def record_response(sender: Any, *, order: Order, session: Session, **_: Any) -> None:
+    """``order_placed`` receiver: store the 201 on the request's claimed key, if it has one."""
+    claimed: tuple[Claim, Callable[[Order], str]] | None = session.info.get(_CLAIM)
+    if claimed is None:
+        return
+    owned, render = claimed
+    stored = session.connection().execute(
+        update(_table)
+        .where(_table.c.id == owned.row_id, _table.c.lock_token == owned.token, _unanswered)
+        .values(response_status=201, response_body=render(order))
+    )
+    if stored.rowcount != 1:
+        raise KeyInFlight("the claim was taken over")  # rolls the order back
 
 
 def release(engine: Engine, owned: Claim) -> None:
@@ -318,6 +326,7 @@ def init_idempotency(app: Flask, settings: Settings) -> None:
         settings.idempotency_prune_interval, settings.idempotency_prune_batch
     )
     app.cli.add_command(idempotency_cli)
+    order_placed.connect(record_response, weak=False)  # after the outbox receiver; connecting is idempotent
 
     @app.errorhandler(KeyReused)
     def _reused(exc: KeyReused) -> Response:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 import structlog
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from order_service.models import Order, OrderLine
+from order_service.models import PLACED, Order, OrderLine
 from order_service.signals import Veto, order_placed
+from shared.db import utcnow
 
 __all__ = ["LineRequest", "OrderRefused", "PlaceOrder", "place_order"]
 
@@ -47,8 +50,18 @@ def _veto_reason(result: object) -> str | None:
     return None
 
 
+_INSERT_ORDER = insert(Order.__table__)
+_INSERT_LINES = insert(OrderLine.__table__)
+
+
 def place_order(session: Session, command: PlaceOrder) -> Order:
-    """Write the order and whatever its receivers add, in one transaction, or nothing at all."""
+    """Write the order and whatever its receivers add, in one transaction, or nothing at all.
+
+    The order and its lines go in as two prebuilt INSERTs on the session's connection (the lines as
+    one executemany), not through the ORM's unit of work, which cost more CPU than the rest of the
+    request; receivers and the response get the ``Order`` as written (not tracked by the session).
+    """
+    order_id, created_at = uuid.uuid4(), utcnow()
     lines = [
         OrderLine(
             position=position,
@@ -59,16 +72,44 @@ def place_order(session: Session, command: PlaceOrder) -> Order:
         )
         for position, line in enumerate(command.lines)
     ]
+    rows: list[dict[str, object]] = [
+        {
+            "order_id": order_id,
+            "position": line.position,
+            "sku": line.sku,
+            "quantity": line.quantity,
+            "unit_amount": line.unit_amount,
+            "amount_total": line.amount_total,
+        }
+        for line in lines
+    ]
+    amount_total = sum(line.amount_total for line in lines)
     order = Order(
+        id=order_id,
         customer_id=command.customer_id,
         currency=command.currency,
-        status="placed",
-        amount_total=sum(line.amount_total for line in lines),
+        status=PLACED,
+        amount_total=amount_total,
+        created_at=created_at,
+        invoice_number=None,
+        invoiced_at=None,
         lines=lines,
     )
     try:
-        session.add(order)
-        session.flush()
+        conn = session.connection()
+        conn.execute(
+            _INSERT_ORDER,
+            {
+                "id": order_id,
+                "customer_id": command.customer_id,
+                "currency": command.currency,
+                "status": PLACED,
+                "amount_total": amount_total,
+                "created_at": created_at,
+            },
+        )
+        if rows:
+            conn.execute(_INSERT_LINES, rows)
         for receiver, result in order_placed.send(place_order, order=order, session=session):
             reason = _veto_reason(result)
             if reason is not None:
@@ -77,5 +118,5 @@ def place_order(session: Session, command: PlaceOrder) -> Order:
     except BaseException:
         session.rollback()
         raise
-    log.info("order.placed", order_id=str(order.id), amount_total=order.amount_total, lines=len(lines))
+    log.info("order.placed", order_id=str(order.id), amount_total=order.amount_total, lines=len(rows))
     return order

@@ -10,9 +10,10 @@ _signals = Namespace()
 
 order_placed = _signals.signal(
     "order-placed",
-    doc="""Sent inside the order's transaction, after the order is flushed and before commit.
+    doc="""Sent inside the order's transaction, after the order and its lines are written and before commit.
 
-    Keyword data: ``order`` (the flushed ``Order``) and ``session`` (its session). Receivers may
+    Keyword data: ``order`` (the ``Order`` as written, not tracked by the session) and ``session``
+    (its session). Receivers may
     only add rows to that session (outbox messages); they never commit or call a broker. A
     receiver that raises, or returns a ``Veto``, rolls the whole order back.
     """,

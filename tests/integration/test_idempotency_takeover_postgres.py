@@ -3,8 +3,8 @@
 Each test drives two API instances (two apps, two engines, as two gunicorn workers) on real
 Postgres and pins one interleaving with hooks and events, never with sleeps:
 
-- the original request ``A`` pauses at a session event (before its flush, or before its commit,
-  when its ``after_flush`` UPDATE already holds the key's row lock);
+- the original request ``A`` pauses right before its order's INSERT, or at its session's
+  ``before_commit``, when its stored-response UPDATE already holds the key's row lock;
 - the retry ``B`` pauses on its engine right before its takeover UPDATE, after it has read the
   key's row as stale and unanswered.
 """
@@ -143,6 +143,18 @@ def _on_session(app: Flask, name: str, hook: Callable[[], None]) -> Callable[[],
     return lambda: event.remove(Session, name, listener)
 
 
+def _before_order_insert(app: Flask, hook: Callable[[], None]) -> Callable[[], None]:
+    """Run ``hook`` right before ``app`` writes an order (after its claim committed)."""
+    engine = _engine(app)
+
+    def listener(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("INSERT INTO orders "):
+            hook()
+
+    event.listen(engine, "before_cursor_execute", listener)
+    return lambda: event.remove(engine, "before_cursor_execute", listener)
+
+
 def _before_takeover(app: Flask, gate: Gate) -> Callable[[], None]:
     """Pause ``app``'s takeover UPDATE (it has read the row as stale and unanswered) at ``gate``."""
     engine = _engine(app)
@@ -201,8 +213,8 @@ def test_a_takeover_that_reads_the_key_before_the_original_commits_replays_its_2
 ) -> None:
     """A commits between B's read of the stale claim and B's takeover: B must replay, not delete."""
     key = f"takeover-{uuid.uuid4()}"
-    a_claimed, b_read = gate("A claimed, before flush"), gate("B read the stale claim")
-    removers = [_on_session(app_a, "before_flush", a_claimed.pause), _before_takeover(app_b, b_read)]
+    a_claimed, b_read = gate("A claimed, before its order INSERT"), gate("B read the stale claim")
+    removers = [_before_order_insert(app_a, a_claimed.pause), _before_takeover(app_b, b_read)]
     try:
         original = pool.submit(_post, app_a, key)
         a_claimed.wait_reached(original)
@@ -229,12 +241,12 @@ def test_a_takeover_that_reads_the_key_before_the_original_commits_replays_its_2
 def test_a_takeover_blocked_by_the_original_transaction_waits_and_replays_its_201(
     app_a: Flask, app_b: Flask, probe: Engine, pool: ThreadPoolExecutor, gate: Callable[[str], Gate]
 ) -> None:
-    """B's takeover UPDATE meets the row lock of A's ``after_flush`` UPDATE: it waits, then replays."""
+    """B's takeover UPDATE meets the row lock of A's stored-response UPDATE: it waits, then replays."""
     key = f"takeover-{uuid.uuid4()}"
-    a_claimed, a_flushed = gate("A claimed, before flush"), gate("A stored its 201, before commit")
+    a_claimed, a_flushed = gate("A claimed, before its order INSERT"), gate("A stored its 201, before commit")
     b_read = gate("B read the stale claim")
     removers = [
-        _on_session(app_a, "before_flush", a_claimed.pause),
+        _before_order_insert(app_a, a_claimed.pause),
         _on_session(app_a, "before_commit", a_flushed.pause),
         _before_takeover(app_b, b_read),
     ]
@@ -270,7 +282,7 @@ def test_a_takeover_blocked_by_an_original_that_rolls_back_places_the_one_order(
 ) -> None:
     """The fence must not stop a legitimate takeover: A fails after its flush, B places the order."""
     key = f"takeover-{uuid.uuid4()}"
-    a_claimed, a_flushed = gate("A claimed, before flush"), gate("A stored its 201, before commit")
+    a_claimed, a_flushed = gate("A claimed, before its order INSERT"), gate("A stored its 201, before commit")
     b_read = gate("B read the stale claim")
 
     def fail_after_flush() -> None:
@@ -278,7 +290,7 @@ def test_a_takeover_blocked_by_an_original_that_rolls_back_places_the_one_order(
         raise RuntimeError("the original request dies before its commit")
 
     removers = [
-        _on_session(app_a, "before_flush", a_claimed.pause),
+        _before_order_insert(app_a, a_claimed.pause),
         _on_session(app_a, "before_commit", fail_after_flush),
         _before_takeover(app_b, b_read),
     ]

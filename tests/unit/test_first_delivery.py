@@ -84,3 +84,14 @@ def test_a_message_that_kills_its_worker_every_time_is_parked_after_the_same_del
     with invoice_db.session() as session:
         letter = session.scalars(select(DeadLetter)).one()
     assert letter.attempts == policy.max_deliveries + 1
+
+
+def test_a_republished_copy_of_a_processed_message_is_counted_as_a_second_delivery(
+    invoice_db: InvoiceDatabase,
+) -> None:
+    """A relay that crashed between publishing and marking sends a fresh copy: not flagged, yet not new."""
+    message_id, body = uuid.uuid4(), payload()
+    assert handle_order_placed(invoice_db, message_id, body, 0, UNCOUNTED, first_delivery=True) == "created"
+    copy = handle_order_placed(invoice_db, message_id, body, 0, UNCOUNTED, first_delivery=True)
+    assert copy == "duplicate-message"
+    assert deliveries(invoice_db, message_id) == 2
