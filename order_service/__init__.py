@@ -6,6 +6,24 @@ cross-framework decorator that validates into ``request.context``): flask-openap
 native and emits OpenAPI 3.1; it reads the body/query/path/header models from each view's signature,
 so the document is exactly what the view validates; the app stays a Flask subclass (factory,
 blueprints and extensions unchanged); and its validation hook lets ``problems`` render its 422s.
+
+Where things are (modules of one kind; a feature's logic has its own module):
+
+- tables: ``models`` (orders, lines, outbox, inbox, API keys, Idempotency-Keys) · messages: ``shared.contracts``
+- commands: ``cli`` (``api-keys``, ``idempotency-keys``; ``db`` is Flask-Migrate's)
+- HTTP error handlers and problem documents: ``problems`` · request/response bodies: ``schemas``
+- routes: ``api`` (orders, health), ``dashboard`` (the pipeline page) · per-app state: ``extensions``
+- feature logic and its request hooks: ``auth``, ``ratelimit``, ``idempotency``, ``bodies``,
+  ``parameters``, ``cursor``, ``observability``
+- placing an order: ``services`` (the unit of work), ``signals`` + ``receivers`` (the outbox row)
+- processes: ``wsgi`` (gunicorn), ``relay`` (the outbox relay), ``worker`` + ``inbox`` (the
+  ``invoice.created`` consumer)
+
+Where commits happen: ``services.place_order`` commits an order with everything its receivers wrote
+(outbox row, stored Idempotency-Key response); ``idempotency`` commits its claim, release and prune
+on their own, outside any order (its docstring says why); each ``cli`` command commits its change;
+the consumer (``inbox``) commits once per message it applies or parks as a dead letter, and once per
+inbox prune batch. Nothing else commits.
 """
 
 from __future__ import annotations
@@ -21,6 +39,7 @@ from flask_openapi3.openapi import OpenAPI
 from order_service.api import bp, health
 from order_service.auth import init_auth
 from order_service.bodies import check_json_body
+from order_service.cli import init_cli
 from order_service.dashboard import init_dashboard
 from order_service.extensions import SETTINGS, db, discard_broken_sessions, migrate
 from order_service.idempotency import init_idempotency
@@ -90,6 +109,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_rate_limit(app, settings)
     app.before_request(check_json_body)
     init_idempotency(app, settings)
+    init_cli(app)  # flask --app order_service api-keys|idempotency-keys ...
     app.register_api(bp)
     app.register_api(health)
     init_dashboard(app, settings)  # the live pipeline page, /dashboard

@@ -1,8 +1,9 @@
 """API keys: ``Authorization: Bearer <key>``, stored only as SHA-256 digests.
 
 Keys come from two places: ``API_KEYS`` (comma-separated; each entry a raw key or ``sha256:<hex>``,
-so an operator can keep usable secrets out of compose files) and the ``api_keys`` table managed with
-``flask --app order_service api-keys create|revoke`` (rotation without a restart). SHA-256 is enough
+so an operator can keep usable secrets out of compose files) and the ``api_keys`` table
+(``models.ApiKey``) managed with ``flask --app order_service api-keys create|revoke`` (``cli``;
+rotation without a restart). SHA-256 is enough
 because keys are 256-bit random tokens, not passwords: there is nothing to brute-force. Configured
 digests are compared with ``hmac.compare_digest`` over the whole set; a table lookup is by digest,
 which reveals nothing usable about the key itself. With SQLite and no key configured (embedded mode)
@@ -28,30 +29,27 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 
-import click
 import structlog
 from flask import Flask, Response, g, request
-from flask.cli import AppGroup
-from sqlalchemy import String, select
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import select
 from werkzeug.exceptions import TooManyRequests
 
 from order_service.extensions import AppState, db
+from order_service.models import ApiKey
 from order_service.problems import problem
 from order_service.ratelimit import FailedAuthLimit
 from shared.config import Settings
-from shared.db import BigIntPK, UTCDateTime, utcnow
 
 __all__ = [
     "MIN_RAW_KEY_LENGTH",
     "STORED_KEY_CACHE_SECONDS",
-    "ApiKey",
     "KeyRing",
     "WeakApiKey",
+    "api_keys_entry",
     "client_id",
     "digest",
+    "forget_stored_keys",
     "init_auth",
     "known_key",
     "new_key",
@@ -82,18 +80,13 @@ class WeakApiKey(ValueError):
     """``API_KEYS`` holds a key that could be guessed; the service refuses to start with it."""
 
 
-class ApiKey(db.Model):  # type: ignore[name-defined,misc]
-    __tablename__ = "api_keys"
-
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(100), unique=True)
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-
-
 def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def api_keys_entry(key: str) -> str:
+    """The ``API_KEYS`` entry for ``key`` that does not contain the key itself."""
+    return _PREFIX + digest(key)
 
 
 def new_key() -> str:
@@ -247,35 +240,9 @@ def authenticate() -> Response | None:
     return None
 
 
-api_keys_cli = AppGroup("api-keys", help="Manage the API keys stored in the orders database.")
-
-
-@api_keys_cli.command("create")
-@click.argument("name")
-def _create(name: str) -> None:
-    """Create a key and print it once; only its digest is stored."""
-    key = new_key()
-    db.session.add(ApiKey(name=name, key_hash=digest(key)))
-    db.session.commit()
-    click.echo(key)
-
-
-@api_keys_cli.command("revoke")
-@click.argument("name")
-def _revoke(name: str) -> None:
-    stored = db.session.scalar(select(ApiKey).where(ApiKey.name == name))
-    if stored is None:
-        raise click.ClickException(f"no key named {name!r}")
-    stored.revoked_at = utcnow()
-    db.session.commit()
-    _STORED.get().forget_all()  # this process at once; others within the cache's ttl
-
-
-@api_keys_cli.command("digest")
-@click.argument("key")
-def _digest(key: str) -> None:
-    """Print the API_KEYS entry for a key without putting the key itself in the environment."""
-    click.echo(_PREFIX + digest(key))
+def forget_stored_keys() -> None:
+    """Drop this process's cache of stored keys (after a revocation); others expire within its ttl."""
+    _STORED.get().forget_all()
 
 
 def init_auth(app: Flask, settings: Settings) -> None:
@@ -288,4 +255,3 @@ def init_auth(app: Flask, settings: Settings) -> None:
     elif not ring.digests:
         log.warning("api.no_keys_configured", hint="set API_KEYS or run 'flask api-keys create'")
     app.before_request(authenticate)
-    app.cli.add_command(api_keys_cli)

@@ -21,8 +21,14 @@ checked by the database in the same statement, not by an earlier read.
 **Pruning** expired keys is never one unbounded DELETE in a live request: each ``prune`` deletes at
 most ``IDEMPOTENCY_PRUNE_BATCH`` rows in its own short transaction. Requests schedule one batch per
 ``IDEMPOTENCY_PRUNE_INTERVAL`` per process, run after their response is sent; the CLI
-``flask --app order_service idempotency-keys prune`` drains any backlog batch by batch (cron it if
-keys expire faster than that pace).
+``flask --app order_service idempotency-keys prune`` (``cli``) drains any backlog batch by batch (cron
+it if keys expire faster than that pace).
+
+**Commits.** ``claim``, ``release`` and ``prune`` each commit a short transaction of their own, outside
+the order's unit of work (``services.place_order``), on purpose: a claim must be visible to a
+concurrent retry *before* the order is placed, and a release or a prune must not wait for (or roll back
+with) any order. ``record_response`` only writes on the order's session, which ``place_order`` commits.
+The table is ``models.IdempotencyKey``; the 409/422 problem documents are in ``problems``.
 """
 
 from __future__ import annotations
@@ -37,34 +43,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import click
 import structlog
-from flask import Flask, Response, after_this_request, current_app
-from flask.cli import AppGroup
-from sqlalchemy import (
-    Connection,
-    Engine,
-    String,
-    Text,
-    UniqueConstraint,
-    delete,
-    insert,
-    select,
-    update,
-)
+from flask import Flask, Response, after_this_request
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
-from order_service.extensions import db
-from order_service.models import Order
-from order_service.problems import problem
+from order_service.extensions import AppState
+from order_service.models import IdempotencyKey, Order
 from order_service.signals import order_placed
 from shared.config import Settings
-from shared.db import BigIntPK, UTCDateTime, utcnow
+from shared.db import utcnow
 
 __all__ = [
     "Claim",
-    "IdempotencyKey",
     "KeyInFlight",
     "KeyReused",
     "Replay",
@@ -80,22 +72,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
-
-
-class IdempotencyKey(db.Model):  # type: ignore[name-defined,misc]
-    __tablename__ = "idempotency_keys"
-    __table_args__ = (UniqueConstraint("client_id", "key", name="uq_idempotency_keys_client_key"),)
-
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
-    client_id: Mapped[str] = mapped_column(String(64))
-    key: Mapped[str] = mapped_column(String(255))
-    request_hash: Mapped[str] = mapped_column(String(64))
-    lock_token: Mapped[uuid.UUID]
-    locked_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    response_status: Mapped[int | None]
-    response_body: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
 _table = IdempotencyKey.__table__
@@ -295,9 +271,12 @@ class _Pruner:
             log.info("idempotency.pruned", removed=removed, batch=self.batch)
 
 
+_PRUNER: AppState[_Pruner] = AppState("order_service.idempotency_pruner")
+
+
 def prune_when_due(app: Flask, engine: Engine) -> None:
     """Schedule one bounded prune after this request's response is sent, if one is due."""
-    pruner: _Pruner = app.extensions["order_service.idempotency_pruner"]
+    pruner = _PRUNER.get(app)
     if not pruner.due():
         return
 
@@ -307,35 +286,6 @@ def prune_when_due(app: Flask, engine: Engine) -> None:
         return response
 
 
-idempotency_cli = AppGroup("idempotency-keys", help="Maintain stored Idempotency-Key responses.")
-
-
-@idempotency_cli.command("prune")
-@click.option(
-    "--batch", type=click.IntRange(min=1), default=None, help="Rows per DELETE (IDEMPOTENCY_PRUNE_BATCH)"
-)
-def _prune(batch: int | None) -> None:
-    """Delete every expired key now, in bounded batches (one short transaction each)."""
-    settings: Settings = current_app.extensions["order_service.settings"]
-    removed, batches = prune_all(db.engine, batch=batch or settings.idempotency_prune_batch)
-    click.echo(f"pruned {removed} expired idempotency keys in {batches} batches")
-
-
 def init_idempotency(app: Flask, settings: Settings) -> None:
-    app.extensions["order_service.idempotency_pruner"] = _Pruner(
-        settings.idempotency_prune_interval, settings.idempotency_prune_batch
-    )
-    app.cli.add_command(idempotency_cli)
+    _PRUNER.init_app(app, _Pruner(settings.idempotency_prune_interval, settings.idempotency_prune_batch))
     order_placed.connect(record_response, weak=False)  # after the outbox receiver; connecting is idempotent
-
-    @app.errorhandler(KeyReused)
-    def _reused(exc: KeyReused) -> Response:
-        detail = "This Idempotency-Key was used with a different request; use a new key."
-        return problem(422, "Idempotency-Key reused", detail, "idempotency-key-reused")
-
-    @app.errorhandler(KeyInFlight)
-    def _in_flight(exc: KeyInFlight) -> Response:
-        detail = "A request with this Idempotency-Key is still being processed; retry shortly."
-        response = problem(409, "Request in progress", detail, "idempotency-key-in-flight")
-        response.headers["Retry-After"] = "1"
-        return response

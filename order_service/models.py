@@ -1,7 +1,8 @@
-"""The orders database: orders, their lines, the outbox written in the same transaction, and the inbox.
+"""Every table of the orders database, in one place.
 
-The inbox (``processed_messages``, ``dead_letters``) belongs to the order-side consumer of
-``invoice.created`` (``order_service.worker``).
+Orders and their lines; the outbox written in the same transaction; the inbox (``processed_messages``,
+``dead_letters``) of the order-side consumer of ``invoice.created`` (``order_service.worker``); the
+stored API keys (``auth``) and the Idempotency-Key claims and responses (``idempotency``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import uuid
 from datetime import datetime
 from typing import Any, TypedDict
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, Uuid, text
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, Uuid, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from order_service.extensions import db
@@ -20,7 +21,9 @@ from shared.outbox import define_outbox
 __all__ = [
     "INVOICED",
     "PLACED",
+    "ApiKey",
     "DeadLetter",
+    "IdempotencyKey",
     "LineFields",
     "Order",
     "OrderLine",
@@ -103,6 +106,36 @@ class DeadLetter(db.Model):  # type: ignore[name-defined,misc]
     reason: Mapped[str] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiKey(db.Model):  # type: ignore[name-defined,misc]
+    """A key managed with ``flask --app order_service api-keys``; only its SHA-256 digest is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class IdempotencyKey(db.Model):  # type: ignore[name-defined,misc]
+    """A client's Idempotency-Key: its claim (lock token) and, once answered, the stored response."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("client_id", "key", name="uq_idempotency_keys_client_key"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    lock_token: Mapped[uuid.UUID]
+    locked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    response_status: Mapped[int | None]
+    response_body: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
 outbox = define_outbox(db.metadata, answered=True)

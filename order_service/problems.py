@@ -1,4 +1,8 @@
-"""RFC 9457 problem documents for every error the API returns; never a traceback."""
+"""RFC 9457 problem documents for every error the API returns; never a traceback.
+
+Every HTTP error handler of the order service is registered here (``register_error_handlers``), so
+what a client sees for an exception is found in one place.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from typing import Any
 
 import structlog
 from flask import Flask, Response, json
+from flask_limiter import RateLimitExceeded
 from flask_openapi3.types import ResponseDict
 from pydantic import ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -14,6 +19,8 @@ from werkzeug.exceptions import HTTPException
 
 from order_service.cursor import InvalidCursor
 from order_service.extensions import db
+from order_service.idempotency import KeyInFlight, KeyReused
+from order_service.ratelimit import retry_after
 from order_service.services import OrderRefused
 
 __all__ = [
@@ -124,6 +131,24 @@ def register_error_handlers(app: Flask) -> None:
         # The receiver's name is an implementation detail: logged for operators, never sent.
         log.info("order.refused", receiver=exc.receiver, reason=exc.reason)
         return problem(422, "Order refused", exc.reason, "order-refused", reason=exc.reason)
+
+    @app.errorhandler(KeyReused)
+    def _key_reused(exc: KeyReused) -> Response:
+        detail = "This Idempotency-Key was used with a different request; use a new key."
+        return problem(422, "Idempotency-Key reused", detail, "idempotency-key-reused")
+
+    @app.errorhandler(KeyInFlight)
+    def _key_in_flight(exc: KeyInFlight) -> Response:
+        detail = "A request with this Idempotency-Key is still being processed; retry shortly."
+        response = problem(409, "Request in progress", detail, "idempotency-key-in-flight")
+        response.headers["Retry-After"] = "1"
+        return response
+
+    @app.errorhandler(RateLimitExceeded)
+    def _too_many(exc: RateLimitExceeded) -> Response:
+        response = problem(429, "Too Many Requests", f"Rate limit exceeded: {exc.limit.limit}.")
+        response.headers["Retry-After"] = str(retry_after())
+        return response
 
     @app.errorhandler(OperationalError)  # includes statement_timeout (QueryCanceled), lost connections
     @app.errorhandler(InterfaceError)  # a connection the driver already considers closed

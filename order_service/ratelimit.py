@@ -17,16 +17,16 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import structlog
-from flask import Flask, Response, g
-from flask_limiter import Limiter, RateLimitExceeded
+from flask import Flask, g
+from flask_limiter import Limiter
 from limits import parse
 from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
-from order_service.problems import problem
+from order_service.extensions import AppState
 from shared.config import Settings
 
-__all__ = ["FailedAuthLimit", "init_rate_limit"]
+__all__ = ["FailedAuthLimit", "init_rate_limit", "retry_after"]
 
 log = structlog.get_logger(__name__)
 
@@ -90,12 +90,13 @@ def init_rate_limit(app: Flask, settings: Settings) -> Limiter:
         in_memory_fallback_enabled=True,
     )
 
-    @app.errorhandler(RateLimitExceeded)
-    def _too_many(exc: RateLimitExceeded) -> Response:
-        current = limiter.current_limit
-        wait = max(1, math.ceil(current.reset_at - time.time())) if current else 1
-        response = problem(429, "Too Many Requests", f"Rate limit exceeded: {exc.limit.limit}.")
-        response.headers["Retry-After"] = str(wait)
-        return response
+    return _LIMITER.init_app(app, limiter)
 
-    return limiter
+
+_LIMITER: AppState[Limiter] = AppState("order_service.limiter")
+
+
+def retry_after() -> int:
+    """Seconds until the limit this request exceeded resets (its 429's ``Retry-After``; see ``problems``)."""
+    current = _LIMITER.get().current_limit
+    return max(1, math.ceil(current.reset_at - time.time())) if current else 1

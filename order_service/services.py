@@ -1,4 +1,12 @@
-"""The unit of work of the order service: the only place that commits."""
+"""The unit of work of placing an order: one commit for the order and all its receivers wrote.
+
+``place_order`` is the only commit of an API request that places an order: the order, its lines, the
+outbox row and the stored Idempotency-Key response (both written by ``order_placed`` receivers on the
+same session) commit together or not at all. The service's other commits, each deliberate and named
+in its module: ``idempotency`` (claim, release, prune: short transactions of their own, outside the
+order), ``cli`` (one per command) and ``inbox`` (the consumer: one per message). See the package
+docstring for the map.
+"""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import threading
 from sqlalchemy import Engine, func, select, text
 
 from order_service import idempotency
-from order_service.idempotency import IdempotencyKey
+from order_service.models import IdempotencyKey
 from shared.db import utcnow
 
 _table = IdempotencyKey.__table__

@@ -16,8 +16,7 @@ from invoice_worker.database import InvoiceDatabase
 from invoice_worker.models import Base as InvoiceBase
 from order_service import create_app
 from order_service.extensions import db
-from order_service.idempotency import IdempotencyKey
-from order_service.models import Order, OrderLine, outbox
+from order_service.models import IdempotencyKey, Order, OrderLine, outbox
 from shared.config import Settings
 
 API_KEY = "osk_unit-test-key-0123456789abcdef"

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from order_service import idempotency
 from order_service.auth import client_id, digest
 from order_service.extensions import SETTINGS, db
-from order_service.idempotency import IdempotencyKey
+from order_service.models import IdempotencyKey
 from order_service.services import LineRequest, PlaceOrder, place_order
 from order_service.signals import Veto, order_placed
 from shared.config import Settings

@@ -9,8 +9,9 @@ from flask import Flask
 from sqlalchemy import event, update
 
 import order_service.auth as auth
-from order_service.auth import STORED_KEY_CACHE_SECONDS, ApiKey, digest
+from order_service.auth import STORED_KEY_CACHE_SECONDS, digest
 from order_service.extensions import db
+from order_service.models import ApiKey
 from shared.db import utcnow
 
 STORED = "osk_stored-key-for-the-cache-test-0123456789"

@@ -13,9 +13,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import insert
 
 from order_service import create_app
-from order_service.auth import ApiKey, digest
+from order_service.auth import digest
 from order_service.extensions import db
-from order_service.models import INVOICED, PLACED, Order, outbox
+from order_service.models import INVOICED, PLACED, ApiKey, Order, outbox
 from order_service.pipeline import percentile
 from shared.config import Settings
 from shared.contracts import ORDER_PLACED
