@@ -1,4 +1,15 @@
-"""Making invoices, exactly once per order, whatever the broker redelivers."""
+"""Making invoices, exactly once per order, whatever the broker redelivers.
+
+**Commits** (this module is the invoice worker's unit of work; tasks and ``processing`` never commit):
+``create_invoice`` commits once per message: the inbox row, the invoice and its ``invoice.created``
+outbox row together (a duplicate message, or an order already invoiced: the answer sent again, in
+``_answer_again``).
+``count_delivery`` commits its count *before* the work, on purpose, so a delivery that kills the
+worker is still counted and a poison message ends as a dead letter. ``record_dead_letter`` commits
+the parked message. A message therefore takes one commit, plus one when its delivery is counted.
+Outside a delivery: an operator's replay (``dead_letters``) commits the replay's outcome on the dead
+letter after ``create_invoice`` committed; inbox retention (``retention``) deletes in batches of its own.
+"""
 
 from __future__ import annotations
 
