@@ -9,7 +9,8 @@ blueprints and extensions unchanged); and its validation hook lets ``problems`` 
 
 Where things are (modules of one kind; a feature's logic has its own module):
 
-- tables: ``models`` (orders, lines, outbox, inbox, API keys, Idempotency-Keys) · messages: ``shared.contracts``
+- tables: ``models`` (orders, lines, outbox, inbox, API keys, Idempotency-Keys)
+- messages: ``shared.contracts``
 - commands: ``cli`` (``api-keys``, ``idempotency-keys``; ``db`` is Flask-Migrate's)
 - HTTP error handlers and problem documents: ``problems`` · request/response bodies: ``schemas``
 - routes: ``api`` (orders, health), ``dashboard`` (the pipeline page) · per-app state: ``extensions``
