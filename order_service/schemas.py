@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictInt
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
 
 from order_service.cursor import MAX_LENGTH as CURSOR_MAX_LENGTH
 from order_service.models import Order, line_fields
@@ -42,7 +43,17 @@ def _to_utc(value: datetime) -> datetime:
         raise ValueError("out of the representable range in UTC") from None
 
 
-Instant = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _rfc3339_text(value: object) -> object:
+    """Only an RFC 3339 date-time, as the OpenAPI document says: not a number pydantic reads as epoch."""
+    if isinstance(value, str) and not _RFC3339.fullmatch(value):
+        raise ValueError("must be an RFC 3339 date-time with a time zone, e.g. 2026-11-25T12:00:00Z")
+    return value
+
+
+Instant = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text), AfterValidator(_to_utc)]
 CustomerId = Annotated[str, Field(min_length=1, max_length=64, pattern=TEXT, examples=["cus_42"])]
 
 
