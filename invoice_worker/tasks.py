@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, NoReturn
+from typing import Any
 
 import structlog
 from celery import Task
-from celery.exceptions import Reject, Retry
 
 from invoice_worker.celery_app import app, database, settings
 from invoice_worker.processing import TASK_NAME, DeliveryPolicy, RetryLater, handle_order_placed
 from invoice_worker.retention import InboxPruner
+from shared.task_retry import retry_or_requeue
 
 __all__ = ["order_placed"]
 
@@ -30,7 +30,7 @@ def order_placed(self: Task, payload: dict[str, Any]) -> str:
     A delivery ends in exactly one of three ways: a result (the invoice exists, or the message is
     parked as a dead letter), ``Retry`` after the retry message was published, or
     ``Reject(requeue=True)``. Nothing else may escape: with ``acks_late`` Celery removes the message
-    of a task that raised (see ``_retry_or_requeue``), which would lose the order for good.
+    of a task that raised (see ``shared.task_retry``), which would lose the order for good.
     """
     order_id = payload.get("order_id") if isinstance(payload, dict) else None
     structlog.contextvars.bind_contextvars(message_id=self.request.id, order_id=order_id)
@@ -52,30 +52,7 @@ def order_placed(self: Task, payload: dict[str, Any]) -> str:
         except Exception as exc:  # a failure no rule classifies: a bug is no reason to lose the order
             log.exception("invoice.unexpected_error", retries=self.request.retries)
             reason, countdown = exc, POLICY.backoff(self.request.retries + 1)
-        _retry_or_requeue(self, reason, countdown)
+        retry_or_requeue(self, reason, countdown, "invoice")
     finally:
         structlog.contextvars.clear_contextvars()
         INBOX_PRUNER.prune_when_due()
-
-
-def _retry_or_requeue(task: Task, reason: Exception, countdown: float) -> NoReturn:
-    """Publish the retry and raise ``Retry``; if the publish fails, put this delivery back instead.
-
-    Celery answers a retry whose publish failed (the broker is down) with ``Reject(requeue=False)``,
-    and kombu's Redis transport carries that out as a delete, exactly like an acknowledgement
-    (``QoS.reject``; ``task_acks_on_failure_or_timeout=False`` does not help for the same reason).
-    ``Reject(requeue=True)`` pushes the message back to the head of its queue. When Redis itself is
-    unreachable that reject fails as well, and the message simply stays in Redis's unacked set until
-    the visibility timeout restores it. Leaving a message unacknowledged on purpose is no
-    alternative: kombu keeps counting it against the prefetch limit, so the worker would starve.
-    """
-    log.info("invoice.retry_scheduled", countdown=round(countdown, 2), retries=task.request.retries)
-    try:
-        raise task.retry(exc=reason, countdown=countdown)
-    except Retry:
-        raise
-    except Exception as publish_error:  # Celery's Reject(requeue=False), or the publish error itself
-        cause = publish_error.reason if isinstance(publish_error, Reject) else publish_error
-        error = f"retry not published: {type(cause).__name__}: {cause}"
-        log.error("invoice.retry_not_published", error=error)
-        raise Reject(error, requeue=True) from publish_error

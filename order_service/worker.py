@@ -18,16 +18,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, NoReturn
+from typing import Any
 
 import structlog
 from celery import Celery, Task
-from celery.exceptions import Reject, Retry
 from celery.signals import setup_logging, worker_process_init
 from pydantic import ValidationError
-from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from order_service.inbox import (
     InvalidAnswer,
@@ -40,8 +38,9 @@ from shared.backoff import jittered_backoff
 from shared.broker import worker_broker_config
 from shared.config import Settings
 from shared.contracts import INVOICE_CREATED, ROUTES, UnsupportedSchemaVersion, parse_invoice_created
-from shared.db import create_db_engine
 from shared.logs import configure_logging
+from shared.task_retry import retry_or_requeue
+from shared.worker_db import WorkerDatabase
 from shared.worker_metrics import instrument_worker
 
 __all__ = ["TASK_NAME", "DeliveryPolicy", "OrdersDatabase", "RetryLater", "app", "deliver", "invoice_created"]
@@ -57,29 +56,11 @@ PRUNE_MAX_BATCHES = 20
 """Inbox batches deleted per prune round (``INBOX_PRUNE_BATCH`` rows each, one short transaction each)."""
 
 
-class OrdersDatabase:
-    """The orders database for the consumer: engine on first use, never at import, never across a fork."""
+class OrdersDatabase(WorkerDatabase):
+    """The orders database for the consumer (a plain engine, no Flask app)."""
 
     def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._engine: Engine | None = None
-        self._sessions: sessionmaker[Session] | None = None
-
-    @property
-    def engine(self) -> Engine:
-        if self._engine is None:
-            self._engine = create_db_engine(self._settings.orders_database_url, pool_size=2)
-        return self._engine
-
-    def session(self) -> Session:
-        if self._sessions is None:
-            self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        return self._sessions()
-
-    def after_fork(self) -> None:
-        """Connections inherited from the parent are not ours to use: drop them without closing."""
-        if self._engine is not None:
-            self._engine.dispose(close=False)
+        super().__init__(settings.orders_database_url)
 
 
 class RetryLater(Exception):
@@ -238,29 +219,11 @@ def invoice_created(self: Task, payload: Any) -> str:
                 database.session, _message_id(self.request.id), payload, self.request.retries, POLICY
             )
         except RetryLater as exc:
-            _retry_or_requeue(self, exc, exc.countdown)
+            retry_or_requeue(self, exc, exc.countdown, "order.invoice")
         except Exception as exc:  # unclassified, outside deliver: a bug is no reason to drop the answer
             log.exception("order.invoice_unexpected_error", retries=self.request.retries)
-            _retry_or_requeue(self, exc, POLICY.backoff(self.request.retries + 1))
+            retry_or_requeue(self, exc, POLICY.backoff(self.request.retries + 1), "order.invoice")
         _prune_when_due()
         return outcome
     finally:
         structlog.contextvars.clear_contextvars()
-
-
-def _retry_or_requeue(task: Task, reason: Exception, countdown: float) -> NoReturn:
-    """Publish the retry and raise ``Retry``; if that publish fails, put the delivery back instead.
-
-    Celery turns a failed retry publish into ``Reject(requeue=False)``, which kombu's Redis
-    transport carries out as a delete (see ``invoice_worker.tasks`` for the full story).
-    """
-    log.info("order.invoice_retry_scheduled", countdown=round(countdown, 2), retries=task.request.retries)
-    try:
-        raise task.retry(exc=reason, countdown=countdown)
-    except Retry:
-        raise
-    except Exception as publish_error:  # Celery's Reject(requeue=False), or the publish error itself
-        cause = publish_error.reason if isinstance(publish_error, Reject) else publish_error
-        error = f"retry not published: {type(cause).__name__}: {cause}"
-        log.error("order.invoice_retry_not_published", error=error)
-        raise Reject(error, requeue=True) from publish_error
