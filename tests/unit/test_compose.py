@@ -315,14 +315,11 @@ def test_data_lives_in_named_volumes(compose: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("name", CELERY_WORKERS)
-def test_worker_healthcheck_pings_its_own_node_at_container_runtime(
-    services: dict[str, Service], name: str
-) -> None:
-    test = services[name]["healthcheck"]["test"]
-    assert test[0] == "CMD-SHELL"  # a shell expands $HOSTNAME inside the container
-    # "$$" is compose's escape for a literal "$"; a single "$" would be interpolated from the host.
-    assert "celery@$$HOSTNAME" in test[1]
-    assert re.search(r"(?<!\$)\$(?!\$)", test[1]) is None
+def test_worker_healthcheck_asks_the_workers_readiness_probe(services: dict[str, Service], name: str) -> None:
+    """The parent process's /readyz on WORKER_METRICS_PORT: the database and the broker answer."""
+    probe = " ".join(healthcheck_argv(services[name]))
+    assert "http://127.0.0.1:9102/readyz" in probe
+    assert "WORKER_METRICS_PORT" not in environment(services[name])  # the default port, as probed
 
 
 @pytest.mark.usefixtures("project_on_path")
