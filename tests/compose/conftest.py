@@ -105,6 +105,7 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
                 for key, value in {
                     "POSTGRES_PASSWORD": secrets.token_hex(16),
                     "API_KEYS": api_key,
+                    "FLOWER_BASIC_AUTH": f"ops:{secrets.token_hex(12)}",
                     "API_PORT": str(port),
                     **images,
                 }.items()

@@ -26,9 +26,9 @@ INIT_SCRIPT = ROOT / "deploy" / "postgres" / "init-databases.sh"
 
 PIPELINE = {"api", "relay", "worker", "invoice-relay", "order-consumer"}
 """The five processes of the loop: orders -> invoices -> InvoiceCreated -> orders invoiced."""
-ALL_SERVICES = {"postgres", "redis", "migrate", *PIPELINE}
+ALL_SERVICES = {"postgres", "redis", "migrate", "flower", *PIPELINE}
 APP_SERVICES = {"migrate", *PIPELINE}
-LONG_RUNNING = {"postgres", "redis", *PIPELINE}
+LONG_RUNNING = {"postgres", "redis", "flower", *PIPELINE}
 CELERY_WORKERS = ["worker", "order-consumer"]
 ALLOWED_CONDITIONS = {"service_healthy", "service_completed_successfully"}
 PASSWORD_INTERPOLATION = re.compile(r"^\$\{POSTGRES_PASSWORD(?::?[-?][^}]*)?\}$")
@@ -375,3 +375,13 @@ def test_secrets_stay_out_of_git_and_the_image() -> None:
     assert {"var", ".venv", "tests"} <= set(ignored)
     example = (ROOT / ".env.example").read_text(encoding="utf-8")
     assert re.search(r"^POSTGRES_PASSWORD=", example, re.MULTILINE)
+
+
+def test_flower_watches_the_workers_behind_basic_auth_without_a_published_port(
+    services: dict[str, Service],
+) -> None:
+    flower = services["flower"]
+    assert argv(flower["command"])[:4] == ["celery", "-A", "invoice_worker", "flower"]
+    assert environment(flower)["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")  # required, from .env
+    assert "ports" not in flower
+    assert "/healthcheck" in " ".join(healthcheck_argv(flower))  # the one page Flower serves without auth
