@@ -19,6 +19,7 @@ __all__ = [
     "postgres_backends",
     "publish_rate",
     "rss_mb",
+    "settle",
 ]
 
 
@@ -175,6 +176,24 @@ def cpu_by_pid(processes: list[psutil.Process]) -> dict[int, float]:
 
 def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
+def settle(urls: list[str]) -> float:
+    """VACUUM ANALYZE these databases now; return the seconds it took.
+
+    A round's inserts set off autovacuum on its tables some time after the round ends (the launcher
+    visits each database once per ``autovacuum_naptime``): left to it, that work lands in the *next*
+    variant's round and tilts the pair. Done here, after the CPU snapshot, it is charged to no one.
+    """
+    started = time.monotonic()
+    for url in urls:
+        engine = create_engine(url, pool_size=1, max_overflow=0, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("VACUUM (ANALYZE)"))
+        finally:
+            engine.dispose()
+    return time.monotonic() - started
 
 
 def postgres_backends(urls: list[str]) -> list[psutil.Process]:

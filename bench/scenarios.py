@@ -34,6 +34,7 @@ from bench.measure import (
     postgres_backends,
     publish_rate,
     rss_mb,
+    settle,
 )
 from bench.stack import API_KEY, Stack, StackFactory
 from bench.stats import median_of, ratio, summarize
@@ -135,7 +136,9 @@ class Variant:
         cpu = _cpu_per_order(before, self.cpu(), load.placed)
         if load.errors:
             print(f"warning: {self.name} {tag}: failed requests {load.errors}", file=sys.stderr)
+        databases = [self.stack.databases.orders_url, self.stack.databases.invoices_url]
         figures |= {
+            "settle_s": settle(databases),  # after the CPU snapshot: the next variant starts on a calm server
             "placed": float(load.placed),
             "errors": float(sum(load.errors.values())),
             "e2e_rps": delivery.throughput,
