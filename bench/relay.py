@@ -39,6 +39,10 @@ from sqlalchemy import Engine, make_url, text
 from sqlalchemy.orm import Session
 
 from bench.backlog import fill_outbox
+from harness.databases import PostgresFactory
+from harness.outbox import order_payload, outbox_rows
+from harness.processes import pipeline_env, relay_service
+from harness.waiting import wait_until
 from order_service.models import outbox
 from order_service.relay import build_relay
 from shared.broker import publishing_app
@@ -49,10 +53,6 @@ from shared.logs import configure_logging
 from shared.outbox.messages import PendingMessage
 from shared.outbox.redis_publisher import RedisPipelinePublisher
 from shared.outbox.writer import OutboxMessage, add_message
-from tests.support.databases import PostgresFactory
-from tests.support.outbox import order_payload, outbox_rows
-from tests.support.processes import pipeline_env, relay_service
-from tests.support.waiting import wait_until
 
 ROWS = int(os.environ.get("BENCH_RELAY_ROWS", "100000"))
 NAIVE_ROWS = min(ROWS, int(os.environ.get("BENCH_RELAY_NAIVE_ROWS", "10000")))

@@ -24,8 +24,8 @@ import psutil
 import redis
 from sqlalchemy import create_engine, text
 
-from tests.support.databases import DatabasePair, PostgresFactory
-from tests.support.processes import BIN, Service, free_port, pipeline_env, wait_for_http
+from harness.databases import DatabasePair, PostgresFactory
+from harness.processes import BIN, Service, free_port, pipeline_env, wait_for_http
 
 __all__ = ["API_KEY", "Knobs", "Stack", "StackFactory", "store_api_key"]
 

@@ -19,9 +19,9 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
+from harness.databases import DatabasePair, PostgresFactory
 from shared.config import Settings
 from shared.db import create_db_engine
-from tests.support.databases import DatabasePair, PostgresFactory
 
 TEST_POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.waiting import wait_until
 from tests.compose.engine import (
     LONG_RUNNING,
     ONE_SHOT,
@@ -28,7 +29,6 @@ from tests.compose.engine import (
     run,
 )
 from tests.support.orders import expected_total, order_body
-from tests.support.waiting import wait_until
 
 # A cold run (debootstrap, image builds) is bounded inside the fixture, call by call; this bounds the whole.
 pytestmark = pytest.mark.timeout(900)

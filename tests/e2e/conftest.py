@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import Settings
-from tests.support.processes import (
+from harness.processes import (
     Service,
     api_service,
     free_port,
@@ -18,6 +17,7 @@ from tests.support.processes import (
     wait_for_http,
     worker_service,
 )
+from shared.config import Settings
 
 
 @dataclass

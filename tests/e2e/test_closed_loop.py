@@ -20,9 +20,7 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from shared.config import Settings
-from tests.support.orders import api_headers, order_body, post_orders
-from tests.support.processes import (
+from harness.processes import (
     Service,
     api_service,
     free_port,
@@ -31,8 +29,10 @@ from tests.support.processes import (
     wait_for_http,
     worker_service,
 )
+from harness.waiting import wait_until
+from shared.config import Settings
+from tests.support.orders import api_headers, order_body, post_orders
 from tests.support.servers import PrivateRedis
-from tests.support.waiting import wait_until
 
 
 @dataclass

@@ -23,11 +23,11 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 from sqlalchemy import create_engine, text
 
+from harness.processes import ROOT, TEST_API_KEY
+from harness.waiting import wait_until
 from shared.config import Settings
 from tests.e2e.test_closed_loop import Loop, all_invoiced, start_loop
 from tests.support.orders import order_body, post_orders
-from tests.support.processes import ROOT, TEST_API_KEY
-from tests.support.waiting import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.processes import run_migrations, settings_env
+from harness.waiting import wait_until
 from shared.config import Settings
 from tests.e2e.conftest import start_pipeline
 from tests.support.checks import read_ledger
 from tests.support.orders import expected_total, order_body, post_orders
-from tests.support.processes import run_migrations, settings_env
-from tests.support.waiting import wait_until
 
 
 def test_embedded_mode_turns_a_posted_order_into_an_invoice(

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.processes import ROOT, free_port, run_migrations
-from tests.support.waiting import wait_until
+from harness.processes import ROOT, free_port, run_migrations
+from harness.waiting import wait_until
 
 PROCESS_NAMES = ("api", "order-relay", "invoice-worker", "invoice-relay", "order-consumer")
 

@@ -18,10 +18,8 @@ import pytest
 import redis
 from sqlalchemy import create_engine, text
 
-from shared.config import Settings
-from tests.support.databases import PostgresFactory
-from tests.support.orders import api_headers, order_body
-from tests.support.processes import (
+from harness.databases import PostgresFactory
+from harness.processes import (
     Service,
     api_service,
     free_port,
@@ -32,8 +30,10 @@ from tests.support.processes import (
     wait_for_http,
     worker_service,
 )
+from harness.waiting import wait_until
+from shared.config import Settings
+from tests.support.orders import api_headers, order_body
 from tests.support.scrape import Sample, scrape, spans, value
-from tests.support.waiting import wait_until
 
 ORDERS = 6
 REQUEST_ID = f"req-{uuid.uuid4().hex[:12]}"

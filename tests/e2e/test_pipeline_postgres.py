@@ -5,11 +5,11 @@ from __future__ import annotations
 import random
 import time
 
+from harness.waiting import wait_until
 from shared.config import Settings
 from tests.e2e.conftest import Pipeline
 from tests.support.checks import read_ledger
 from tests.support.orders import expected_total, order_body, post_orders
-from tests.support.waiting import wait_until
 
 
 def test_two_hundred_concurrent_orders_get_exactly_one_invoice_each(

@@ -19,6 +19,8 @@ import redis
 from flask import Flask
 from sqlalchemy import Engine, func, select, text
 
+from harness.processes import Service, relay_service, settings_env, worker_service
+from harness.waiting import wait_until
 from order_service import create_app
 from order_service.extensions import db
 from order_service.models import outbox
@@ -26,8 +28,6 @@ from order_service.services import LineRequest, PlaceOrder, place_order
 from shared.config import Settings
 from shared.outbox.partitions import LockKeys, relay_holdings
 from tests.support.checks import read_ledger
-from tests.support.processes import Service, relay_service, settings_env, worker_service
-from tests.support.waiting import wait_until
 
 ORDERS = 50
 BATCH = 20

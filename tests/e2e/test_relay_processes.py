@@ -13,12 +13,12 @@ import pytest
 import redis
 from sqlalchemy import Engine, func, select, text
 
+from harness.outbox import consumed, insert_rows, order_violations, outbox_rows
+from harness.processes import ROOT, Service, pipeline_env, relay_service, run_migrations, settings_env
+from harness.waiting import wait_until
 from order_service.models import outbox
 from shared.config import Settings
 from shared.outbox.partitions import LockKeys, relay_holdings
-from tests.support.outbox import consumed, insert_rows, order_violations, outbox_rows
-from tests.support.processes import ROOT, Service, pipeline_env, relay_service, run_migrations, settings_env
-from tests.support.waiting import wait_until
 
 ROWS = 20_000
 

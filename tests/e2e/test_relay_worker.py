@@ -6,14 +6,14 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
+from harness.outbox import insert_rows, outbox_rows
+from harness.processes import settings_env, worker_service
+from harness.waiting import wait_until
 from order_service.relay import build_relay
 from shared.config import Settings
 from shared.db import create_db_engine
 from shared.outbox.redis_publisher import RedisPipelinePublisher
 from tests.support.checks import read_ledger
-from tests.support.outbox import insert_rows, outbox_rows
-from tests.support.processes import settings_env, worker_service
-from tests.support.waiting import wait_until
 
 ORDERS = 300
 

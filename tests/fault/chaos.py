@@ -34,12 +34,12 @@ from typing import Any
 import httpx
 import redis
 
+from harness.databases import PostgresFactory
+from harness.processes import Service
 from tests.fault.checker import Accepted, Findings, audit
 from tests.fault.evidence import PRIORITY_SEPARATOR, PRIORITY_STEPS, InvoicedWatch, Snapshot
 from tests.fault.harness import Cluster
-from tests.support.databases import PostgresFactory
 from tests.support.orders import order_body
-from tests.support.processes import Service
 from tests.support.servers import PrivateRedis
 
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

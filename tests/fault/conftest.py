@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.databases import DatabasePair, PostgresFactory
 from tests.fault.harness import Cluster
-from tests.support.databases import DatabasePair, PostgresFactory
 from tests.support.servers import PrivatePostgres, PrivateRedis
 
 

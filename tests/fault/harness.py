@@ -17,10 +17,8 @@ from typing import Any
 
 import httpx
 
-from shared.config import Settings
-from tests.fault.evidence import Checker, Verdict
-from tests.support.databases import DatabasePair
-from tests.support.processes import (
+from harness.databases import DatabasePair
+from harness.processes import (
     Service,
     api_service,
     free_port,
@@ -31,8 +29,10 @@ from tests.support.processes import (
     wait_for_http,
     worker_service,
 )
+from harness.waiting import wait_until
+from shared.config import Settings
+from tests.fault.evidence import Checker, Verdict
 from tests.support.servers import PrivateRedis
-from tests.support.waiting import wait_until
 
 FAULT_ENV = {
     "BROKER_VISIBILITY_TIMEOUT": "4",

@@ -8,9 +8,9 @@ import httpx
 import redis
 from sqlalchemy import create_engine, text
 
+from harness.waiting import wait_until
 from tests.fault.harness import Cluster, report
 from tests.fault.orders import bodies, place_in_process
-from tests.support.waiting import wait_until
 
 
 def outbox_errors(cluster: Cluster) -> list[str]:

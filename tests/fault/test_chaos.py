@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from harness.databases import PostgresFactory
 from tests.fault.chaos import run_chaos
-from tests.support.databases import PostgresFactory
 
 FAULTS = (
     "relay_kill",

@@ -10,13 +10,13 @@ from collections import Counter
 import httpx
 from sqlalchemy import create_engine, text
 
+from harness.processes import Service
+from harness.waiting import wait_until
 from shared.config import Settings
 from tests.fault.harness import FAULT_ENV, Cluster, report
 from tests.fault.orders import bodies, place_in_process
-from tests.support.processes import Service
 from tests.support.read_only import set_read_only
 from tests.support.servers import PrivatePostgres
-from tests.support.waiting import wait_until
 
 SHIPPED = {str(f.validation_alias): f.default for f in Settings.model_fields.values()}
 SHIPPED_DEFAULTS = {name: str(SHIPPED[name]) for name in FAULT_ENV}

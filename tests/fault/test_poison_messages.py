@@ -9,6 +9,8 @@ from typing import Any
 
 from sqlalchemy import create_engine, insert
 
+from harness.processes import ROOT
+from harness.waiting import wait_until
 from order_service.models import outbox
 from shared.contracts import ORDER_PLACED
 from shared.db import utcnow
@@ -16,8 +18,6 @@ from shared.outbox.writer import bucket_of
 from tests.fault.faulty_worker import ALWAYS_RAISES, KILLS_EVERY_TIME
 from tests.fault.harness import Cluster, report
 from tests.fault.orders import bodies, place_in_process
-from tests.support.processes import ROOT
-from tests.support.waiting import wait_until
 
 
 def inject_raw_messages(cluster: Cluster, payloads: list[dict[str, Any]]) -> None:

@@ -14,12 +14,12 @@ import sys
 
 import httpx
 
+from harness.processes import ROOT, free_port
+from harness.waiting import wait_until
 from tests.fault.harness import Cluster
 from tests.fault.orders import bodies
-from tests.support.processes import ROOT, free_port
 from tests.support.scrape import scrape, value
 from tests.support.servers import PrivatePostgres
-from tests.support.waiting import wait_until
 
 ORDERS = 5
 

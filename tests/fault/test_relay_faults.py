@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import Connection, create_engine, select, text
 
+from harness.waiting import wait_until
 from order_service import create_app
 from order_service.extensions import db
 from order_service.models import outbox
@@ -22,7 +23,6 @@ from shared.db import utcnow
 from shared.outbox import store
 from tests.fault.harness import Cluster, report
 from tests.fault.orders import bodies, cluster_settings, place_in_process
-from tests.support.waiting import wait_until
 
 
 @contextmanager

@@ -21,11 +21,11 @@ from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine, text
 
+from harness.processes import Service
+from harness.waiting import wait_until
 from shared.outbox.partitions import LockKeys, relay_holdings
 from tests.fault.harness import Cluster
 from tests.fault.orders import bodies, place_in_process
-from tests.support.processes import Service
-from tests.support.waiting import wait_until
 
 STALL_BOUND = 30.0  # the shipped RELAY_STALL_SECONDS; this test does not override it
 PARTITIONS = 16

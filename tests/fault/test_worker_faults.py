@@ -10,11 +10,11 @@ import psycopg
 from redis import Redis
 from sqlalchemy import create_engine, make_url, text
 
+from harness.processes import Service
+from harness.waiting import wait_until
 from tests.fault.faulty_worker import KILLS_ONCE, SLOW
 from tests.fault.harness import Cluster, report
 from tests.fault.orders import bodies, place_in_process
-from tests.support.processes import Service
-from tests.support.waiting import wait_until
 
 
 def deliveries_of(cluster: Cluster) -> list[int]:

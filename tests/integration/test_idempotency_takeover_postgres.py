@@ -26,11 +26,11 @@ from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
+from harness.waiting import wait_until
 from order_service import create_app
 from order_service.extensions import db
 from order_service.models import Order
 from shared.config import Settings
-from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
+from harness.databases import PostgresFactory
 from invoice_worker.migrations_cli import alembic_config, upgrade
 from invoice_worker.models import Base
 from shared.config import Settings
-from tests.support.databases import PostgresFactory
 
 
 def _drift_and_tables(url: str) -> tuple[list[object], set[str], set[str]]:

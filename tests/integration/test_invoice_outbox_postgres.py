@@ -11,6 +11,7 @@ import pytest
 import redis
 from sqlalchemy import func, insert, make_url, select, text
 
+from harness.outbox import consumed
 from invoice_worker.database import InvoiceDatabase
 from invoice_worker.invoicing import create_invoice
 from invoice_worker.models import Invoice, MessageDelivery, ProcessedMessage, outbox
@@ -22,7 +23,6 @@ from shared.outbox.publisher import publisher_for
 from shared.outbox.relay import OutboxRelay, RelayPolicy
 from shared.outbox.table import NOTIFY_CHANNEL
 from tests.support.events import order_placed_event
-from tests.support.outbox import consumed
 
 
 def _listener(url: str) -> psycopg.Connection[tuple[object, ...]]:

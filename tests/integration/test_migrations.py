@@ -8,11 +8,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
+from harness.databases import PostgresFactory
+from harness.processes import pipeline_env, run_migrations
 from invoice_worker.models import Base as InvoiceBase
 from order_service.extensions import db
 from shared.config import Settings
-from tests.support.databases import PostgresFactory
-from tests.support.processes import pipeline_env, run_migrations
 
 
 def _drift(url: str, metadata: object) -> list[object]:

@@ -15,6 +15,7 @@ import redis
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
+from harness.outbox import consumed, order_payload
 from order_service.models import outbox
 from order_service.relay import build_relay, relay_policy
 from shared.config import Settings
@@ -24,7 +25,6 @@ from shared.outbox.messages import BatchOutcome, PendingMessage
 from shared.outbox.publisher import publisher_for
 from shared.outbox.relay import OutboxRelay
 from shared.outbox.writer import OutboxMessage, add_message
-from tests.support.outbox import consumed, order_payload
 
 HOUR = timedelta(hours=1)
 

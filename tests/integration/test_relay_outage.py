@@ -10,12 +10,12 @@ import pytest
 import redis
 from sqlalchemy import Engine, func, select, text
 
+from harness.outbox import consumed, insert_rows, order_violations, outbox_rows, running_relay
+from harness.waiting import wait_until
 from order_service.models import outbox
 from order_service.relay import build_relay
 from shared.config import Settings
-from tests.support.outbox import consumed, insert_rows, order_violations, outbox_rows, running_relay
 from tests.support.servers import PrivateRedis
-from tests.support.waiting import wait_until
 
 
 @pytest.fixture

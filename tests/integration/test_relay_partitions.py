@@ -9,12 +9,12 @@ import pytest
 import redis
 from sqlalchemy import Engine, select, text
 
+from harness.outbox import consumed, insert_rows, order_violations, outbox_rows
 from order_service.models import outbox
 from order_service.relay import build_relay
 from shared.config import Settings
 from shared.outbox.messages import BatchOutcome, PendingMessage, Publisher
 from shared.outbox.relay import OutboxRelay
-from tests.support.outbox import consumed, insert_rows, order_violations, outbox_rows
 
 
 @pytest.fixture

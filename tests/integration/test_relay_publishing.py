@@ -10,6 +10,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, select
 
+from harness.outbox import consumed, insert_rows, order_violations, outbox_rows
 from order_service.models import outbox
 from order_service.relay import build_relay, main
 from shared.broker import publishing_app
@@ -20,7 +21,6 @@ from shared.outbox.messages import PendingMessage
 from shared.outbox.publisher import publisher_for
 from shared.outbox.redis_publisher import RedisPipelinePublisher
 from shared.outbox.writer import bucket_of
-from tests.support.outbox import consumed, insert_rows, order_violations, outbox_rows
 
 
 @pytest.fixture

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, event, text
 
+from harness.outbox import insert_rows, outbox_rows
 from order_service.models import outbox
 from shared.db import create_db_engine
 from shared.outbox import store
-from tests.support.outbox import insert_rows, outbox_rows
 
 
 def _statements(engine: Engine) -> list[str]:

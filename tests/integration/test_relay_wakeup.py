@@ -9,14 +9,14 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from harness.outbox import insert_rows, order_payload, outbox_rows, running_relay
+from harness.waiting import wait_until
 from order_service.models import outbox
 from order_service.relay import build_relay
 from shared.config import Settings
 from shared.outbox.messages import BatchOutcome
 from shared.outbox.relay import OutboxRelay
 from shared.outbox.writer import OutboxMessage, add_message
-from tests.support.outbox import insert_rows, order_payload, outbox_rows, running_relay
-from tests.support.waiting import wait_until
 
 POLL_INTERVAL = 5.0
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.processes import TEST_API_KEY
+from harness.processes import TEST_API_KEY
 
 
 def order_body(rng: random.Random | None = None) -> dict[str, Any]:

@@ -12,8 +12,8 @@ from pathlib import Path
 import psycopg
 from mirakuru import TCPExecutor
 
-from tests.support.processes import free_port
-from tests.support.waiting import wait_until
+from harness.processes import free_port
+from harness.waiting import wait_until
 
 
 def _pg_bin(name: str) -> str:

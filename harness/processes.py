@@ -12,8 +12,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.waiting import wait_until
 from shared.config import Settings
-from tests.support.waiting import wait_until
 
 BIN = Path(sys.executable).parent
 TEST_API_KEY = "osk_test_" + "k" * 40
