@@ -18,7 +18,7 @@ from shared.config import Settings
 BIN = Path(sys.executable).parent
 TEST_API_KEY = "osk_test_" + "k" * 40
 """The key every pipeline started by the tests accepts (``API_KEYS``); clients send it as a Bearer token."""
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:

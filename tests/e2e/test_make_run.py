@@ -42,9 +42,12 @@ def test_make_run_shows_a_placed_order_turn_invoiced(tmp_path: Path) -> None:
         )
     try:
         wait_until(
-            lambda: "Ctrl-C stops all five" in log_path.read_text(), timeout=90, message="make run's help"
+            lambda: "Ctrl-C stops all five" in log_path.read_text() or run.poll() is not None,
+            timeout=90,
+            message="make run's help",
         )
         printed = log_path.read_text()
+        assert "Ctrl-C stops all five" in printed, printed[-6000:]
         key = re.search(r"API key: (\S+)", printed)
         assert key is not None, printed
         assert f"http://127.0.0.1:{port}" in printed
