@@ -35,7 +35,8 @@ test: install lint
 # The soak runs the shipped defaults and no reconciliation; it fails on lost, doubled, wrong totals or
 # an order invoiced more than 120 s after the last fault. KEEP=1 keeps the processes' logs.
 chaos: install  ## N orders under random SIGKILLs of relays/workers and one Redis kill
-	$(BIN)/python -m tests.fault.chaos --orders $(or $(N),500) $(if $(SEED),--seed $(SEED)) $(if $(KEEP),--keep)
+	$(BIN)/python -m tests.fault.chaos --orders $(or $(N),500) $(if $(SEED),--seed $(SEED)) $(if $(KEEP),--keep) \
+		--record bench/results/chaos-$(or $(N),500).txt
 
 test-unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import threading
@@ -386,6 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--postgres-url", default=os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES))
     parser.add_argument("--keep", action="store_true", help="keep the processes' logs (printed path)")
+    parser.add_argument("--record", type=Path, help="also write the report here, with the commit it ran")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     factory = PostgresFactory(args.postgres_url)
@@ -399,8 +401,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result = run_chaos(factory, Path(temporary), args.orders, seed, args.concurrency)
     finally:
         factory.close()
-    print("\n".join(result.lines()))
+    report = "\n".join(result.lines())
+    print(report)
+    if args.record:
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        args.record.write_text(f"{_provenance(args.orders)}\n{report}\n", encoding="utf-8")
     return 0 if result.ok else 1
+
+
+def _provenance(orders: int) -> str:
+    """Which code ran, on what: a recorded figure names the commit it describes."""
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+    dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=False)
+    load = " ".join(f"{value:.1f}" for value in os.getloadavg())
+    return (
+        f"make chaos N={orders}: commit {commit.stdout.strip() or 'unknown'}"
+        f"{' (dirty tree)' if dirty.stdout.strip() else ''}, {os.cpu_count()} cores, load average {load}"
+    )
 
 
 if __name__ == "__main__":
