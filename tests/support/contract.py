@@ -24,7 +24,7 @@ from sqlalchemy import update
 from order_service.extensions import db
 from order_service.models import Order
 
-__all__ = ["Issued", "cursors", "issue", "mutated_cursors", "order_ids"]
+__all__ = ["Issued", "cursors", "issue", "mutated_cursors", "order_ids", "sendable_query"]
 
 _LINE = {"sku": "A", "quantity": 1, "unit_amount": 100}
 MOMENTS = [
@@ -177,3 +177,18 @@ def order_ids(issued: Issued) -> st.SearchStrategy[str]:
     real = st.sampled_from(issued.order_ids)
     edited = st.builds(lambda i, edit: edit(i), real, st.sampled_from(_ID_EDITS))
     return real | edited | st.uuids().map(str) | st.just((datetime.now(UTC) + timedelta(days=1)).isoformat())
+
+
+def _sendable(value: object) -> bool:
+    if isinstance(value, list):
+        return bool(value) and all(_sendable(item) for item in value)
+    return value is not None and not isinstance(value, dict)
+
+
+def sendable_query(query: dict[str, Any] | None) -> bool:
+    """Whether every value reaches the server as a parameter (a scalar, or a non-empty list of them).
+
+    Some generated "invalid" values cannot be sent at all (null, an object, an empty array): the client
+    leaves the parameter out, which is valid, so such a negative case proves nothing.
+    """
+    return all(_sendable(value) for value in (query or {}).values())
