@@ -88,18 +88,29 @@ class Delivered:
         return int(self.payload["lines"][0]["sku"].removeprefix("SEQ-"))
 
 
-def decode(raw: bytes) -> Delivered:
+def decode(raw: bytes) -> list[Delivered]:
+    """The messages one queue entry carries: one for a single task, each of a batch task's in order."""
     envelope = json.loads(raw)
     args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
     assert args == []
-    return Delivered(
-        envelope["headers"]["id"], envelope["headers"]["task"], kwargs["payload"], envelope["headers"]
-    )
+    task = envelope["headers"]["task"]
+    if "messages" in kwargs:  # a batch task (shared.batches)
+        return [
+            Delivered(entry["message_id"], task, entry["payload"], entry["headers"])
+            for entry in kwargs["messages"]
+        ]
+    return [Delivered(envelope["headers"]["id"], task, kwargs["payload"], envelope["headers"])]
 
 
 def consumed(client: redis.Redis, queue: str) -> list[Delivered]:
-    """The queue in the order a worker would consume it (LPUSH at the head, BRPOP from the tail)."""
-    return [decode(raw) for raw in reversed(client.lrange(queue, 0, -1))]
+    """The queue's messages in the order a worker would consume them (LPUSH at the head, BRPOP from
+    the tail), a batch task's messages in their order within it."""
+    return [message for raw in reversed(client.lrange(queue, 0, -1)) for message in decode(raw)]
+
+
+def queued_messages(client: redis.Redis, queue: str) -> int:
+    """How many messages wait in ``queue``, counting each message of a batch task."""
+    return len(consumed(client, queue))
 
 
 def order_violations(deliveries: list[Delivered]) -> list[str]:

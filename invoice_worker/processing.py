@@ -15,10 +15,18 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from invoice_worker.database import InvoiceDatabase
-from invoice_worker.invoicing import Outcome, count_delivery, create_invoice, is_processed, record_dead_letter
+from invoice_worker.invoicing import (
+    Outcome,
+    count_delivery,
+    create_invoice,
+    create_invoices,
+    is_processed,
+    record_dead_letter,
+)
 from shared.backoff import jittered_backoff
+from shared.batches import BatchItem
 from shared.config import Settings
-from shared.contracts import ORDER_PLACED, ROUTES, UnsupportedSchemaVersion, parse_order_placed
+from shared.contracts import ORDER_PLACED, ROUTES, OrderPlaced, UnsupportedSchemaVersion, parse_order_placed
 
 __all__ = [
     "DATABASE_ERRORS",
@@ -27,12 +35,14 @@ __all__ = [
     "InvalidPayload",
     "RetryLater",
     "handle_order_placed",
+    "invoice_batch",
     "invoice_payload",
 ]
 
 log = structlog.get_logger(__name__)
 
 TASK_NAME = ROUTES[ORDER_PLACED].task
+BATCH_TASK_NAME = ROUTES[ORDER_PLACED].batch_task or f"{TASK_NAME}_batch"
 DATABASE_ERRORS: tuple[type[Exception], ...] = (DBAPIError, PoolTimeout)
 """Trouble with the invoice database, not with the message: every DBAPIError family and a pool timeout.
 
@@ -119,6 +129,40 @@ def invoice_payload(database: InvoiceDatabase, message_id: uuid.UUID, payload: d
     event = parse_order_placed(payload)
     with database.session() as session:
         return create_invoice(session, message_id, event).value
+
+
+def _parsed(payload: Any) -> OrderPlaced | None:
+    """The event, or ``None`` for a payload that can never succeed (the single task parks it)."""
+    try:
+        if not isinstance(payload, dict):
+            raise InvalidPayload(f"payload is a {type(payload).__name__}, not an object")
+        return parse_order_placed(payload)
+    except PERMANENT_ERRORS:
+        return None
+
+
+def invoice_batch(database: InvoiceDatabase, items: list[BatchItem]) -> list[str | None]:
+    """A batch's first delivery: invoice every valid message in one transaction (``create_invoices``).
+
+    Returns an outcome per item; ``None`` for an invalid payload, left to the single task, which parks
+    it with its reason. Any exception means nothing of the transaction committed (answers sent again
+    after the commit are idempotent), and the caller splits the batch (``shared.batches``). No delivery
+    is counted: like a single message's first delivery, a batch that kills its worker comes back
+    flagged as redelivered and is split, and each message is counted from there.
+    """
+    events = [_parsed(item.payload) for item in items]
+    valid = [(item, event) for item, event in zip(items, events, strict=True) if event is not None]
+    if not valid:
+        return [None] * len(items)
+    with database.session() as session:
+        created = iter(create_invoices(session, valid))
+    outcomes: list[str | None] = []
+    for item, event in zip(items, events, strict=True):
+        outcome = next(created) if event is not None else None
+        if outcome is Outcome.DUPLICATE_MESSAGE:
+            _count_copy(database, item.message_id)
+        outcomes.append(outcome.value if outcome is not None else None)
+    return outcomes
 
 
 def _deliver(

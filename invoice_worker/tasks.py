@@ -9,11 +9,19 @@ import structlog
 from celery import Task
 
 from invoice_worker.celery_app import app, database, settings
-from invoice_worker.processing import TASK_NAME, DeliveryPolicy, RetryLater, handle_order_placed
+from invoice_worker.processing import (
+    BATCH_TASK_NAME,
+    TASK_NAME,
+    DeliveryPolicy,
+    RetryLater,
+    handle_order_placed,
+    invoice_batch,
+)
 from invoice_worker.retention import InboxPruner
+from shared.batches import SPLIT, batch_items, has_repeats, is_first_delivery, split
 from shared.task_retry import retry_or_requeue
 
-__all__ = ["order_placed"]
+__all__ = ["order_placed", "order_placed_batch"]
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +61,32 @@ def order_placed(self: Task, payload: dict[str, Any]) -> str:
             log.exception("invoice.unexpected_error", retries=self.request.retries)
             reason, countdown = exc, POLICY.backoff(self.request.retries + 1)
         retry_or_requeue(self, reason, countdown, "invoice")
+    finally:
+        structlog.contextvars.clear_contextvars()
+        INBOX_PRUNER.prune_when_due()
+
+
+@app.task(name=BATCH_TASK_NAME, bind=True, acks_late=True, max_retries=None)  # type: ignore[untyped-decorator]  # celery ships no type hints
+def order_placed_batch(self: Task, messages: Any) -> list[str]:
+    """Invoice several placed orders in one transaction, or split them into single tasks.
+
+    The fast path runs on the batch's first delivery only, and only where the broker flags
+    redeliveries; everything else, and any failure, splits (``shared.batches``). Returns an outcome
+    per message, in order (``split`` for those handed to ``order_placed``).
+    """
+    items = batch_items(messages, str(self.request.id))
+    try:
+        if not (POLICY.first_delivery_uncounted and is_first_delivery(self)) or has_repeats(items):
+            return split(self, items, TASK_NAME, "redelivered, retried or repeated")
+        try:
+            outcomes = invoice_batch(database, items)
+        except Exception as exc:  # whatever it was, each message gets the single task's rules
+            log.warning("invoice.batch_failed", messages=len(items), error=f"{type(exc).__name__}: {exc}")
+            return split(self, items, TASK_NAME, type(exc).__name__)
+        invalid = [item for item, outcome in zip(items, outcomes, strict=True) if outcome is None]
+        if invalid:
+            split(self, invalid, TASK_NAME, "invalid payload")
+        return [outcome or SPLIT for outcome in outcomes]
     finally:
         structlog.contextvars.clear_contextvars()
         INBOX_PRUNER.prune_when_due()

@@ -13,7 +13,9 @@ Plain functions on a session the caller gives: the Celery task (``worker``) is a
 from __future__ import annotations
 
 import enum
+import json
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -23,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from order_service.models import INVOICED, PLACED, DeadLetter, Order, ProcessedMessage, outbox
+from shared.batches import BatchItem, message_context
 from shared.contracts import INVOICE_CREATED, InvoiceCreated
 from shared.db import UTCDateTime, database_clock, utcnow
 
@@ -33,6 +36,7 @@ __all__ = [
     "prune_processed",
     "record_dead_letter",
     "record_invoice",
+    "record_invoices",
 ]
 
 log = structlog.get_logger(__name__)
@@ -201,6 +205,136 @@ def record_invoice(session: Session, message_id: uuid.UUID, event: InvoiceCreate
         **context,
     )
     return outcome
+
+
+_RECORD_BATCH_IN_ONE_STATEMENT: TextClause = text(
+    f"""
+    WITH incoming AS (
+        SELECT * FROM jsonb_to_recordset(CAST(:batch AS jsonb)) AS x(
+            position integer, message_id uuid, order_id uuid, invoice_number text,
+            invoiced_at timestamptz, causation_id uuid)
+    ), known AS (
+        SELECT incoming.message_id, orders.invoice_number AS current_number
+        FROM incoming JOIN orders ON orders.id = incoming.order_id
+    ), inbox AS (
+        INSERT INTO processed_messages (message_id, topic, processed_at)
+        SELECT message_id, :topic, statement_timestamp() FROM incoming
+        WHERE message_id IN (SELECT message_id FROM known) ORDER BY position
+        ON CONFLICT (message_id) DO NOTHING
+        RETURNING message_id
+    ), moved AS (
+        UPDATE orders SET status = '{INVOICED}', invoice_number = incoming.invoice_number,
+                          invoiced_at = incoming.invoiced_at
+        FROM incoming JOIN inbox USING (message_id)
+        WHERE orders.id = incoming.order_id AND orders.status = '{PLACED}'
+        RETURNING incoming.message_id
+    ), acknowledged AS (
+        UPDATE outbox SET acknowledged_at = statement_timestamp()
+        FROM incoming JOIN inbox USING (message_id)
+        WHERE outbox.message_id = incoming.causation_id AND outbox.acknowledged_at IS NULL
+        RETURNING incoming.message_id
+    )
+    SELECT known.message_id IS NOT NULL AS known, known.current_number,
+           inbox.message_id IS NOT NULL AS fresh, moved.message_id IS NOT NULL AS moved,
+           acknowledged.message_id IS NOT NULL AS acknowledged
+    FROM incoming LEFT JOIN known USING (message_id) LEFT JOIN inbox USING (message_id)
+         LEFT JOIN moved USING (message_id) LEFT JOIN acknowledged USING (message_id)
+    ORDER BY incoming.position
+    """  # noqa: S608 - the interpolated values are this module's constants, never input
+)
+"""``_RECORD_IN_ONE_STATEMENT`` for a whole batch. A message for an order this database does not hold
+writes nothing (``known``), so the rest of the batch commits and that one is left to the single task,
+which parks it."""
+
+
+def _applicable(event: InvoiceCreated) -> bool:
+    try:
+        _order_key(event)
+        _causation(event)
+    except (UnknownOrder, InvalidAnswer):
+        return False
+    return True
+
+
+def record_invoices(
+    session: Session, batch: Sequence[tuple[BatchItem, InvoiceCreated]]
+) -> list[Outcome | None]:
+    """``record_invoice`` for many messages (distinct ids): one statement, one commit (Postgres only).
+
+    Returns an outcome per message; ``None`` for one that can never apply here (an unknown order, ids
+    that are not ids): nothing of it is written, and the caller hands it to the single task.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        raise NotImplementedError("batches are applied on Postgres; elsewhere each message is recorded alone")
+    applicable = [(item, event) for item, event in batch if _applicable(event)]
+    rows = iter(
+        session.execute(
+            _RECORD_BATCH_IN_ONE_STATEMENT,
+            {
+                "topic": INVOICE_CREATED,
+                "batch": json.dumps(
+                    [
+                        {
+                            "position": position,
+                            "message_id": str(item.message_id),
+                            "order_id": event.order_id,
+                            "invoice_number": event.invoice_number,
+                            "invoiced_at": event.invoiced_at.isoformat(),
+                            "causation_id": event.causation_id,
+                        }
+                        for position, (item, event) in enumerate(applicable)
+                    ]
+                ),
+            },
+        ).all()
+        if applicable
+        else []
+    )
+    session.commit()
+    numbers: dict[str, str] = {}  # the number each order was moved to by this batch
+    results: list[tuple[BatchItem, InvoiceCreated, Any]] = []
+    for item, event in batch:
+        row = next(rows) if _applicable(event) else None
+        results.append((item, event, row))
+        if row is not None and row.moved:
+            numbers[event.order_id] = event.invoice_number
+    outcomes: list[Outcome | None] = []
+    for item, event, row in results:
+        outcome = _batch_outcome(event, row, numbers)
+        outcomes.append(outcome)
+        if outcome is None:
+            continue
+        with message_context(item):
+            if outcome is Outcome.DUPLICATE_MESSAGE:
+                log.info("order.invoice_duplicate_message", order_id=event.order_id)
+                continue
+            if outcome is Outcome.NUMBER_CONFLICT:
+                log.warning(
+                    "order.invoice_number_conflict",
+                    kept=numbers.get(event.order_id, row.current_number),
+                    ignored=event.invoice_number,
+                    order_id=event.order_id,
+                )
+            log.info(
+                "order.invoice_recorded",
+                outcome=outcome.value,
+                invoice_number=event.invoice_number,
+                causation_id=event.causation_id,
+                acknowledged=bool(row.acknowledged),
+                order_id=event.order_id,
+            )
+    return outcomes
+
+
+def _batch_outcome(event: InvoiceCreated, row: Any, numbers: dict[str, str]) -> Outcome | None:
+    if row is None or not row.known:
+        return None
+    if not row.fresh:
+        return Outcome.DUPLICATE_MESSAGE
+    if row.moved:
+        return Outcome.INVOICED
+    kept = numbers.get(event.order_id, row.current_number)
+    return Outcome.ALREADY_INVOICED if kept == event.invoice_number else Outcome.NUMBER_CONFLICT
 
 
 def record_dead_letter(

@@ -33,21 +33,41 @@ from order_service.inbox import (
     prune_processed,
     record_dead_letter,
     record_invoice,
+    record_invoices,
 )
 from shared.backoff import jittered_backoff
+from shared.batches import SPLIT, BatchItem, batch_items, has_repeats, is_first_delivery, split
 from shared.broker import worker_broker_config
 from shared.config import Settings
-from shared.contracts import INVOICE_CREATED, ROUTES, UnsupportedSchemaVersion, parse_invoice_created
+from shared.contracts import (
+    INVOICE_CREATED,
+    ROUTES,
+    InvoiceCreated,
+    UnsupportedSchemaVersion,
+    parse_invoice_created,
+)
 from shared.logs import configure_logging
 from shared.task_retry import retry_or_requeue
 from shared.worker_db import WorkerDatabase
 from shared.worker_metrics import instrument_worker
 
-__all__ = ["TASK_NAME", "DeliveryPolicy", "OrdersDatabase", "RetryLater", "app", "deliver", "invoice_created"]
+__all__ = [
+    "BATCH_TASK_NAME",
+    "TASK_NAME",
+    "DeliveryPolicy",
+    "OrdersDatabase",
+    "RetryLater",
+    "app",
+    "apply_batch",
+    "deliver",
+    "invoice_created",
+    "invoice_created_batch",
+]
 
 log = structlog.get_logger(__name__)
 
 TASK_NAME = ROUTES[INVOICE_CREATED].task
+BATCH_TASK_NAME = ROUTES[INVOICE_CREATED].batch_task or f"{TASK_NAME}_batch"
 DEAD_LETTERED = "dead-lettered"
 PERMANENT_ERRORS = (ValidationError, UnsupportedSchemaVersion, UnknownOrder, InvalidAnswer)
 """The answer itself is wrong: no retry can help."""
@@ -141,6 +161,34 @@ def deliver(
         raise RetryLater(countdown, f"{reason}; dead letter not written: {exc.orig}") from exc
 
 
+def _parsed(payload: Any) -> InvoiceCreated | None:
+    """The answer, or ``None`` for one that can never apply (the single task parks it)."""
+    if not isinstance(payload, dict):
+        return None
+    try:
+        return parse_invoice_created(payload)
+    except (ValidationError, UnsupportedSchemaVersion):
+        return None
+
+
+def apply_batch(sessions: Sessions, items: list[BatchItem]) -> list[str | None]:
+    """A batch's first delivery: apply every valid answer in one transaction (``record_invoices``).
+
+    Returns an outcome per item; ``None`` for one left to the single task (it can never apply: the
+    single task parks it). Any exception means nothing committed; the caller splits the batch.
+    """
+    events = [_parsed(item.payload) for item in items]
+    valid = [(item, event) for item, event in zip(items, events, strict=True) if event is not None]
+    if not valid:
+        return [None] * len(items)
+    with sessions() as session:
+        recorded = iter(record_invoices(session, valid))
+    return [
+        (outcome.value if (outcome := next(recorded)) is not None else None) if event is not None else None
+        for event in events
+    ]
+
+
 def _message_id(task_id: str | None) -> uuid.UUID:
     """The relay sends the outbox ``message_id`` as the task id; anything else still gets a stable key."""
     try:
@@ -225,5 +273,32 @@ def invoice_created(self: Task, payload: Any) -> str:
             retry_or_requeue(self, exc, POLICY.backoff(self.request.retries + 1), "order.invoice")
         _prune_when_due()
         return outcome
+    finally:
+        structlog.contextvars.clear_contextvars()
+
+
+@app.task(name=BATCH_TASK_NAME, bind=True, acks_late=True, max_retries=None)  # type: ignore[untyped-decorator]  # celery ships no type hints
+def invoice_created_batch(self: Task, messages: Any) -> list[str]:
+    """Apply several answers in one transaction, or split them into single tasks (``shared.batches``).
+
+    The fast path runs on the batch's first delivery only; a redelivery, a retry or any failure
+    splits. Returns an outcome per message, in order (``split`` for those handed to ``invoice_created``).
+    """
+    items = batch_items(messages, str(self.request.id))
+    try:
+        if settings.uses_embedded_broker or not is_first_delivery(self) or has_repeats(items):
+            return split(self, items, TASK_NAME, "redelivered, retried or repeated")
+        try:
+            outcomes = apply_batch(database.session, items)
+        except Exception as exc:  # whatever it was, each message gets the single task's rules
+            log.warning(
+                "order.invoice_batch_failed", messages=len(items), error=f"{type(exc).__name__}: {exc}"
+            )
+            return split(self, items, TASK_NAME, type(exc).__name__)
+        left = [item for item, outcome in zip(items, outcomes, strict=True) if outcome is None]
+        if left:
+            split(self, left, TASK_NAME, "cannot apply here")
+        _prune_when_due()
+        return [outcome or SPLIT for outcome in outcomes]
     finally:
         structlog.contextvars.clear_contextvars()

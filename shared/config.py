@@ -114,6 +114,13 @@ class Settings(BaseSettings):
     )
     relay_redrive_interval: float = Field(default=5.0, gt=0, validation_alias="RELAY_REDRIVE_INTERVAL")
     relay_redrive_batch: int = Field(default=5_000, ge=1, validation_alias="RELAY_REDRIVE_BATCH")
+    relay_messages_per_task: int = Field(
+        default=100,
+        ge=1,
+        le=1_000,
+        validation_alias="RELAY_MESSAGES_PER_TASK",
+        description="Most messages a Redis relay packs into one batch task (1: one task per message)",
+    )
 
     worker_max_retries: int = Field(default=8, ge=0, validation_alias="WORKER_MAX_RETRIES")
     worker_max_deliveries: int = Field(default=5, ge=1, validation_alias="WORKER_MAX_DELIVERIES")

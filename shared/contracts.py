@@ -30,17 +30,27 @@ SCHEMA_VERSION_HEADER: Final = "schema_version"
 
 
 class Route(BaseModel):
-    """Where a topic is delivered: the Celery task name and its queue."""
+    """Where a topic is delivered: the Celery task name and its queue.
+
+    ``batch_task`` takes several messages of the topic in one Celery message (``messages``: a list of
+    ``{"message_id", "payload", "headers"}``); a relay that has more than one to send at once may use
+    it (``shared.batches``). ``task`` takes one (``payload``, the message id as the task id).
+    """
 
     model_config = ConfigDict(frozen=True)
 
     task: str
     queue: str
+    batch_task: str | None = None
 
 
 ROUTES: Final[dict[str, Route]] = {
-    ORDER_PLACED: Route(task="invoices.order_placed", queue="invoices"),
-    INVOICE_CREATED: Route(task="orders.invoice_created", queue="orders"),
+    ORDER_PLACED: Route(
+        task="invoices.order_placed", queue="invoices", batch_task="invoices.order_placed_batch"
+    ),
+    INVOICE_CREATED: Route(
+        task="orders.invoice_created", queue="orders", batch_task="orders.invoice_created_batch"
+    ),
 }
 
 

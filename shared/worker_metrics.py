@@ -8,7 +8,8 @@ once the worker is ready (``worker_ready``, in the parent, after the pool forked
 the socket). A taken port is logged (``worker.metrics_unavailable``), not fatal.
 
 Every delivery is counted by outcome (the task's return value, e.g. ``created``,
-``duplicate-message``, ``dead-lettered``; else Celery's state: ``retry``, ``failure``, ...),
+``duplicate-message``, ``dead-lettered``; a batch task's list counts each of its messages; else
+Celery's state: ``retry``, ``failure``, ...),
 timed, and its log lines carry the message's correlation id (``x_request_id`` header) as
 ``correlation_id``.
 """
@@ -110,7 +111,19 @@ class _Deliveries:
         started = self._started.pop(task_id or "", None)
         if started is not None:
             self._metrics.duration.labels(name).observe(time.perf_counter() - started)
+        if state == "SUCCESS" and isinstance(retval, list):  # a batch task: an outcome per message
+            entries = (kwargs or {}).get("messages")
+            entries = (
+                entries if isinstance(entries, list) and len(entries) == len(retval) else [{}] * len(retval)
+            )
+            for outcome, entry in zip(retval, entries, strict=True):
+                payload = entry.get("payload") if isinstance(entry, dict) else None
+                self._record(name, str(outcome), state, {"payload": payload})
+            return
         outcome = retval if state == "SUCCESS" and isinstance(retval, str) else (state or "unknown").lower()
+        self._record(name, outcome, state, kwargs or {})
+
+    def _record(self, name: str, outcome: str, state: str | None, kwargs: dict[str, Any]) -> None:
         self._metrics.deliveries.labels(name, outcome).inc()
         if outcome == "retry":
             self._metrics.retries.labels(name).inc()
@@ -118,7 +131,7 @@ class _Deliveries:
             self._metrics.dead_letters.labels(name).inc()
         if self._on_outcome is not None and state == "SUCCESS":
             try:
-                self._on_outcome(outcome, kwargs or {})
+                self._on_outcome(outcome, kwargs)
             except Exception:  # a metric must never fail a delivery
                 log.warning("worker.metrics_failed", exc_info=True)
 

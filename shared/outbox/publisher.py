@@ -64,5 +64,7 @@ def publisher_for(settings: Settings, routes: Mapping[str, Route], name: str = "
     """The pipelined Redis publisher on a Redis broker; ``send_task`` on any other transport."""
     app = publishing_app(settings, name)
     if settings.broker_url.startswith(("redis://", "rediss://")):
-        return RedisPipelinePublisher.from_url(app, settings.broker_url, routes, settings.queue_prefix)
+        return RedisPipelinePublisher.from_url(
+            app, settings.broker_url, routes, settings.queue_prefix, settings.relay_messages_per_task
+        )
     return CeleryPublisher(app, routes, settings.queue_prefix)

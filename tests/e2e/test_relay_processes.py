@@ -13,7 +13,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, func, select, text
 
-from harness.outbox import consumed, insert_rows, order_violations, outbox_rows
+from harness.outbox import consumed, insert_rows, order_violations, outbox_rows, queued_messages
 from harness.processes import ROOT, Service, pipeline_env, relay_service, run_migrations, settings_env
 from harness.waiting import wait_until
 from order_service.models import outbox
@@ -128,7 +128,9 @@ def test_partitions_of_a_killed_relay_are_taken_over(
     env = {**relay_env, "RELAY_BATCH_SIZE": "10", "LOG_LEVEL": "INFO"}  # slow enough to be caught mid-drain
     doomed = relay_service(env, tmp_path, name="doomed").start()
     relays.append(doomed)
-    wait_until(lambda: redis_client.llen(queue) > 500, timeout=30, message="the doomed relay to publish")
+    wait_until(
+        lambda: queued_messages(redis_client, queue) > 500, timeout=30, message="the doomed relay to publish"
+    )
     survivor = relay_service(env, tmp_path, name="survivor").start()
     relays.append(survivor)
     wait_until(lambda: _holding(orders_engine) == 2, timeout=30, message="both relays to hold partitions")
@@ -174,7 +176,9 @@ def test_sigterm_mid_drain_exits_cleanly_leaving_no_row_lost_or_locked(
     insert_rows(orders_engine, outbox_rows(ROWS, 1_000))
     relay = relay_service({**relay_env, "RELAY_BATCH_SIZE": "20", "LOG_LEVEL": "INFO"}, tmp_path).start()
     relays.append(relay)
-    wait_until(lambda: redis_client.llen(queue) > 1_000, timeout=30, message="the relay to be mid-drain")
+    wait_until(
+        lambda: queued_messages(redis_client, queue) > 1_000, timeout=30, message="the relay to be mid-drain"
+    )
     relay.signal_group(signal.SIGTERM)
     assert relay.process is not None
     assert relay.process.wait(timeout=20) == 0

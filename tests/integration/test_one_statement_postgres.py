@@ -15,14 +15,15 @@ from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from invoice_worker.database import InvoiceDatabase
-from invoice_worker.invoicing import Outcome, create_invoice, record_dead_letter
+from invoice_worker.invoicing import Outcome, create_invoice, create_invoices, record_dead_letter
 from invoice_worker.models import DeadLetter, Invoice, ProcessedMessage
 from invoice_worker.models import outbox as invoice_outbox
 from order_service.inbox import Outcome as Applied
-from order_service.inbox import UnknownOrder, record_invoice
+from order_service.inbox import UnknownOrder, record_invoice, record_invoices
 from order_service.models import Order
 from order_service.models import ProcessedMessage as OrderInbox
 from order_service.models import outbox as order_outbox
+from shared.batches import BatchItem
 from shared.contracts import ORDER_PLACED, InvoiceCreated, parse_invoice_created
 from shared.outbox.writer import bucket_of
 from tests.support.events import order_placed_event
@@ -155,3 +156,87 @@ def test_answer_for_a_row_acknowledged_already_still_moves_nothing_twice(orders_
     with sessions() as session:
         kept = session.scalar(select(order_outbox.c.acknowledged_at))
     assert kept == datetime(2026, 1, 1, tzinfo=UTC)  # the first acknowledgement is not moved
+
+
+def _item(message_id: uuid.UUID, payload: dict[str, object], correlation: str) -> BatchItem:
+    return BatchItem(message_id, payload, {"x_request_id": correlation})
+
+
+def test_a_batch_invoices_each_new_order_once_and_answers_every_message(
+    pg_invoice_db: InvoiceDatabase,
+) -> None:
+    """One statement for the batch; duplicates, a second message for an order in the same batch, and a
+    message for an order invoiced earlier are answered again with the one invoice, never invoiced twice."""
+    a, b, c = order_placed_event(), order_placed_event(), order_placed_event()
+    earlier = uuid.uuid4()
+    with pg_invoice_db.session() as session:
+        assert create_invoice(session, earlier, a) is Outcome.CREATED
+    ids = [earlier, uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()]
+    events = [a, b, c, b, a]
+    batch = [
+        (_item(i, e.to_payload(), f"corr-{n}"), e) for n, (i, e) in enumerate(zip(ids, events, strict=True))
+    ]
+    with pg_invoice_db.session() as session:
+        outcomes = create_invoices(session, batch)
+    assert outcomes == [
+        Outcome.DUPLICATE_MESSAGE,
+        Outcome.CREATED,
+        Outcome.CREATED,
+        Outcome.ALREADY_INVOICED,
+        Outcome.ALREADY_INVOICED,
+    ]
+    with pg_invoice_db.session() as session:
+        invoices = {i.order_id: i for i in session.scalars(select(Invoice))}
+        inbox = set(session.scalars(select(ProcessedMessage.message_id)))
+        answers = [
+            (parse_invoice_created(row.payload), row.headers)
+            for row in session.execute(select(invoice_outbox.c.payload, invoice_outbox.c.headers))
+        ]
+    assert set(invoices) == {a.order_id, b.order_id, c.order_id}
+    assert all(i.number == f"INV-{i.id:08d}" for i in invoices.values())
+    assert invoices[b.order_id].message_id == ids[1]
+    assert invoices[b.order_id].lines == [line.model_dump(mode="json") for line in b.lines]
+    assert inbox == set(ids)
+    by_cause = {answer.causation_id: (answer, headers) for answer, headers in answers}
+    assert len(answers) == 6  # a's first answer, b and c, and one again for each of the other three
+    for n, (message_id, event) in enumerate(zip(ids, events, strict=True)):
+        answer, headers = by_cause[str(message_id)]
+        assert answer.invoice_number == invoices[event.order_id].number
+        if n:
+            assert headers["x_request_id"] == f"corr-{n}", "each answer carries its own message's correlation"
+
+
+def test_a_batch_of_answers_moves_each_order_once_and_leaves_unknown_orders_unwritten(
+    orders_engine: Engine,
+) -> None:
+    sessions: sessionmaker[Session] = sessionmaker(orders_engine, expire_on_commit=False)
+    (first, first_placed), (second, second_placed) = (
+        _placed_order(orders_engine),
+        _placed_order(orders_engine),
+    )
+    ids = [uuid.uuid4() for _ in range(4)]
+    answers = [
+        _answer(first, first_placed, "INV-00000001"),
+        _answer(second, second_placed, "INV-00000002"),
+        _answer(uuid.uuid4(), uuid.uuid4(), "INV-00000003"),  # an order this database does not hold
+        _answer(first, first_placed, "INV-00000009"),  # a second number for the first order
+    ]
+    batch = [
+        (_item(i, a.to_payload(), f"corr-{n}"), a) for n, (i, a) in enumerate(zip(ids, answers, strict=True))
+    ]
+    with sessions() as session:
+        outcomes = record_invoices(session, batch)
+    assert outcomes == [Applied.INVOICED, Applied.INVOICED, None, Applied.NUMBER_CONFLICT]
+    with sessions() as session:
+        assert record_invoices(session, batch[:1]) == [Applied.DUPLICATE_MESSAGE]
+    with sessions() as session:
+        orders = {o.id: (o.status, o.invoice_number) for o in session.scalars(select(Order))}
+        inbox = set(session.scalars(select(OrderInbox.message_id)))
+        unacknowledged = session.scalar(
+            select(func.count()).select_from(order_outbox).where(order_outbox.c.acknowledged_at.is_(None))
+        )
+    assert orders == {first: ("invoiced", "INV-00000001"), second: ("invoiced", "INV-00000002")}
+    assert inbox == {ids[0], ids[1], ids[3]}, (
+        "nothing written for the unknown order: the single task parks it"
+    )
+    assert unacknowledged == 0

@@ -10,7 +10,14 @@ import pytest
 import redis
 from sqlalchemy import Engine, func, select, text
 
-from harness.outbox import consumed, insert_rows, order_violations, outbox_rows, running_relay
+from harness.outbox import (
+    consumed,
+    insert_rows,
+    order_violations,
+    outbox_rows,
+    queued_messages,
+    running_relay,
+)
 from harness.waiting import wait_until
 from order_service.models import outbox
 from order_service.relay import build_relay
@@ -99,7 +106,9 @@ def test_relay_reconnects_after_its_database_session_is_killed(
     relay = build_relay(pg_settings, orders_engine)
     with running_relay(relay, poll_interval=0.3) as thread:
         insert_rows(orders_engine, outbox_rows(50, 5), notify=True)
-        wait_until(lambda: redis_client.llen(queue) == 50, timeout=10, message="first rows to publish")
+        wait_until(
+            lambda: queued_messages(redis_client, queue) == 50, timeout=10, message="first rows to publish"
+        )
         with orders_engine.begin() as conn:
             killed = conn.scalar(
                 text(
@@ -109,6 +118,10 @@ def test_relay_reconnects_after_its_database_session_is_killed(
             )
         assert killed == 1
         insert_rows(orders_engine, outbox_rows(50, 5, start=50), notify=True)
-        wait_until(lambda: redis_client.llen(queue) == 100, timeout=20, message="publishing after reconnect")
+        wait_until(
+            lambda: queued_messages(redis_client, queue) == 100,
+            timeout=20,
+            message="publishing after reconnect",
+        )
         assert thread.is_alive()
         wait_until(lambda: relay.partitions == frozenset(range(16)), timeout=10, message="partitions re-held")

@@ -9,7 +9,7 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from harness.outbox import insert_rows, order_payload, outbox_rows, running_relay
+from harness.outbox import insert_rows, order_payload, outbox_rows, queued_messages, running_relay
 from harness.waiting import wait_until
 from order_service.models import outbox
 from order_service.relay import build_relay
@@ -58,7 +58,9 @@ def test_notify_publishes_a_commit_well_before_the_poll_interval(
         for n in range(5):
             started = time.monotonic()
             _commit_one_message(orders_engine, f"order-{n}")
-            wait_until(lambda n=n: redis_client.llen(queue) > n, timeout=POLL_INTERVAL, interval=0.002)
+            wait_until(
+                lambda n=n: queued_messages(redis_client, queue) > n, timeout=POLL_INTERVAL, interval=0.002
+            )
             latencies.append(time.monotonic() - started)
             # The batch that sent it has returned: the relay is back on LISTEN before the next commit.
             wait_until(lambda n=n: batches.published > n, timeout=5, message="the batch to finish")
@@ -76,5 +78,7 @@ def test_polling_publishes_when_notifications_are_lost(
         # The relay's first claim found nothing: the rows below can only be found by a later poll.
         wait_until(lambda: batches.empty, timeout=10, message="the relay to find nothing and wait")
         insert_rows(orders_engine, outbox_rows(25, 5), notify=False)
-        wait_until(lambda: redis_client.llen(queue) == 25, timeout=10, message="polling to publish")
+        wait_until(
+            lambda: queued_messages(redis_client, queue) == 25, timeout=10, message="polling to publish"
+        )
     assert batches.published == 25
