@@ -99,6 +99,9 @@ class DeliveryPolicy:
     inbox_retention: timedelta = timedelta(days=30)
     inbox_prune_interval: float = 300.0
     inbox_prune_batch: int = 5_000
+    apply_batches: bool = True
+    """Apply a batch's first delivery at once: only where the broker flags redeliveries (Redis), so a
+    batch that killed its worker comes back marked and is split (``shared.batches``)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryPolicy:
@@ -109,6 +112,7 @@ class DeliveryPolicy:
             inbox_retention=timedelta(seconds=settings.inbox_retention_seconds),
             inbox_prune_interval=settings.inbox_prune_interval,
             inbox_prune_batch=settings.inbox_prune_batch,
+            apply_batches=not settings.uses_embedded_broker,
         )
 
     def backoff(self, attempt: int) -> float:
@@ -286,7 +290,7 @@ def invoice_created_batch(self: Task, messages: Any) -> list[str]:
     """
     items = batch_items(messages, str(self.request.id))
     try:
-        if settings.uses_embedded_broker or not is_first_delivery(self) or has_repeats(items):
+        if not (POLICY.apply_batches and is_first_delivery(self)) or has_repeats(items):
             return split(self, items, TASK_NAME, "redelivered, retried or repeated")
         try:
             outcomes = apply_batch(database.session, items)

@@ -90,7 +90,8 @@ def test_one_relay_publishes_every_row_once_in_aggregate_order(
     deliveries = consumed(redis_client, pg_settings.queue("invoices"))
     assert len(deliveries) == len({d.task_id for d in deliveries}) == 3_000
     assert order_violations(deliveries) == []
-    assert {d.task for d in deliveries} == {"invoices.order_placed"}
+    assert {d.task for d in deliveries} == {"invoices.order_placed_batch"}
+    assert redis_client.llen(pg_settings.queue("invoices")) == 30, "3 000 rows in tasks of 100 messages"
     with orders_engine.connect() as conn:
         assert conn.scalar(select(outbox.c.id).where(outbox.c.published_at.is_(None))) is None
 
