@@ -94,13 +94,14 @@ def create_order(body: OrderIn, header: IdempotencyHeader) -> Response:
         api_metrics().idempotent_replays.inc()
         return _created(outcome.body, str(replayed.id), replayed=True)
     try:
-        with idempotency.recorded_with_order(db.session(), outcome, _render):
+        with idempotency.recorded_with_order(db.session(), outcome, _render) as recording:
             order = _place(body)
     except BaseException:
         idempotency.release(db.engine, outcome)
         raise
     api_metrics().orders_placed.inc()
-    return _created(_render(order), str(order.id))
+    stored = recording.body if recording.body is not None else _render(order)  # the body the key replays
+    return _created(stored, str(order.id))
 
 
 @bp.get("/orders/<order_id>", summary="Read one order", responses={200: OrderOut, **problem_responses(404)})

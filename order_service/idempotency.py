@@ -45,7 +45,7 @@ from typing import Any
 
 import structlog
 from flask import Flask, Response, after_this_request
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -59,6 +59,7 @@ __all__ = [
     "Claim",
     "KeyInFlight",
     "KeyReused",
+    "Recording",
     "Replay",
     "claim",
     "init_idempotency",
@@ -76,6 +77,13 @@ log = structlog.get_logger(__name__)
 
 _table = IdempotencyKey.__table__
 _unanswered = _table.c.response_status.is_(None)
+# Built once: composing a statement per request (and its cache key) cost more CPU than running it.
+_CLAIM_ROW = insert(_table).returning(_table.c.id)
+_STORE_RESPONSE = (
+    update(_table)
+    .where(_table.c.id == bindparam("row_id"), _table.c.lock_token == bindparam("token"), _unanswered)
+    .values(response_status=201, response_body=bindparam("body"))
+)
 
 
 class KeyReused(Exception):
@@ -107,7 +115,7 @@ def request_hash(method: str, path: str, body: Any) -> str:
 def _insert(engine: Engine, values: dict[str, Any]) -> int | None:
     try:
         with engine.begin() as conn:
-            return int(conn.execute(insert(_table).values(**values).returning(_table.c.id)).scalar_one())
+            return int(conn.execute(_CLAIM_ROW, values).scalar_one())
     except IntegrityError:
         return None
 
@@ -171,33 +179,46 @@ def _take_over(conn: Connection, row_id: int, seen_token: uuid.UUID, token: uuid
 _CLAIM = "order_service.idempotency_claim"
 
 
+@dataclass(slots=True)
+class Recording:
+    """A claim being answered; ``record_response`` leaves the 201 body it stored in ``body``."""
+
+    claim: Claim
+    render: Callable[[Order], str]
+    body: str | None = None
+
+
 @contextmanager
-def recorded_with_order(session: Session, owned: Claim, render: Callable[[Order], str]) -> Iterator[None]:
+def recorded_with_order(
+    session: Session, owned: Claim, render: Callable[[Order], str]
+) -> Iterator[Recording]:
     """While placing one order, write its 201 response onto the claimed row in the same transaction.
 
     The claim rides on the session (``session.info``) to ``record_response``, a receiver of
-    ``order_placed``: the response is written after the order, before its commit.
+    ``order_placed``: the response is written after the order, before its commit. The body it stored
+    is left on the yielded ``Recording``, so the request renders it once.
     """
-    session.info[_CLAIM] = (owned, render)
+    recording = Recording(owned, render)
+    session.info[_CLAIM] = recording
     try:
-        yield
+        yield recording
     finally:
         session.info.pop(_CLAIM, None)
 
 
 def record_response(sender: Any, *, order: Order, session: Session, **_: Any) -> None:
     """``order_placed`` receiver: store the 201 on the request's claimed key, if it has one."""
-    claimed: tuple[Claim, Callable[[Order], str]] | None = session.info.get(_CLAIM)
-    if claimed is None:
+    recording: Recording | None = session.info.get(_CLAIM)
+    if recording is None:
         return
-    owned, render = claimed
+    body = recording.render(order)
+    owned = recording.claim
     stored = session.connection().execute(
-        update(_table)
-        .where(_table.c.id == owned.row_id, _table.c.lock_token == owned.token, _unanswered)
-        .values(response_status=201, response_body=render(order))
+        _STORE_RESPONSE, {"row_id": owned.row_id, "token": owned.token, "body": body}
     )
     if stored.rowcount != 1:
         raise KeyInFlight("the claim was taken over")  # rolls the order back
+    recording.body = body
 
 
 def release(engine: Engine, owned: Claim) -> None:
