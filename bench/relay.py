@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 
 from bench.backlog import fill_outbox
 from harness.databases import PostgresFactory
-from harness.outbox import order_payload, outbox_rows
+from harness.outbox import order_payload, outbox_rows, queued_messages
 from harness.processes import pipeline_env, relay_service
 from harness.waiting import wait_until
 from order_service.models import outbox
@@ -156,8 +156,14 @@ def release(engine: Engine) -> None:
         conn.execute(text("SELECT pg_notify('outbox', '')"))
 
 
-def drained(client: redis.Redis, queue: str) -> Callable[[], bool]:
-    return lambda: client.llen(queue) >= ROWS
+def drained(engine: Engine) -> Callable[[], bool]:
+    """Every row marked published (its message, alone or in a batch task, is in the queue by then)."""
+
+    def done() -> bool:
+        with engine.connect() as conn:
+            return not conn.scalar(text("SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL)"))
+
+    return done
 
 
 def naive(url: str, client: redis.Redis, prefix: str) -> Result:
@@ -237,7 +243,7 @@ def product(url: str, client: redis.Redis, prefix: str, processes: int, tag: str
         sampler = Sampler([r.process.pid for r in relays if r.process])
         release(engine)
         started = time.perf_counter()
-        wait_until(drained(client, prefix + ROUTE.queue), timeout=600, interval=0.01, message="drain")
+        wait_until(drained(engine), timeout=600, interval=0.01, message="drain")
         seconds = time.perf_counter() - started
         result = Result(f"{tag} product relay, {processes} process(es)", ROWS, seconds, *sampler.finish())
     finally:
@@ -365,7 +371,7 @@ def drain_backlog(url: str, client: redis.Redis, prefix: str, backlog: str) -> D
         relay.disconnect()
         relay.publisher.close()
         engine.dispose()
-    queued = client.llen(prefix + ROUTE.queue)
+    queued = queued_messages(client, prefix + ROUTE.queue)
     assert queued == published, f"{backlog}: {queued} messages queued for {published} published"
     tenth = max(1, len(timings) // 10)
     return Drain(
@@ -422,7 +428,7 @@ def variants(client: redis.Redis, prefix: Callable[[], str]) -> None:
     databases = Databases()
 
     def finish(variant: str, result: Result, queue_prefix: str) -> Result:
-        count = client.llen(queue_prefix + ROUTE.queue)
+        count = queued_messages(client, queue_prefix + ROUTE.queue)
         assert count == result.messages, f"{variant}: {count} messages for {result.messages} rows"
         client.delete(queue_prefix + ROUTE.queue)
         print(f"  {result.variant}: {result.rate:,.0f} msg/s", flush=True)

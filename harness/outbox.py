@@ -88,7 +88,7 @@ class Delivered:
         return int(self.payload["lines"][0]["sku"].removeprefix("SEQ-"))
 
 
-def decode(raw: bytes) -> list[Delivered]:
+def decode(raw: bytes | str) -> list[Delivered]:
     """The messages one queue entry carries: one for a single task, each of a batch task's in order."""
     envelope = json.loads(raw)
     args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
