@@ -23,6 +23,7 @@ PROGRAM = RelayProgram(
     table=outbox,
     database_url=lambda settings: settings.invoices_database_url,
     publisher_name="invoice_relay",
+    linger=lambda settings: settings.invoice_relay_linger_seconds,
 )
 
 

@@ -114,6 +114,22 @@ class Settings(BaseSettings):
     )
     relay_redrive_interval: float = Field(default=5.0, gt=0, validation_alias="RELAY_REDRIVE_INTERVAL")
     relay_redrive_batch: int = Field(default=5_000, ge=1, validation_alias="RELAY_REDRIVE_BATCH")
+    relay_linger_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=5,
+        validation_alias="RELAY_LINGER_SECONDS",
+        description="Order relay: pause after a batch that found rows, so the next one gathers more "
+        "(0: publish each commit at once; order->invoice latency is what this delays)",
+    )
+    invoice_relay_linger_seconds: float = Field(
+        default=0.2,
+        ge=0,
+        le=5,
+        validation_alias="INVOICE_RELAY_LINGER_SECONDS",
+        description="Invoice relay: the same pause for invoice.created answers, which nobody waits on: "
+        "a fifth of a second turns one order-consumer task per answer into one per busy moment",
+    )
     relay_messages_per_task: int = Field(
         default=100,
         ge=1,

@@ -57,6 +57,7 @@ class RelayProgram:
     database_url: Callable[[Settings], str]
     publisher_name: str
     expects_answer: frozenset[str] = frozenset()
+    linger: Callable[[Settings], float] = lambda settings: settings.relay_linger_seconds
 
     def policy(self, settings: Settings) -> RelayPolicy:
         return RelayPolicy(
@@ -75,6 +76,7 @@ class RelayProgram:
             redrive_interval=settings.relay_redrive_interval,
             redrive_batch=settings.relay_redrive_batch,
             stall_seconds=settings.relay_stall_seconds,
+            linger=self.linger(settings),
         )
 
     def build(self, settings: Settings, engine: Engine) -> OutboxRelay:

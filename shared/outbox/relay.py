@@ -103,6 +103,9 @@ class RelayPolicy:
     redrive_interval: float = 5.0
     redrive_batch: int = 5_000
     stall_seconds: float = 30.0
+    linger: float = 0.0
+    """After a batch that found rows (but did not fill), pause this long before the next claim, so it
+    carries what committed meanwhile: fewer, larger batches (and batch tasks) for that much latency."""
 
     def backoff(self, attempts: int) -> timedelta:
         return store.backoff(attempts, self.base_backoff, self.max_backoff)
@@ -354,7 +357,10 @@ class OutboxRelay:
                         )
                         failures = 0
                     if outcome.failed or len(outcome.published) < self.policy.batch_size:
-                        wait()
+                        if outcome.published and not outcome.failed and self.policy.linger:
+                            stop.wait(self.policy.linger)  # then claim again: no notification needed
+                        else:
+                            wait()
                         self.metrics.progressed()
                 except Exception as exc:  # the loop must outlive any one failure, whatever it is
                     failures += 1

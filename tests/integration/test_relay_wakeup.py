@@ -82,3 +82,37 @@ def test_polling_publishes_when_notifications_are_lost(
             lambda: queued_messages(redis_client, queue) == 25, timeout=10, message="polling to publish"
         )
     assert batches.published == 25
+
+
+def test_a_lingering_relay_publishes_the_first_commit_at_once_and_gathers_the_next_into_one_batch(
+    pg_settings: Settings, orders_engine: Engine, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``linger`` (the invoice relay's default, ``INVOICE_RELAY_LINGER_SECONDS``): after a batch that found
+    rows, the relay pauses before its next claim, so commits made meanwhile leave as one batch task."""
+    linger = 1.0  # long enough that ten commits surely land within one pause on a busy machine
+    queue = pg_settings.queue("invoices")
+    relay = build_relay(pg_settings.model_copy(update={"relay_linger_seconds": linger}), orders_engine)
+    assert relay.policy.linger == linger
+    sizes: list[int] = []
+    relay_batch = relay.relay_batch
+
+    def recorded() -> BatchOutcome:
+        outcome = relay_batch()
+        if outcome.published:
+            sizes.append(len(outcome.published))
+        return outcome
+
+    monkeypatch.setattr(relay, "relay_batch", recorded)
+    with running_relay(relay, POLL_INTERVAL):
+        started = time.monotonic()
+        _commit_one_message(orders_engine, "first")
+        wait_until(lambda: queued_messages(redis_client, queue) == 1, timeout=POLL_INTERVAL, interval=0.002)
+        first_latency = time.monotonic() - started
+        for n in range(10):
+            _commit_one_message(orders_engine, f"next-{n}")
+        wait_until(
+            lambda: queued_messages(redis_client, queue) == 11, timeout=10, message="the gathered batch"
+        )
+    assert first_latency < linger / 2, "the first commit after a quiet spell is not held back"
+    assert sizes[:2] == [1, 10], sizes
+    assert redis_client.llen(queue) == 2, "one single task, then one batch task of ten"
