@@ -33,9 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
+from flask.sessions import SecureCookieSessionInterface
 from flask_openapi3.models.info import Info
 from flask_openapi3.models.security_scheme import SecurityScheme
 from flask_openapi3.openapi import OpenAPI
+from itsdangerous import URLSafeTimedSerializer
 
 from order_service.api import bp, health
 from order_service.auth import init_auth
@@ -75,6 +77,22 @@ class _OrdersOpenAPI(OpenAPI):
         return self.api_doc
 
 
+class _SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, its serializer built once per secret key instead of per request.
+
+    Flask opens the session on every request (the API's too, though only the pipeline page uses it).
+    """
+
+    _built: tuple[tuple[object, ...], URLSafeTimedSerializer | None] | None = None
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        keys = (app.secret_key, *(app.config["SECRET_KEY_FALLBACKS"] or ()))
+        built = self._built
+        if built is None or built[0] != keys:
+            built = self._built = (keys, super().get_signing_serializer(app))
+        return built[1]
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app; with no settings they are read from the environment (embedded mode by default)."""
     settings = settings or Settings()
@@ -88,6 +106,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         validation_error_callback=openapi_validation_error,
         doc_prefix="/docs",
     )
+    app.session_interface = _SessionInterface()
     app.config.update(
         SQLALCHEMY_DATABASE_URI=settings.orders_database_url,
         SQLALCHEMY_ENGINE_OPTIONS=engine_options(
