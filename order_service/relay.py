@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import Engine
 
+from order_service.dispatch import DISPATCH_LOG
 from order_service.models import outbox
 from shared.config import Settings
 from shared.contracts import ORDER_PLACED
@@ -25,6 +26,7 @@ PROGRAM = RelayProgram(
     database_url=lambda settings: settings.orders_database_url,
     publisher_name="order_relay",
     expects_answer=frozenset({ORDER_PLACED}),  # answered by invoice.created (order_service.worker)
+    dispatch_log=DISPATCH_LOG,  # the API publishes order.placed after its commit (order_service.dispatch)
 )
 
 

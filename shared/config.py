@@ -130,6 +130,19 @@ class Settings(BaseSettings):
         description="Invoice relay: the same pause for invoice.created answers, which nobody waits on: "
         "a fifth of a second turns one order-consumer task per answer into one per busy moment",
     )
+    outbox_dispatch_after_commit: bool = Field(
+        default=True,
+        validation_alias="OUTBOX_DISPATCH_AFTER_COMMIT",
+        description="On a Redis broker the API publishes order.placed itself right after its commit; "
+        "the relay marks it, and publishes any the API did not within the grace",
+    )
+    outbox_dispatch_grace_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        validation_alias="OUTBOX_DISPATCH_GRACE_SECONDS",
+        description="How long a dispatched row waits for its writer before the relay publishes it",
+    )
     relay_messages_per_task: int = Field(
         default=100,
         ge=1,

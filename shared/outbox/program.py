@@ -32,6 +32,7 @@ from shared.contracts import ROUTES
 from shared.db import create_db_engine, database_now, is_postgres, keepalive_connect_args
 from shared.logs import configure_logging
 from shared.outbox import redrive, store
+from shared.outbox.dispatch import DispatchLog, dispatch_log_key
 from shared.outbox.health import HealthServer
 from shared.outbox.publisher import publisher_for
 from shared.outbox.relay import OutboxRelay, RelayPolicy
@@ -58,6 +59,8 @@ class RelayProgram:
     publisher_name: str
     expects_answer: frozenset[str] = frozenset()
     linger: Callable[[Settings], float] = lambda settings: settings.relay_linger_seconds
+    dispatch_log: str | None = None
+    """The name writers dispatch this table's messages after commit under (``shared.outbox.dispatch``)."""
 
     def policy(self, settings: Settings) -> RelayPolicy:
         return RelayPolicy(
@@ -81,7 +84,13 @@ class RelayProgram:
 
     def build(self, settings: Settings, engine: Engine) -> OutboxRelay:
         publisher = publisher_for(settings, ROUTES, self.publisher_name)
-        return OutboxRelay(engine, self.table, publisher, self.policy(settings))
+        log_of_dispatches = None
+        if self.dispatch_log and settings.broker_url.startswith(("redis://", "rediss://")):
+            key = dispatch_log_key(settings.queue_prefix, self.dispatch_log)
+            log_of_dispatches = DispatchLog.from_url(settings.broker_url, key)
+        return OutboxRelay(
+            engine, self.table, publisher, self.policy(settings), dispatch_log=log_of_dispatches
+        )
 
     def main(self, argv: Sequence[str] | None = None) -> int:
         parser = argparse.ArgumentParser(prog=self.prog, description=__doc__)

@@ -57,9 +57,11 @@ from sqlalchemy import Connection, Engine, Table, text
 from sqlalchemy.exc import DBAPIError
 
 from shared.backoff import jittered_backoff
+from shared.broker import BROKER_ERRORS
 from shared.db import is_postgres, utcnow
 from shared.logs import CORRELATION_HEADER
 from shared.outbox import redrive, status, store
+from shared.outbox.dispatch import DispatchLog
 from shared.outbox.health import BacklogCollector, RelayMetrics
 from shared.outbox.messages import BatchOutcome, PendingMessage, Publisher
 from shared.outbox.partitions import LockKeys, PartitionLeases
@@ -71,6 +73,9 @@ log = structlog.get_logger(__name__)
 _LOOP_BACKOFF_MAX = 30.0
 """Longest pause between attempts after the loop failed (a database or broker outage, a bug)."""
 
+
+_DISPATCH_CHUNKS = 1_000
+"""Most chunks of dispatched ids marked before one claim: the log drains, but a claim still comes."""
 
 _LOGGED_IDS = 20
 """Message and correlation ids named in one ``outbox.batch_relayed`` line (the counts are complete)."""
@@ -130,10 +135,12 @@ class OutboxRelay:
         publisher: Publisher,
         policy: RelayPolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
+        dispatch_log: DispatchLog | None = None,
     ) -> None:
         self.engine = engine
         self.outbox = outbox
         self.publisher = publisher
+        self.dispatch_log = dispatch_log
         self.policy = policy or RelayPolicy()
         self._clock = clock
         postgres = is_postgres(engine)
@@ -220,9 +227,32 @@ class OutboxRelay:
         self._next_rebalance = 0.0 if retired else time.monotonic() + self._rebalance_every
         return owned
 
+    def mark_dispatched(self) -> int:
+        """Mark the rows their writers dispatched after commit (``shared.outbox.dispatch``), before any
+        claim could take them for undispatched: the whole log, in chunks of a batch, one UPDATE each."""
+        if self.dispatch_log is None:
+            return 0
+        conn, total = self._connection(), 0
+        for _ in range(_DISPATCH_CHUNKS):
+            try:
+                message_ids = self.dispatch_log.take(self.policy.batch_size)
+            except BROKER_ERRORS as exc:  # the claim still runs: an unmarked row is republished, not lost
+                log.warning("relay.dispatch_log_unavailable", error=f"{type(exc).__name__}: {exc}")
+                break
+            if not message_ids:
+                break
+            with conn.begin():
+                lags = store.mark_dispatched(conn, self.outbox, message_ids)
+            for lag in lags:
+                self.metrics.publish_lag.observe(lag)
+            self.metrics.dispatched.inc(len(message_ids))
+            total += len(message_ids)
+        return total
+
     def relay_batch(self) -> BatchOutcome:
         """One transaction: claim, publish, mark. A crash before commit republishes (consumers dedup)."""
         self.rebalance()
+        self.mark_dispatched()
         conn = self._connection()
         if self._partitions is not None and not self._partitions:
             return BatchOutcome()

@@ -6,7 +6,14 @@ from sqlalchemy import Column, Index, Integer, MetaData, SmallInteger, String, T
 
 from shared.db import BigIntPK, JSONDocument, UTCDateTime
 
-__all__ = ["BUCKETS", "NOTIFY_CHANNEL", "define_outbox", "drop_notify_trigger_ddl", "notify_trigger_ddl"]
+__all__ = [
+    "BUCKETS",
+    "NOTIFY_CHANNEL",
+    "define_outbox",
+    "drop_notify_trigger_ddl",
+    "due_notify_trigger_ddl",
+    "notify_trigger_ddl",
+]
 
 BUCKETS = 1024
 """Rows are hashed by aggregate into this many buckets; relays own buckets to keep per-aggregate order."""
@@ -88,6 +95,27 @@ def notify_trigger_ddl(name: str = "outbox") -> tuple[str, ...]:
             RETURN NULL;
         END $$""",
         f"CREATE TRIGGER {name}_notify AFTER INSERT ON {name} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {name}_notify()",
+    )
+
+
+def due_notify_trigger_ddl(name: str = "outbox") -> tuple[str, ...]:
+    """Postgres DDL: as ``notify_trigger_ddl``, but only for a statement that inserted a row due now.
+
+    A row dispatched after commit (``shared.outbox.dispatch``) is due only after its grace: waking
+    every relay for it would cost a claim per order that finds nothing. The statement's new rows
+    are read from its transition table, once per statement.
+    """
+    return (
+        f"""CREATE OR REPLACE FUNCTION {name}_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM inserted WHERE available_at <= now()) THEN
+                PERFORM pg_notify('{NOTIFY_CHANNEL}', '');
+            END IF;
+            RETURN NULL;
+        END $$""",  # noqa: S608 - name is the service's own table name, never input
+        f"DROP TRIGGER IF EXISTS {name}_notify ON {name}",
+        f"CREATE TRIGGER {name}_notify AFTER INSERT ON {name} REFERENCING NEW TABLE AS inserted "
         f"FOR EACH STATEMENT EXECUTE FUNCTION {name}_notify()",
     )
 

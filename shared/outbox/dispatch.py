@@ -1,0 +1,175 @@
+"""Dispatch after commit: the writer's process publishes its own outbox rows the moment they commit.
+
+The relay's hop (wake on NOTIFY, claim, publish, mark) costs a round of database work per batch and
+a few milliseconds per message; for a message nobody else must order against, the process that
+committed it can publish it at once, the way a plain ``.delay()`` after ``commit()`` would, while
+the outbox keeps the guarantee:
+
+* The row is written in the business transaction as always, but due only ``grace`` seconds later
+  (``available_at``). After the commit (never before, never after a rollback) the process pushes
+  the message to its queue and its ``message_id`` to a dispatch log list, in one Redis
+  ``MULTI``/``EXEC``: both or neither.
+* The relay pops the dispatch log and marks those rows published in one UPDATE per chunk
+  (``OutboxRelay.mark_dispatched``), before it claims. A row whose dispatch never happened (the
+  process died after its commit, Redis refused, a rollback of any savepoint dropped the pending
+  list) is still unpublished when its grace ends, and the relay publishes it as any other: a
+  message is late by at most ``grace``, never lost. Redis losing the log loses the messages with it,
+  and the rows are published again by the relay (consumers dedup; a message consumed before the
+  loss arrives twice).
+* Per-aggregate order is the price: two processes may publish two messages of one aggregate in
+  either order. Only ``topics`` named by the owner are dispatched (``order.placed``: one per order);
+  every other row is due at once and left to the relay.
+
+Redis is the only transport: the dispatch log sits beside the queue, in the same transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import structlog
+from celery import Celery
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction
+
+from shared.broker import BROKER_ERRORS
+from shared.contracts import Route
+from shared.outbox.messages import PendingMessage
+from shared.outbox.redis_publisher import RedisPipelinePublisher
+
+__all__ = ["AfterCommitDispatcher", "DispatchLog", "dispatch_log_key"]
+
+log = structlog.get_logger(__name__)
+
+_PENDING = "outbox.dispatch_after_commit"
+"""``session.info`` key: the messages this transaction will dispatch once it commits."""
+
+
+def dispatch_log_key(queue_prefix: str, table: str) -> str:
+    """The Redis list of dispatched message ids for one outbox table (queue prefix included)."""
+    return f"{queue_prefix}outbox.dispatched.{table}"
+
+
+class DispatchLog:
+    """The relay's side: message ids dispatched after commit, taken in chunks to be marked published."""
+
+    def __init__(self, client: redis.Redis, key: str) -> None:
+        self._client = client
+        self.key = key
+
+    @classmethod
+    def from_url(cls, url: str, key: str) -> DispatchLog:
+        return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5), key)
+
+    def take(self, limit: int) -> list[uuid.UUID]:
+        """Up to ``limit`` ids, oldest first, removed from the log (lost if the caller dies: re-published)."""
+        raw: Any = self._client.lpop(self.key, limit)
+        return [uuid.UUID(value.decode() if isinstance(value, bytes) else str(value)) for value in raw or []]
+
+    def close(self) -> None:
+        self._client.close()
+
+
+@dataclass
+class _Pending:
+    dispatcher: AfterCommitDispatcher
+    messages: list[PendingMessage] = field(default_factory=list)
+
+
+class AfterCommitDispatcher:
+    """The writer's side: collects a transaction's dispatchable messages and publishes them at commit."""
+
+    def __init__(
+        self,
+        publisher: RedisPipelinePublisher,
+        client: redis.Redis,
+        routes: Mapping[str, Route],
+        log_key: str,
+        topics: frozenset[str],
+        grace: float,
+    ) -> None:
+        self._publisher = publisher
+        self._client = client
+        self._routes = routes
+        self._log_key = log_key
+        self.topics = topics
+        self.grace = grace
+
+    @classmethod
+    def from_url(
+        cls,
+        app: Celery,
+        url: str,
+        routes: Mapping[str, Route],
+        *,
+        queue_prefix: str,
+        table: str,
+        topics: frozenset[str],
+        grace: float,
+    ) -> AfterCommitDispatcher:
+        """Short Redis timeouts: a request waits at most about a second for a broker that hangs."""
+        client = redis.Redis.from_url(
+            url, socket_timeout=1, socket_connect_timeout=1, health_check_interval=30
+        )
+        publisher = RedisPipelinePublisher(app, client, routes, queue_prefix)
+        return cls(publisher, client, routes, dispatch_log_key(queue_prefix, table), topics, grace)
+
+    def dispatches(self, topic: str) -> bool:
+        return topic in self.topics and topic in self._routes
+
+    def add(self, session: Session, message: PendingMessage) -> None:
+        """Publish ``message`` when the session's transaction commits (dropped if anything rolls back)."""
+        pending = session.info.get(_PENDING)
+        if pending is None:
+            pending = session.info[_PENDING] = _Pending(self)
+        pending.messages.append(message)
+
+    def publish(self, messages: list[PendingMessage]) -> bool:
+        """Push the messages and their ids to the dispatch log in one transaction; False if Redis refused."""
+        try:
+            with self._client.pipeline(transaction=True) as pipe:
+                for message in messages:
+                    queue, data = self._publisher.encode(message, self._routes[message.topic])
+                    pipe.lpush(queue, data)
+                pipe.rpush(self._log_key, *(str(message.message_id) for message in messages))
+                pipe.execute()
+        except BROKER_ERRORS as exc:
+            log.warning(
+                "outbox.dispatch_failed",
+                message_ids=[str(m.message_id) for m in messages],
+                error=f"{type(exc).__name__}: {exc}",
+                relay_publishes_in_s=self.grace,
+            )
+            return False
+        return True
+
+    def close(self) -> None:
+        self._client.close()
+
+
+@event.listens_for(Session, "after_commit")
+def _dispatch_committed(session: Session) -> None:
+    """The outermost commit only: a savepoint's release fires ``after_commit`` too."""
+    if session.in_nested_transaction():
+        return
+    pending = session.info.pop(_PENDING, None)
+    if pending is not None and pending.messages:
+        pending.dispatcher.publish(pending.messages)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_on_rollback(session: Session, _previous: Any) -> None:
+    """Any rollback, a savepoint's included, drops the whole pending list: the relay publishes what
+    did commit once its grace is over; nothing that did not commit is ever published."""
+    session.info.pop(_PENDING, None)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _drop_uncommitted(session: Session, transaction: SessionTransaction) -> None:
+    """A transaction closed without a commit (``close()``) leaves nothing behind for the next one."""
+    if transaction.parent is None:
+        session.info.pop(_PENDING, None)
