@@ -145,6 +145,7 @@ class AfterCommitDispatcher:
                 relay_publishes_in_s=self.grace,
             )
             return False
+        log.info("outbox.dispatched", message_ids=[str(m.message_id) for m in messages])
         return True
 
     def close(self) -> None:

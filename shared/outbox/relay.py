@@ -247,6 +247,8 @@ class OutboxRelay:
                 self.metrics.publish_lag.observe(lag)
             self.metrics.dispatched.inc(len(message_ids))
             total += len(message_ids)
+        if total:
+            log.info("outbox.dispatched_marked", messages=total)
         return total
 
     def relay_batch(self) -> BatchOutcome:
