@@ -156,6 +156,21 @@ def create_invoice(session: Session, message_id: uuid.UUID, event: OrderPlaced) 
     return Outcome.CREATED
 
 
+def _as_written(row: Any, message_id: uuid.UUID, event: OrderPlaced) -> Invoice:
+    """The invoice a statement wrote, for the receivers to read; the session never tracks it."""
+    return Invoice(
+        id=row.id,
+        order_id=event.order_id,
+        number=row.number,
+        customer_id=event.customer_id,
+        currency=event.currency,
+        amount_total=event.amount_total,
+        message_id=message_id,
+        placed_at=event.placed_at,
+        created_at=row.created_at,
+    )
+
+
 def _create_invoice_postgres(session: Session, message_id: uuid.UUID, event: OrderPlaced) -> Outcome:
     """``create_invoice`` in one statement (``_INVOICE_IN_ONE_STATEMENT``), then the answer and commit."""
     row = session.execute(
@@ -180,17 +195,7 @@ def _create_invoice_postgres(session: Session, message_id: uuid.UUID, event: Ord
         log.info("invoice.already_exists", message_id=str(message_id), order_id=event.order_id)
         _answer_again(session, message_id, event.order_id)  # commits the inbox row with the answer
         return Outcome.ALREADY_INVOICED
-    invoice = Invoice(
-        id=row.id,
-        order_id=event.order_id,
-        number=row.number,
-        customer_id=event.customer_id,
-        currency=event.currency,
-        amount_total=event.amount_total,
-        message_id=message_id,
-        placed_at=event.placed_at,
-        created_at=row.created_at,
-    )  # as written: the receivers read it, the session never tracks it
+    invoice = _as_written(row, message_id, event)
     invoice_created.send(create_invoice, invoice=invoice, causation_id=message_id, session=session)
     session.commit()
     log.info("invoice.created", message_id=str(message_id), order_id=event.order_id, number=row.number)
@@ -269,17 +274,7 @@ def create_invoices(session: Session, batch: Sequence[tuple[BatchItem, OrderPlac
         if row.id is None:
             outcomes.append(Outcome.ALREADY_INVOICED if row.fresh else Outcome.DUPLICATE_MESSAGE)
             continue
-        invoice = Invoice(
-            id=row.id,
-            order_id=event.order_id,
-            number=row.number,
-            customer_id=event.customer_id,
-            currency=event.currency,
-            amount_total=event.amount_total,
-            message_id=item.message_id,
-            placed_at=event.placed_at,
-            created_at=row.created_at,
-        )
+        invoice = _as_written(row, item.message_id, event)
         with message_context(item):
             invoice_created.send(
                 create_invoice, invoice=invoice, causation_id=item.message_id, session=session
