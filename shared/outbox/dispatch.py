@@ -158,8 +158,12 @@ def _dispatch_committed(session: Session) -> None:
     if session.in_nested_transaction():
         return
     pending = session.info.pop(_PENDING, None)
-    if pending is not None and pending.messages:
+    if pending is None or not pending.messages:
+        return
+    try:
         pending.dispatcher.publish(pending.messages)
+    except Exception:  # the commit stands whatever happens here: the relay publishes after the grace
+        log.exception("outbox.dispatch_failed", message_ids=[str(m.message_id) for m in pending.messages])
 
 
 @event.listens_for(Session, "after_soft_rollback")

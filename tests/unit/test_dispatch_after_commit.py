@@ -80,3 +80,18 @@ def test_a_rollback_or_a_close_without_commit_leaves_nothing_for_the_next_transa
     session.execute(text("SELECT 1"))
     session.commit()
     assert dispatcher.published == []
+
+
+def test_a_dispatch_that_fails_in_any_way_never_fails_the_commit(session: Session) -> None:
+    """The order is committed whatever the dispatch does; the relay publishes it after the grace."""
+
+    class Broken(Recording):
+        def publish(self, messages: list[PendingMessage]) -> bool:
+            raise ValueError("cannot encode")
+
+    dispatcher = Broken()
+    session.execute(text("CREATE TABLE orders (id INTEGER)"))
+    session.execute(text("INSERT INTO orders VALUES (1)"))
+    dispatcher.add(session, _message())
+    session.commit()
+    assert session.execute(text("SELECT count(*) FROM orders")).scalar() == 1
