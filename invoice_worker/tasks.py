@@ -78,14 +78,21 @@ def order_placed_batch(self: Task, messages: Any) -> list[str]:
     try:
         if not (POLICY.first_delivery_uncounted and is_first_delivery(self)) or has_repeats(items):
             return split(self, items, TASK_NAME, "redelivered, retried or repeated")
+        message_ids = [str(item.message_id) for item in items]
+        # A delivery of each message starts and ends here, as Celery's own lines say for a single task:
+        # a worker killed between the commit and the per-message lines leaves a start with no end.
+        log.info("invoice.batch_received", message_ids=message_ids)
+        outcomes: list[str | None]
         try:
             outcomes = invoice_batch(database, items)
         except Exception as exc:  # whatever it was, each message gets the single task's rules
             log.warning("invoice.batch_failed", messages=len(items), error=f"{type(exc).__name__}: {exc}")
-            return split(self, items, TASK_NAME, type(exc).__name__)
-        invalid = [item for item, outcome in zip(items, outcomes, strict=True) if outcome is None]
-        if invalid:
-            split(self, invalid, TASK_NAME, "invalid payload")
+            outcomes = list(split(self, items, TASK_NAME, type(exc).__name__))
+        else:
+            invalid = [item for item, outcome in zip(items, outcomes, strict=True) if outcome is None]
+            if invalid:
+                split(self, invalid, TASK_NAME, "invalid payload")
+        log.info("invoice.batch_settled", message_ids=message_ids)
         return [outcome or SPLIT for outcome in outcomes]
     finally:
         structlog.contextvars.clear_contextvars()

@@ -135,6 +135,11 @@ ORDER_PLACED_TASK = re.compile(
 """Celery's own lines about one delivery of ``order.placed`` (``received``, then ``succeeded`` …)."""
 
 
+BATCH_DELIVERY_LINES = frozenset({"invoice.batch_received", "invoice.batch_settled"})
+"""The invoice worker's lines around a batch's first delivery (``invoice_worker.tasks``): each names
+its messages, as Celery's ``received``/``succeeded`` lines name a single task's."""
+
+
 def read_logs(log_dir: Path) -> LogTally:
     """Tally every JSON log under ``log_dir``; a line that names ``invoice.created`` but does not parse
     is an effect that cannot be attributed (``garbled``)."""
@@ -161,6 +166,9 @@ def read_logs(log_dir: Path) -> LogTally:
                 elif isinstance(event, str) and (task := ORDER_PLACED_TASK.match(event)):
                     seen = tally.received if task["what"] == "received" else tally.finished
                     seen[task["id"]] += 1
+                elif event in BATCH_DELIVERY_LINES and isinstance(record.get("message_ids"), list):
+                    seen = tally.received if event == "invoice.batch_received" else tally.finished
+                    seen.update(str(message_id) for message_id in record["message_ids"])
     return tally
 
 

@@ -455,3 +455,17 @@ def test_a_delivery_received_and_never_finished_is_interrupted(tmp_path: Path) -
     )
 
     assert read_logs(tmp_path).interrupted == {killed}
+
+
+def test_a_batch_received_and_never_settled_interrupts_each_of_its_messages(tmp_path: Path) -> None:
+    def batch(event: str, *message_ids: str) -> str:
+        return json.dumps({"event": event, "message_ids": list(message_ids)}) + "\n"
+
+    first, second, third = (f"00000000-0000-4000-8000-00000000001{n}" for n in (1, 2, 3))
+    (tmp_path / "worker-0.log").write_text(
+        batch("invoice.batch_received", first, second)
+        + batch("invoice.batch_settled", first, second)
+        + batch("invoice.batch_received", third, second)  # killed after its commit: no settled line
+    )
+
+    assert read_logs(tmp_path).interrupted == {third, second}
