@@ -246,6 +246,7 @@ class OutboxRelay:
             for lag in lags:
                 self.metrics.publish_lag.observe(lag)
             self.metrics.dispatched.inc(len(message_ids))
+            self.metrics.progressed()  # a long log after an outage is work, not a stall
             total += len(message_ids)
         if total:
             log.info("outbox.dispatched_marked", messages=total)
