@@ -38,6 +38,8 @@ def init_dispatch(app: Flask, settings: Settings) -> None:
             table=DISPATCH_LOG,
             topics=frozenset({ORDER_PLACED}),
             grace=settings.outbox_dispatch_grace_seconds,
+            queue_limit=settings.outbox_dispatch_queue_limit,
+            handover_seconds=settings.outbox_dispatch_handover_seconds,
         )
     _DISPATCHER.init_app(app, dispatcher)
 

@@ -115,12 +115,18 @@ class Settings(BaseSettings):
     relay_redrive_interval: float = Field(default=5.0, gt=0, validation_alias="RELAY_REDRIVE_INTERVAL")
     relay_redrive_batch: int = Field(default=5_000, ge=1, validation_alias="RELAY_REDRIVE_BATCH")
     relay_linger_seconds: float = Field(
-        default=0.0,
+        default=0.05,
         ge=0,
         le=5,
         validation_alias="RELAY_LINGER_SECONDS",
-        description="Order relay: pause after a batch that found rows, so the next one gathers more "
-        "(0: publish each commit at once; order->invoice latency is what this delays)",
+        description="Order relay: pause after a batch of RELAY_LINGER_MIN_BATCH rows or more, so the next "
+        "one gathers more (0: publish each commit at once; latency under load is what this delays)",
+    )
+    relay_linger_min_batch: int = Field(
+        default=2,
+        ge=1,
+        validation_alias="RELAY_LINGER_MIN_BATCH",
+        description="Order relay: the batch size that shows load and makes it linger (1: after every batch)",
     )
     invoice_relay_linger_seconds: float = Field(
         default=0.2,
@@ -142,6 +148,20 @@ class Settings(BaseSettings):
         le=60,
         validation_alias="OUTBOX_DISPATCH_GRACE_SECONDS",
         description="How long a dispatched row waits for its writer before the relay publishes it",
+    )
+    outbox_dispatch_queue_limit: int = Field(
+        default=16,
+        ge=0,
+        validation_alias="OUTBOX_DISPATCH_QUEUE_LIMIT",
+        description="Messages already waiting in the invoice queue that make the API leave its next "
+        "orders to the relay (which batches them) for OUTBOX_DISPATCH_HANDOVER_SECONDS; 0: never",
+    )
+    outbox_dispatch_handover_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        validation_alias="OUTBOX_DISPATCH_HANDOVER_SECONDS",
+        description="How long the API leaves order.placed to the relay after it found the queue behind",
     )
     relay_messages_per_task: int = Field(
         default=100,

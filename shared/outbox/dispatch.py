@@ -20,11 +20,19 @@ the outbox keeps the guarantee:
   either order. Only ``topics`` named by the owner are dispatched (``order.placed``: one per order);
   every other row is due at once and left to the relay.
 
+Hand-over under load: the ``LPUSH`` answers with the queue's length. When a dispatch finds
+``queue_limit`` or more messages already waiting, the workers are behind and a message published on
+its own only waits in that queue; the dispatcher then stops dispatching for ``handover_seconds`` and
+its writers' rows are due at once, so the relay publishes them, many per batch task
+(``shared.batches``): the workers pay Celery's per-task cost once per batch and catch up. The next
+dispatch after the pause reads the length again. A quiet pipeline never hands over.
+
 Redis is the only transport: the dispatch log sits beside the queue, in the same transaction.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -91,6 +99,8 @@ class AfterCommitDispatcher:
         log_key: str,
         topics: frozenset[str],
         grace: float,
+        queue_limit: int = 0,
+        handover_seconds: float = 1.0,
     ) -> None:
         self._publisher = publisher
         self._client = client
@@ -98,6 +108,10 @@ class AfterCommitDispatcher:
         self._log_key = log_key
         self.topics = topics
         self.grace = grace
+        self.queue_limit = queue_limit
+        """Messages waiting in a queue that make the dispatcher hand over to the relay (0: never)."""
+        self.handover_seconds = handover_seconds
+        self._handed_over_until = 0.0
 
     @classmethod
     def from_url(
@@ -110,16 +124,34 @@ class AfterCommitDispatcher:
         table: str,
         topics: frozenset[str],
         grace: float,
+        queue_limit: int = 0,
+        handover_seconds: float = 1.0,
     ) -> AfterCommitDispatcher:
         """Short Redis timeouts: a request waits at most about a second for a broker that hangs."""
         client = redis.Redis.from_url(
             url, socket_timeout=1, socket_connect_timeout=1, health_check_interval=30
         )
         publisher = RedisPipelinePublisher(app, client, routes, queue_prefix)
-        return cls(publisher, client, routes, dispatch_log_key(queue_prefix, table), topics, grace)
+        key = dispatch_log_key(queue_prefix, table)
+        return cls(publisher, client, routes, key, topics, grace, queue_limit, handover_seconds)
 
     def dispatches(self, topic: str) -> bool:
-        return topic in self.topics and topic in self._routes
+        """Whether a new ``topic`` row is this process's to publish (not while handed over to the relay)."""
+        if topic not in self.topics or topic not in self._routes:
+            return False
+        return time.monotonic() >= self._handed_over_until
+
+    @property
+    def handed_over(self) -> bool:
+        return time.monotonic() < self._handed_over_until
+
+    def _hand_over_if_behind(self, queue_lengths: list[int]) -> None:
+        """Stop dispatching for a while if a queue was this long already (the LPUSHes' answers)."""
+        longest = max(queue_lengths, default=0)
+        if not self.queue_limit or longest < self.queue_limit:
+            return
+        self._handed_over_until = time.monotonic() + self.handover_seconds
+        log.info("outbox.dispatch_handed_over", queue_length=longest, for_s=self.handover_seconds)
 
     def add(self, session: Session, message: PendingMessage) -> None:
         """Publish ``message`` when the session's transaction commits (dropped if anything rolls back)."""
@@ -136,7 +168,7 @@ class AfterCommitDispatcher:
                     queue, data = self._publisher.encode(message, self._routes[message.topic])
                     pipe.lpush(queue, data)
                 pipe.rpush(self._log_key, *(str(message.message_id) for message in messages))
-                pipe.execute()
+                replies = pipe.execute()
         except BROKER_ERRORS as exc:
             log.warning(
                 "outbox.dispatch_failed",
@@ -146,6 +178,7 @@ class AfterCommitDispatcher:
             )
             return False
         log.info("outbox.dispatched", message_ids=[str(m.message_id) for m in messages])
+        self._hand_over_if_behind([int(length) for length in replies[: len(messages)]])
         return True
 
     def close(self) -> None:

@@ -111,6 +111,10 @@ class RelayPolicy:
     linger: float = 0.0
     """After a batch that found rows (but did not fill), pause this long before the next claim, so it
     carries what committed meanwhile: fewer, larger batches (and batch tasks) for that much latency."""
+    linger_min_batch: int = 1
+    """Linger only after a batch of at least this many rows. 2: a commit after a quiet spell goes out
+    at once and so does the next, and only commits that arrive faster than the loop turns (the
+    sign of load) are gathered; 1: after every batch that found rows."""
 
     def backoff(self, attempts: int) -> timedelta:
         return store.backoff(attempts, self.base_backoff, self.max_backoff)
@@ -390,7 +394,7 @@ class OutboxRelay:
                         )
                         failures = 0
                     if outcome.failed or len(outcome.published) < self.policy.batch_size:
-                        if outcome.published and not outcome.failed and self.policy.linger:
+                        if self._lingers_after(outcome):
                             stop.wait(self.policy.linger)  # then claim again: no notification needed
                         else:
                             wait()
@@ -400,6 +404,14 @@ class OutboxRelay:
                     self._back_off(exc, failures, stop)
         finally:
             self.disconnect()
+
+    def _lingers_after(self, outcome: BatchOutcome) -> bool:
+        published = len(outcome.published)
+        return (
+            bool(self.policy.linger)
+            and not outcome.failed
+            and published >= max(1, self.policy.linger_min_batch)
+        )
 
     def _record_progress(self, outcome: BatchOutcome) -> None:
         self.metrics.published.inc(len(outcome.published))
