@@ -53,7 +53,7 @@ from order_service.ratelimit import init_rate_limit
 from order_service.receivers import connect_receivers
 from order_service.schemas import Problem
 from shared.config import Settings
-from shared.db import engine_options, install_sqlite_pragmas
+from shared.db import engine_options, install_engine_events
 
 __all__ = ["MIGRATIONS", "create_app"]
 
@@ -124,7 +124,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     discard_broken_sessions(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS))
     with app.app_context():
-        install_sqlite_pragmas(db.engine)
+        install_engine_events(db.engine)
     connect_receivers()
     init_dispatch(app, settings)  # order.placed published right after the commit (Redis broker)
     init_auth(app, settings)  # first before_request: the limiter keys on the client it identifies

@@ -33,6 +33,10 @@ log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
 
 
+_REMEMBERED_ADDRESSES = 10_000
+"""Most addresses ``FailedAuthLimit`` remembers as under their limit (a bound on its memory)."""
+
+
 def _client() -> str:
     return str(g.client_id)
 
@@ -46,13 +50,18 @@ class FailedAuthLimit:
 
     Checked before the lookup and counted after it fails, so concurrent guesses from one address can
     overshoot the limit by at most the number of requests in flight at once (workers x threads).
+    An address found under its limit is remembered as such for ``clear_for`` seconds, so a client
+    with a good key costs no Redis round trip per request for this check; a failure this process
+    counts forgets it at once, and failures counted by other processes are seen within ``clear_for``.
     """
 
-    def __init__(self, limit: str, storage_uri: str, namespace: str) -> None:
+    def __init__(self, limit: str, storage_uri: str, namespace: str, clear_for: float = 1.0) -> None:
         self._item = parse(limit)
         self._namespace = namespace
         self._limiter = FixedWindowRateLimiter(storage_from_string(storage_uri))
         self._fallback = FixedWindowRateLimiter(MemoryStorage())
+        self._clear_for = clear_for
+        self._clear_until: dict[str, float] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FailedAuthLimit:
@@ -68,13 +77,20 @@ class FailedAuthLimit:
 
     def retry_after(self, address: str) -> int | None:
         """Seconds until ``address`` may present a key again; ``None`` while it is under its limit."""
+        now = time.monotonic()
+        if self._clear_until.get(address, 0.0) > now:
+            return None
         if self._on_storage(lambda limiter: limiter.test(self._item, self._namespace, address)):
+            if len(self._clear_until) >= _REMEMBERED_ADDRESSES:
+                self._clear_until.clear()  # many addresses at once: start over rather than grow
+            self._clear_until[address] = now + self._clear_for
             return None
         stats = self._on_storage(lambda lim: lim.get_window_stats(self._item, self._namespace, address))
         return max(1, math.ceil(stats.reset_time - time.time()))
 
     def failed(self, address: str) -> None:
         """Count one request from ``address`` that carried no valid key."""
+        self._clear_until.pop(address, None)
         self._on_storage(lambda limiter: limiter.hit(self._item, self._namespace, address))
 
 

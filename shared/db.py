@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlalchemy import (
     Integer,
     create_engine,
     event,
+    exc,
     func,
     text,
 )
@@ -30,7 +32,7 @@ __all__ = [
     "database_clock",
     "database_now",
     "engine_options",
-    "install_sqlite_pragmas",
+    "install_engine_events",
     "is_postgres",
     "keepalive_connect_args",
     "utcnow",
@@ -87,6 +89,43 @@ def is_postgres(engine_or_dialect: Engine | Dialect) -> bool:
     return dialect.name == "postgresql"
 
 
+PING_AFTER_IDLE_SECONDS = 1.0
+"""A pooled Postgres connection is pinged at checkout only after resting this long in the pool."""
+
+_LAST_USED = "shared.db.last_used"
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """``pool_pre_ping``, but only for a connection that rested in the pool: a round trip per checkout
+    saved under load, where connections come back within milliseconds.
+
+    A server restart or an idle timeout finds connections that waited; one in busy use that dies
+    fails its statement, which SQLAlchemy sees as a disconnect: it invalidates the whole pool, so
+    the next checkouts connect afresh (the request itself is a 503, as any mid-request outage).
+    Raising ``DisconnectionError`` at checkout makes the pool retry with a new connection.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _connected(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_LAST_USED] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info[_LAST_USED] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get(_LAST_USED, 0.0) < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:  # whatever the driver raises for a dead socket: connect afresh
+            raise exc.DisconnectionError(str(error)) from error
+        if not alive:
+            raise exc.DisconnectionError("the connection did not answer its ping")
+
+
 def _tune_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -113,7 +152,8 @@ def engine_options(
     if url.startswith("sqlite"):
         # Several processes share the file in embedded mode: wait for locks instead of failing.
         return {"connect_args": {"timeout": 30}}
-    options: dict[str, Any] = {"pool_size": pool_size, "max_overflow": pool_size, "pool_pre_ping": True}
+    # No pool_pre_ping: install_engine_events pings only connections that rested in the pool.
+    options: dict[str, Any] = {"pool_size": pool_size, "max_overflow": pool_size}
     if pool_timeout is not None:
         options["pool_timeout"] = pool_timeout
     if statement_timeout_ms:
@@ -144,11 +184,13 @@ def create_db_engine(url: str, pool_size: int = 5, connect_args: dict[str, Any] 
     if connect_args and not url.startswith("sqlite"):
         options["connect_args"] = {**options.get("connect_args", {}), **connect_args}
     engine = create_engine(url, **options)
-    install_sqlite_pragmas(engine)
+    install_engine_events(engine)
     return engine
 
 
-def install_sqlite_pragmas(engine: Engine) -> None:
-    """WAL and foreign keys for SQLite engines; a no-op on other backends."""
+def install_engine_events(engine: Engine) -> None:
+    """WAL and foreign keys for SQLite engines; a ping after idling for Postgres ones."""
     if engine.dialect.name == "sqlite":
         _tune_sqlite(engine)
+    elif engine.dialect.name == "postgresql":
+        _ping_when_idle(engine)
