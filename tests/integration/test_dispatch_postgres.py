@@ -17,7 +17,7 @@ import redis
 from flask import Flask
 from sqlalchemy import Engine, make_url, select
 
-from harness.outbox import consumed
+from harness.outbox import Delivered, consumed, decode
 from harness.waiting import wait_until
 from order_service import create_app
 from order_service.dispatch import DISPATCH_LOG
@@ -148,3 +148,65 @@ def test_a_dispatched_row_wakes_no_relay_and_a_due_row_does(
         with undispatched.app_context():
             place_order(db.session(), _command())
         wait_until(lambda: bool(list(listener.notifies(timeout=0.5, stop_after=1))), timeout=5)
+
+
+def test_a_queue_already_behind_hands_the_next_orders_to_the_relay_which_batches_them(
+    pg_settings: Settings, orders_engine: Engine, redis_client: redis.Redis, app_for: list[Flask]
+) -> None:
+    """The shipped queue limit (``OUTBOX_DISPATCH_QUEUE_LIMIT``); messages are pushed straight into the
+    queue, as a backlog of unconsumed tasks would stand there, so no worker is needed to be slow."""
+    queue = pg_settings.queue("invoices")
+    limit = pg_settings.outbox_dispatch_queue_limit
+    redis_client.lpush(queue, *[b"backlog"] * (limit - 1))
+    app = create_app(pg_settings)
+    app_for.append(app)
+    with app.app_context():
+        place_order(db.session(), _command())  # the limit-th message: dispatched, and hands over
+        for _ in range(3):
+            place_order(db.session(), _command())
+    first, *rest = _rows(orders_engine)
+    assert (first["available_at"] - first["created_at"]).total_seconds() == pytest.approx(  # type: ignore[operator]
+        pg_settings.outbox_dispatch_grace_seconds
+    )
+    assert [row["available_at"] == row["created_at"] for row in rest] == [True] * 3, "due at once"
+    assert redis_client.llen(queue) == limit, "only the first was dispatched"
+
+    relay = build_relay(pg_settings, orders_engine)
+    try:
+        assert relay.drain() == 3
+    finally:
+        relay.disconnect()
+        relay.publisher.close()
+    assert redis_client.llen(queue) == limit + 1, "the relay sent the three as one batch task"
+    [batch] = _published(redis_client, queue)[1:]
+    assert [d.task_id for d in batch] == [str(row["message_id"]) for row in rest]
+
+
+def test_a_dispatcher_dispatches_again_once_its_handover_is_over(
+    pg_settings: Settings, orders_engine: Engine, redis_client: redis.Redis, app_for: list[Flask]
+) -> None:
+    """Hand-over shortened to 0.3 s (``OUTBOX_DISPATCH_HANDOVER_SECONDS``, 1 s shipped): only its
+    ending is checked, not its length."""
+    settings = pg_settings.model_copy(update={"outbox_dispatch_handover_seconds": 0.3})
+    queue = settings.queue("invoices")
+    redis_client.lpush(queue, *[b"backlog"] * settings.outbox_dispatch_queue_limit)
+    app = create_app(settings)
+    app_for.append(app)
+    with app.app_context():
+        place_order(db.session(), _command())
+        handed_over = place_order(db.session(), _command())
+        redis_client.delete(queue)  # the workers caught up
+        time.sleep(0.4)
+        again = place_order(db.session(), _command())
+    rows = {str(row["aggregate_id"]): row for row in _rows(orders_engine)}
+    assert rows[str(handed_over.id)]["available_at"] == rows[str(handed_over.id)]["created_at"]
+    assert rows[str(again.id)]["available_at"] > rows[str(again.id)]["created_at"]
+    assert [[d.task_id for d in entry] for entry in _published(redis_client, queue)] == [
+        [str(rows[str(again.id)]["message_id"])]
+    ]
+
+
+def _published(client: redis.Redis, queue: str) -> list[list[Delivered]]:
+    """The queue's entries in consuming order, each as the messages it carries; the stand-ins for a
+    backlog (``b"backlog"``) left out."""
+    return [decode(raw) for raw in reversed(client.lrange(queue, 0, -1)) if raw != b"backlog"]

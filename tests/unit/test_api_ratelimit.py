@@ -155,3 +155,31 @@ def test_the_pipeline_page_sign_in_is_throttled_by_the_same_count(guarded_app: F
     response = client.post("/dashboard/login", data={"key": "osk_guess-on-the-page", "csrf": csrf.group(1)})
 
     assert response.status_code == 429
+
+
+def test_an_address_under_its_limit_is_checked_once_a_second_and_a_failure_is_seen_at_once(
+    guarded_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failed-auth check costs a storage read per address per second, not per request; a failure
+    counted by this process ends that at once (the budget is still exact within one process)."""
+    from order_service.auth import _FAILURES
+
+    with guarded_app.app_context():
+        limiter = _FAILURES.get()._limiter
+    reads: list[str] = []
+    test = limiter.test
+
+    def counted(*args: Any) -> bool:
+        reads.append(args[-1])
+        return test(*args)
+
+    monkeypatch.setattr(limiter, "test", counted)
+
+    assert [_from(guarded_app, "192.0.2.1", KEYS[0]).status_code for _ in range(10)] == [200] * 10
+    assert reads == ["192.0.2.1"]
+    statuses = [
+        _from(guarded_app, "192.0.2.1", f"osk_guess-{n}").status_code for n in range(FAILURE_LIMIT + 1)
+    ]
+    assert statuses == [401] * FAILURE_LIMIT + [429]
+    # The first guess rides on the remembered check; after each failure the next request reads again.
+    assert len(reads) == 1 + FAILURE_LIMIT

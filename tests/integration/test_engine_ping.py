@@ -1,0 +1,89 @@
+"""Pooled Postgres connections are pinged at checkout only after resting in the pool (``shared.db``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
+
+from shared.config import Settings
+from shared.db import PING_AFTER_IDLE_SECONDS, create_db_engine
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def engine(pg_settings: Settings) -> Iterator[Engine]:
+    engine = create_db_engine(pg_settings.orders_database_url, pool_size=1)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pings(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per ping the pool sends (the dialect's ``do_ping``, as ``pool_pre_ping`` would use)."""
+    sent: list[int] = []
+    ping = engine.dialect.do_ping
+
+    def counted(dbapi_connection: Any) -> bool:
+        sent.append(1)
+        return ping(dbapi_connection)
+
+    monkeypatch.setattr(engine.dialect, "do_ping", counted)
+    return sent
+
+
+def _backend_pid(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.scalar(text("SELECT pg_backend_pid()")) or 0)
+
+
+def _terminate(engine: Engine, pid: int) -> None:
+    """End a backend from another session, as a server restart or an idle timeout would."""
+    other = create_db_engine(str(engine.url.render_as_string(hide_password=False)), pool_size=1)
+    try:
+        with other.connect() as conn:
+            assert conn.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    finally:
+        other.dispose()
+
+
+def test_a_connection_back_in_use_within_the_idle_bound_is_not_pinged(
+    engine: Engine, pings: list[int]
+) -> None:
+    pids = {_backend_pid(engine) for _ in range(20)}
+
+    assert len(pids) == 1, "one pooled connection, reused"
+    assert pings == []
+
+
+def test_a_connection_that_rested_is_pinged_and_replaced_when_its_server_side_is_gone(
+    engine: Engine, pings: list[int]
+) -> None:
+    first = _backend_pid(engine)
+    _terminate(engine, first)
+    time.sleep(PING_AFTER_IDLE_SECONDS + 0.1)
+
+    second = _backend_pid(engine)  # no error: the ping found it dead and the pool connected afresh
+
+    assert pings == [1]
+    assert second != first
+
+
+def test_a_connection_killed_while_in_busy_use_fails_one_statement_then_the_pool_recovers(
+    engine: Engine, pings: list[int]
+) -> None:
+    """Without a ping the first statement on it fails as a disconnect; SQLAlchemy invalidates the
+    pool, and the next checkout connects afresh (an API request in between is a 503)."""
+    first = _backend_pid(engine)
+    _terminate(engine, first)
+
+    with pytest.raises(DBAPIError) as failure:
+        _backend_pid(engine)
+    assert failure.value.connection_invalidated
+    assert _backend_pid(engine) != first
+    assert pings == []
