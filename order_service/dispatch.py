@@ -13,6 +13,7 @@ from __future__ import annotations
 from flask import Flask, current_app, has_app_context
 
 from order_service.extensions import AppState
+from order_service.metrics import api_metrics
 from shared.broker import publishing_app
 from shared.config import Settings
 from shared.contracts import ORDER_PLACED, ROUTES
@@ -40,6 +41,7 @@ def init_dispatch(app: Flask, settings: Settings) -> None:
             grace=settings.outbox_dispatch_grace_seconds,
             queue_limit=settings.outbox_dispatch_queue_limit,
             handover_seconds=settings.outbox_dispatch_handover_seconds,
+            on_handover=api_metrics().dispatch_handovers.inc,
         )
     _DISPATCHER.init_app(app, dispatcher)
 

@@ -17,7 +17,7 @@ LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 
 
 class ApiMetrics:
-    """Requests by route template and status with latency, orders placed, idempotent replays."""
+    """Requests by route template and status with latency, orders placed, idempotent replays, hand-overs."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -40,6 +40,11 @@ class ApiMetrics:
         self.idempotent_replays = Counter(
             "orders_idempotent_replays",
             "POST /orders retries answered with the first order (same Idempotency-Key)",
+            registry=self.registry,
+        )
+        self.dispatch_handovers = Counter(
+            "outbox_dispatch_handovers",
+            "Times the API left order.placed to the relay's batches because the invoice queue was behind",
             registry=self.registry,
         )
 

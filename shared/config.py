@@ -119,14 +119,8 @@ class Settings(BaseSettings):
         ge=0,
         le=5,
         validation_alias="RELAY_LINGER_SECONDS",
-        description="Order relay: pause after a batch of RELAY_LINGER_MIN_BATCH rows or more, so the next "
-        "one gathers more (0: publish each commit at once; latency under load is what this delays)",
-    )
-    relay_linger_min_batch: int = Field(
-        default=2,
-        ge=1,
-        validation_alias="RELAY_LINGER_MIN_BATCH",
-        description="Order relay: the batch size that shows load and makes it linger (1: after every batch)",
+        description="Order relay: pause after a batch that found the invoice queue behind "
+        "(OUTBOX_DISPATCH_QUEUE_LIMIT messages waiting), so the next batch gathers more (0: never)",
     )
     invoice_relay_linger_seconds: float = Field(
         default=0.2,
@@ -153,8 +147,9 @@ class Settings(BaseSettings):
         default=16,
         ge=0,
         validation_alias="OUTBOX_DISPATCH_QUEUE_LIMIT",
-        description="Messages already waiting in the invoice queue that make the API leave its next "
-        "orders to the relay (which batches them) for OUTBOX_DISPATCH_HANDOVER_SECONDS; 0: never",
+        description="Messages waiting in the invoice queue that say the workers are behind: the API "
+        "leaves its next orders to the relay for OUTBOX_DISPATCH_HANDOVER_SECONDS, and the order relay "
+        "lingers after its batches; 0: the API never hands over, the relay lingers after every batch",
     )
     outbox_dispatch_handover_seconds: float = Field(
         default=1.0,

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +101,7 @@ class AfterCommitDispatcher:
         grace: float,
         queue_limit: int = 0,
         handover_seconds: float = 1.0,
+        on_handover: Callable[[], None] | None = None,
     ) -> None:
         self._publisher = publisher
         self._client = client
@@ -111,6 +112,7 @@ class AfterCommitDispatcher:
         self.queue_limit = queue_limit
         """Messages waiting in a queue that make the dispatcher hand over to the relay (0: never)."""
         self.handover_seconds = handover_seconds
+        self._on_handover = on_handover
         self._handed_over_until = 0.0
 
     @classmethod
@@ -126,6 +128,7 @@ class AfterCommitDispatcher:
         grace: float,
         queue_limit: int = 0,
         handover_seconds: float = 1.0,
+        on_handover: Callable[[], None] | None = None,
     ) -> AfterCommitDispatcher:
         """Short Redis timeouts: a request waits at most about a second for a broker that hangs."""
         client = redis.Redis.from_url(
@@ -133,17 +136,13 @@ class AfterCommitDispatcher:
         )
         publisher = RedisPipelinePublisher(app, client, routes, queue_prefix)
         key = dispatch_log_key(queue_prefix, table)
-        return cls(publisher, client, routes, key, topics, grace, queue_limit, handover_seconds)
+        return cls(publisher, client, routes, key, topics, grace, queue_limit, handover_seconds, on_handover)
 
     def dispatches(self, topic: str) -> bool:
         """Whether a new ``topic`` row is this process's to publish (not while handed over to the relay)."""
         if topic not in self.topics or topic not in self._routes:
             return False
         return time.monotonic() >= self._handed_over_until
-
-    @property
-    def handed_over(self) -> bool:
-        return time.monotonic() < self._handed_over_until
 
     def _hand_over_if_behind(self, queue_lengths: list[int]) -> None:
         """Stop dispatching for a while if a queue was this long already (the LPUSHes' answers)."""
@@ -152,6 +151,8 @@ class AfterCommitDispatcher:
             return
         self._handed_over_until = time.monotonic() + self.handover_seconds
         log.info("outbox.dispatch_handed_over", queue_length=longest, for_s=self.handover_seconds)
+        if self._on_handover is not None:
+            self._on_handover()
 
     def add(self, session: Session, message: PendingMessage) -> None:
         """Publish ``message`` when the session's transaction commits (dropped if anything rolls back)."""

@@ -111,10 +111,9 @@ class RelayPolicy:
     linger: float = 0.0
     """After a batch that found rows (but did not fill), pause this long before the next claim, so it
     carries what committed meanwhile: fewer, larger batches (and batch tasks) for that much latency."""
-    linger_min_batch: int = 1
-    """Linger only after a batch of at least this many rows. 2: a commit after a quiet spell goes out
-    at once and so does the next, and only commits that arrive faster than the loop turns (the
-    sign of load) are gathered; 1: after every batch that found rows."""
+    linger_queue_length: int = 0
+    """Linger only after a batch that found a queue it went to this long already (the workers are
+    behind, so its next messages would wait there anyway); 0: after every batch that found rows."""
 
     def backoff(self, attempts: int) -> timedelta:
         return store.backoff(attempts, self.base_backoff, self.max_backoff)
@@ -406,12 +405,9 @@ class OutboxRelay:
             self.disconnect()
 
     def _lingers_after(self, outcome: BatchOutcome) -> bool:
-        published = len(outcome.published)
-        return (
-            bool(self.policy.linger)
-            and not outcome.failed
-            and published >= max(1, self.policy.linger_min_batch)
-        )
+        if not self.policy.linger or not outcome.published or outcome.failed:
+            return False
+        return outcome.longest_queue >= self.policy.linger_queue_length
 
     def _record_progress(self, outcome: BatchOutcome) -> None:
         self.metrics.published.inc(len(outcome.published))

@@ -22,6 +22,7 @@ from harness.waiting import wait_until
 from order_service import create_app
 from order_service.dispatch import DISPATCH_LOG
 from order_service.extensions import db
+from order_service.metrics import api_metrics
 from order_service.models import outbox
 from order_service.relay import build_relay
 from order_service.services import LineRequest, OrderRefused, PlaceOrder, place_order
@@ -160,10 +161,12 @@ def test_a_queue_already_behind_hands_the_next_orders_to_the_relay_which_batches
     redis_client.lpush(queue, *[b"backlog"] * (limit - 1))
     app = create_app(pg_settings)
     app_for.append(app)
+    handovers_before = _handovers()
     with app.app_context():
         place_order(db.session(), _command())  # the limit-th message: dispatched, and hands over
         for _ in range(3):
             place_order(db.session(), _command())
+    assert _handovers() == handovers_before + 1
     first, *rest = _rows(orders_engine)
     assert (first["available_at"] - first["created_at"]).total_seconds() == pytest.approx(  # type: ignore[operator]
         pg_settings.outbox_dispatch_grace_seconds
@@ -210,3 +213,7 @@ def _published(client: redis.Redis, queue: str) -> list[list[Delivered]]:
     """The queue's entries in consuming order, each as the messages it carries; the stand-ins for a
     backlog (``b"backlog"``) left out."""
     return [decode(raw) for raw in reversed(client.lrange(queue, 0, -1)) if raw != b"backlog"]
+
+
+def _handovers() -> float:
+    return api_metrics().registry.get_sample_value("outbox_dispatch_handovers_total") or 0.0
