@@ -11,7 +11,7 @@ databases) and BENCH_REDIS_URL.
 
 from __future__ import annotations
 
-import math
+import json
 import os
 import platform
 import shutil
@@ -26,6 +26,7 @@ import psycopg
 import redis
 from sqlalchemy import make_url
 
+from bench.report import HEADER, rows, update_readme
 from bench.scenarios import Plan, backlog_drain, paired_rounds
 from bench.spy import spy_profile
 from bench.stack import StackFactory
@@ -51,7 +52,6 @@ _PACKAGES = (
     "pydantic",
     "aiohttp",
 )
-TARGETS = {"e2e_rps": (">=", 0.9), "post_rps": (">=", 0.9), "p50": ("<=", 1.5)}
 
 
 def _git(*args: str) -> str:
@@ -84,63 +84,6 @@ def machine() -> dict[str, Any]:
         "packages": {name: version(name) for name in _PACKAGES},
         "nproc_available": len(os.sched_getaffinity(0)),
     }
-
-
-def _f(value: float, digits: int = 0) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
-
-
-def _verdict(key: str, value: float) -> str:
-    if key not in TARGETS:
-        return ""
-    op, target = TARGETS[key]
-    met = value >= target if op == ">=" else value <= target
-    return f"{op} {target:g} {'met' if met else 'MISSED'}"
-
-
-Row = tuple[str, str, str, str, str, str]
-
-
-def _pair_row(label: str, part: dict[str, Any], key: str, digits: int = 0, ratio_key: str = "") -> Row:
-    rounds = part["rounds"]
-    per_round = [row["product"][key] / row["naive"][key] if row["naive"][key] else math.nan for row in rounds]
-    headline = part["ratios"].get(ratio_key or key, sorted(per_round)[len(per_round) // 2])
-    return (
-        label,
-        _f(part["naive"].get(key, math.nan), digits),
-        _f(part["product"].get(key, math.nan), digits),
-        _f(headline, 2),
-        " ".join(_f(r, 2) for r in per_round),
-        _verdict(key, headline),
-    )
-
-
-def rows(results: dict[str, Any]) -> list[Row]:
-    """The printed table: medians over rounds per variant, and the median of the per-round ratios."""
-    out: list[Row] = []
-    if pairs := results.get("pairs"):
-        sat, lat = pairs["saturation"], pairs["latency"]
-        out.append(_pair_row("accepted POST/s", sat, "post_rps"))
-        out.append(_pair_row("e2e orders/s, first order -> last invoice", sat, "e2e_rps"))
-        out.append(_pair_row("sustained invoices/s, middle 60%", sat, "sustained_rps"))
-        trip = sat["product"].get("round_trip_rps", math.nan)
-        out.append(("round trip orders/s (answer applied)", "n/a", _f(trip), "", "", "product only"))
-        for q in ("p50", "p95", "p99"):
-            out.append(_pair_row(f"order->invoice {q} ms at {lat['rate']:.0f}/s", lat, q, 1))
-        for group in ("api", "relays", "workers", "postgres"):
-            out.append(_pair_row(f"CPU ms/order {group}", sat, f"cpu_ms_group_{group}", 2))
-        out.append(_pair_row("CPU ms/order total", sat, "cpu_ms_total", 2))
-        for group in ("api", "relays", "workers"):
-            key = f"rss_mb_{group}"
-            naive, product = sat["naive"].get(key, math.nan), sat["product"].get(key, math.nan)
-            out.append((f"RSS MiB {group}", _f(naive), _f(product), "", "", ""))
-    if drain := results.get("backlog"):
-        out.append((f"backlog drain {drain['orders']:,} orders, s", "", _f(drain["wall_s"], 1), "", "", ""))
-        out.append(("backlog invoices/s", "", _f(drain["invoices_per_s"]), "", "", "product only"))
-    return out
-
-
-HEADER = ("measure", "naive", "product", "ratio", "per round", "target")
 
 
 def main() -> int:
@@ -177,6 +120,9 @@ def main() -> int:
     out = RESULTS / ("e2e-quick.json" if results["quick"] else "e2e.json")  # a smoke run never overwrites
     write_results(out, {**results, "table": table.splitlines()})
     print(f"\nwritten to {out} in {results['seconds']:.0f} s")
+    if not results["quick"] and "pairs" in results:
+        update_readme(json.loads(out.read_text()))
+        print("README.md: the performance figures rendered from it (bench.report)")
     return 0
 
 
