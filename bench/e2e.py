@@ -13,19 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import psycopg
-import redis
-from sqlalchemy import make_url
-
+from bench.provenance import machine, source
 from bench.report import HEADER, rows, update_readme
 from bench.scenarios import Plan, backlog_drain, paired_rounds
 from bench.spy import spy_profile
@@ -40,50 +34,6 @@ LOGS = RESULTS / "e2e-logs"
 ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-_PACKAGES = (
-    "flask",
-    "flask-sqlalchemy",
-    "sqlalchemy",
-    "psycopg",
-    "celery",
-    "kombu",
-    "redis",
-    "gunicorn",
-    "pydantic",
-    "aiohttp",
-)
-
-
-def _git(*args: str) -> str:
-    completed = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
-    return completed.stdout.strip()
-
-
-def source() -> dict[str, Any]:
-    """The commit measured, and whether the tree differed from it (then the figures describe no commit)."""
-    return {"commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain", "--", "."))}
-
-
-def machine() -> dict[str, Any]:
-    """Core count, load and versions: what a reader needs to compare two result files."""
-    conninfo = make_url(POSTGRES_URL).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(conninfo) as conn:
-        postgres = conn.execute("SHOW server_version").fetchone()
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        redis_version = client.info("server")["redis_version"]
-    finally:
-        client.close()
-    return {
-        "cpu_count": os.cpu_count(),
-        "load_average": os.getloadavg(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "postgres": postgres[0] if postgres else "?",
-        "redis": redis_version,
-        "packages": {name: version(name) for name in _PACKAGES},
-        "nproc_available": len(os.sched_getaffinity(0)),
-    }
 
 
 def main() -> int:
@@ -91,7 +41,7 @@ def main() -> int:
     scenarios = os.environ.get("BENCH_SCENARIOS", "pairs,profile").split(",")
     results: dict[str, Any] = {
         "source": source(),
-        "machine": machine(),
+        "machine": machine(POSTGRES_URL, REDIS_URL),
         "plan": plan.as_dict(),
         "quick": bool(os.environ.get("BENCH_QUICK")),
         "started_at": time.time(),

@@ -39,6 +39,7 @@ from sqlalchemy import Engine, make_url, text
 from sqlalchemy.orm import Session
 
 from bench.backlog import fill_outbox
+from bench.provenance import machine, source
 from harness.databases import PostgresFactory
 from harness.outbox import order_payload, outbox_rows, queued_messages
 from harness.processes import pipeline_env, relay_service
@@ -55,8 +56,8 @@ from shared.outbox.redis_publisher import RedisPipelinePublisher
 from shared.outbox.writer import OutboxMessage, add_message
 
 ROWS = int(os.environ.get("BENCH_RELAY_ROWS", "100000"))
-NAIVE_ROWS = min(ROWS, int(os.environ.get("BENCH_RELAY_NAIVE_ROWS", "10000")))
-"""The naive relay commits per row (one fsync each): its rate is flat, so it drains only this many."""
+NAIVE_ROWS = ROWS
+"""The naive relay drains the same rows as the others: one table, one load."""
 POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 RESULTS = Path(__file__).parent / "results" / "relay.json"
@@ -66,6 +67,7 @@ PARTS = set(os.environ.get("BENCH_RELAY_PARTS", "variants,backlogs").split(","))
 BACKLOG_ROWS = int(os.environ.get("BENCH_RELAY_BACKLOG_ROWS", "200000"))
 BACKLOG_ROUNDS = int(os.environ.get("BENCH_RELAY_BACKLOG_ROUNDS", "3"))
 BACKLOG_RESULTS = Path(__file__).parent / "results" / "relay_backlogs.json"
+_PROVENANCE: dict[str, object] = {}
 BACKLOGS = {
     "fresh": (),
     "after_outage": (
@@ -465,6 +467,7 @@ def variants(client: redis.Redis, prefix: Callable[[], str]) -> None:
     RESULTS.write_text(
         json.dumps(
             {
+                **provenance(),
                 "rows": ROWS,
                 "cpus": os.cpu_count(),
                 "variants": {
@@ -480,7 +483,15 @@ def variants(client: redis.Redis, prefix: Callable[[], str]) -> None:
     print(f"written: {RESULTS}")
 
 
+def provenance() -> dict[str, object]:
+    """The commit and machine of this run, and the load as a results file is written."""
+    return {**_PROVENANCE, "load_average_after": os.getloadavg()}
+
+
 def main() -> int:
+    _PROVENANCE.update(
+        source=source(), machine=machine(POSTGRES_URL, REDIS_URL)
+    )  # before anything is written
     configure_logging("WARNING")  # the in-process relay logs every batch at INFO
     client = redis.Redis.from_url(REDIS_URL)
     prefixes: list[str] = []
@@ -501,7 +512,7 @@ def main() -> int:
                 + " (target >= 0.8)"
             )
             BACKLOG_RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            BACKLOG_RESULTS.write_text(json.dumps(figures, indent=2))
+            BACKLOG_RESULTS.write_text(json.dumps({**provenance(), **figures}, indent=2))
             print(f"written: {BACKLOG_RESULTS}")
     finally:
         for used in prefixes:
