@@ -97,7 +97,7 @@ _LAST_USED = "shared.db.last_used"
 
 def _ping_when_idle(engine: Engine) -> None:
     """``pool_pre_ping``, but only for a connection that rested in the pool: a round trip per checkout
-    saved under load, where connections come back within milliseconds.
+    saved under load, where an API's connections come back within milliseconds.
 
     A server restart or an idle timeout finds connections that waited; one in busy use that dies
     fails its statement, which SQLAlchemy sees as a disconnect: it invalidates the whole pool, so
@@ -142,18 +142,25 @@ def engine_options(
     *,
     statement_timeout_ms: int = 0,
     pool_timeout: float | None = None,
+    ping_only_after_idle: bool = False,
 ) -> dict[str, Any]:
     """Engine keyword arguments suited to the URL's backend.
 
     ``statement_timeout_ms`` (Postgres, 0: none) and ``pool_timeout`` are for request-serving
     engines, which must answer a 503 rather than wait on an overloaded database; relays and workers
-    leave them unset, since their long batches and waits are expected.
+    leave them unset, since their long batches and waits are expected. ``ping_only_after_idle``
+    (request-serving engines too, with ``install_engine_events``): no ``pool_pre_ping`` on every
+    checkout, see ``_ping_when_idle``; workers and relays keep it, so a failover that drops their
+    connections costs them no failed delivery.
     """
     if url.startswith("sqlite"):
         # Several processes share the file in embedded mode: wait for locks instead of failing.
         return {"connect_args": {"timeout": 30}}
-    # No pool_pre_ping: install_engine_events pings only connections that rested in the pool.
-    options: dict[str, Any] = {"pool_size": pool_size, "max_overflow": pool_size}
+    options: dict[str, Any] = {
+        "pool_size": pool_size,
+        "max_overflow": pool_size,
+        "pool_pre_ping": not ping_only_after_idle,
+    }
     if pool_timeout is not None:
         options["pool_timeout"] = pool_timeout
     if statement_timeout_ms:
@@ -188,9 +195,10 @@ def create_db_engine(url: str, pool_size: int = 5, connect_args: dict[str, Any] 
     return engine
 
 
-def install_engine_events(engine: Engine) -> None:
-    """WAL and foreign keys for SQLite engines; a ping after idling for Postgres ones."""
+def install_engine_events(engine: Engine, *, ping_only_after_idle: bool = False) -> None:
+    """WAL and foreign keys for SQLite engines; for Postgres ones made with ``ping_only_after_idle``
+    (``engine_options``), the ping of connections that rested in the pool."""
     if engine.dialect.name == "sqlite":
         _tune_sqlite(engine)
-    elif engine.dialect.name == "postgresql":
+    elif engine.dialect.name == "postgresql" and ping_only_after_idle:
         _ping_when_idle(engine)

@@ -1,4 +1,5 @@
-"""Pooled Postgres connections are pinged at checkout only after resting in the pool (``shared.db``)."""
+"""The API's pooled Postgres connections are pinged at checkout only after resting in the pool
+(``shared.db``, ``ping_only_after_idle``); workers' and relays' engines ping at every checkout."""
 
 from __future__ import annotations
 
@@ -7,18 +8,21 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from shared.config import Settings
-from shared.db import PING_AFTER_IDLE_SECONDS, create_db_engine
+from shared.db import PING_AFTER_IDLE_SECONDS, create_db_engine, engine_options, install_engine_events
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def engine(pg_settings: Settings) -> Iterator[Engine]:
-    engine = create_db_engine(pg_settings.orders_database_url, pool_size=1)
+    """An engine made as the API makes its own."""
+    url = pg_settings.orders_database_url
+    engine = create_engine(url, **engine_options(url, 1, ping_only_after_idle=True))
+    install_engine_events(engine, ping_only_after_idle=True)
     yield engine
     engine.dispose()
 
@@ -87,3 +91,16 @@ def test_a_connection_killed_while_in_busy_use_fails_one_statement_then_the_pool
     assert failure.value.connection_invalidated
     assert _backend_pid(engine) != first
     assert pings == []
+
+
+def test_a_worker_engine_pings_every_checkout_so_a_dropped_connection_costs_no_delivery(
+    pg_settings: Settings,
+) -> None:
+    engine = create_db_engine(pg_settings.orders_database_url, pool_size=1)
+    try:
+        first = _backend_pid(engine)
+        _terminate(engine, first)
+
+        assert _backend_pid(engine) != first  # no error: the pre-ping found it dead at once
+    finally:
+        engine.dispose()
