@@ -148,7 +148,7 @@ def _before_order_insert(app: Flask, hook: Callable[[], None]) -> Callable[[], N
     engine = _engine(app)
 
     def listener(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.startswith("INSERT INTO orders "):
+        if "INSERT INTO orders " in statement:  # alone, or with its lines in one statement (Postgres)
             hook()
 
     event.listen(engine, "before_cursor_execute", listener)
