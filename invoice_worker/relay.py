@@ -24,7 +24,7 @@ PROGRAM = RelayProgram(
     database_url=lambda settings: settings.invoices_database_url,
     publisher_name="invoice_relay",
     linger=lambda settings: settings.invoice_relay_linger_seconds,
-    linger_queue_length=lambda settings: 0,  # nobody waits on an answer: gather after every batch
+    linger_min_batch=lambda settings: 1,  # nobody waits on an answer: gather after every batch
 )
 
 

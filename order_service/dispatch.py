@@ -17,7 +17,7 @@ from order_service.metrics import api_metrics
 from shared.broker import publishing_app
 from shared.config import Settings
 from shared.contracts import ORDER_PLACED, ROUTES
-from shared.outbox.dispatch import AfterCommitDispatcher
+from shared.outbox.dispatch import AfterCommitDispatcher, Handover
 
 __all__ = ["DISPATCH_LOG", "dispatcher", "init_dispatch"]
 
@@ -39,8 +39,11 @@ def init_dispatch(app: Flask, settings: Settings) -> None:
             table=DISPATCH_LOG,
             topics=frozenset({ORDER_PLACED}),
             grace=settings.outbox_dispatch_grace_seconds,
-            queue_limit=settings.outbox_dispatch_queue_limit,
-            handover_seconds=settings.outbox_dispatch_handover_seconds,
+            handover=Handover(
+                queue_limit=settings.outbox_dispatch_queue_limit,
+                behind_seconds=settings.outbox_dispatch_behind_seconds,
+                hold_seconds=settings.outbox_dispatch_handover_seconds,
+            ),
             on_handover=api_metrics().dispatch_handovers.inc,
         )
     _DISPATCHER.init_app(app, dispatcher)

@@ -119,8 +119,14 @@ class Settings(BaseSettings):
         ge=0,
         le=5,
         validation_alias="RELAY_LINGER_SECONDS",
-        description="Order relay: pause after a batch that found the invoice queue behind "
-        "(OUTBOX_DISPATCH_QUEUE_LIMIT messages waiting), so the next batch gathers more (0: never)",
+        description="Order relay: pause after a batch of RELAY_LINGER_MIN_BATCH rows or more, so the "
+        "next one gathers more (0: never)",
+    )
+    relay_linger_min_batch: int = Field(
+        default=2,
+        ge=1,
+        validation_alias="RELAY_LINGER_MIN_BATCH",
+        description="Order relay: the batch size after which it lingers (1: after every batch)",
     )
     invoice_relay_linger_seconds: float = Field(
         default=0.2,
@@ -147,16 +153,23 @@ class Settings(BaseSettings):
         default=16,
         ge=0,
         validation_alias="OUTBOX_DISPATCH_QUEUE_LIMIT",
-        description="Messages waiting in the invoice queue that say the workers are behind: the API "
-        "leaves its next orders to the relay for OUTBOX_DISPATCH_HANDOVER_SECONDS, and the order relay "
-        "lingers after its batches; 0: the API never hands over, the relay lingers after every batch",
+        description="Messages waiting in the invoice queue that say its workers are behind; 0: the API "
+        "never hands its orders over to the relay",
+    )
+    outbox_dispatch_behind_seconds: float = Field(
+        default=0.25,
+        ge=0,
+        le=60,
+        validation_alias="OUTBOX_DISPATCH_BEHIND_SECONDS",
+        description="How long dispatches must keep finding the queue behind before the API hands over "
+        "(a passing spike is not a backlog)",
     )
     outbox_dispatch_handover_seconds: float = Field(
-        default=1.0,
+        default=2.0,
         gt=0,
         le=60,
         validation_alias="OUTBOX_DISPATCH_HANDOVER_SECONDS",
-        description="How long the API leaves order.placed to the relay after it found the queue behind",
+        description="How long the API leaves order.placed to the relay once it handed over",
     )
     relay_messages_per_task: int = Field(
         default=100,

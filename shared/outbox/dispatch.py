@@ -20,12 +20,13 @@ the outbox keeps the guarantee:
   either order. Only ``topics`` named by the owner are dispatched (``order.placed``: one per order);
   every other row is due at once and left to the relay.
 
-Hand-over under load: the ``LPUSH`` answers with the queue's length. When a dispatch finds
-``queue_limit`` or more messages already waiting, the workers are behind and a message published on
-its own only waits in that queue; the dispatcher then stops dispatching for ``handover_seconds`` and
+Hand-over under load (``Handover``): the ``LPUSH`` answers with the queue's length. When the
+dispatches of a process keep finding ``queue_limit`` or more messages already waiting for
+``behind_seconds`` (a backlog, not a passing spike), the workers are behind and a message published
+on its own only waits in that queue; the dispatcher then stops dispatching for ``hold_seconds`` and
 its writers' rows are due at once, so the relay publishes them, many per batch task
 (``shared.batches``): the workers pay Celery's per-task cost once per batch and catch up. The next
-dispatch after the pause reads the length again. A quiet pipeline never hands over.
+dispatch after the hold reads the length again. A pipeline that keeps up never hands over.
 
 Redis is the only transport: the dispatch log sits beside the queue, in the same transaction.
 """
@@ -49,7 +50,7 @@ from shared.contracts import Route
 from shared.outbox.messages import PendingMessage
 from shared.outbox.redis_publisher import RedisPipelinePublisher
 
-__all__ = ["AfterCommitDispatcher", "DispatchLog", "dispatch_log_key"]
+__all__ = ["AfterCommitDispatcher", "DispatchLog", "Handover", "dispatch_log_key"]
 
 log = structlog.get_logger(__name__)
 
@@ -82,6 +83,16 @@ class DispatchLog:
         self._client.close()
 
 
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """When a writer leaves its messages to the relay: every dispatch for ``behind_seconds`` found
+    ``queue_limit`` or more waiting; then for ``hold_seconds``. ``queue_limit`` 0: never."""
+
+    queue_limit: int = 0
+    behind_seconds: float = 0.25
+    hold_seconds: float = 2.0
+
+
 @dataclass
 class _Pending:
     dispatcher: AfterCommitDispatcher
@@ -99,8 +110,7 @@ class AfterCommitDispatcher:
         log_key: str,
         topics: frozenset[str],
         grace: float,
-        queue_limit: int = 0,
-        handover_seconds: float = 1.0,
+        handover: Handover | None = None,
         on_handover: Callable[[], None] | None = None,
     ) -> None:
         self._publisher = publisher
@@ -109,10 +119,9 @@ class AfterCommitDispatcher:
         self._log_key = log_key
         self.topics = topics
         self.grace = grace
-        self.queue_limit = queue_limit
-        """Messages waiting in a queue that make the dispatcher hand over to the relay (0: never)."""
-        self.handover_seconds = handover_seconds
+        self.handover = handover or Handover()
         self._on_handover = on_handover
+        self._behind_since: float | None = None
         self._handed_over_until = 0.0
 
     @classmethod
@@ -126,8 +135,7 @@ class AfterCommitDispatcher:
         table: str,
         topics: frozenset[str],
         grace: float,
-        queue_limit: int = 0,
-        handover_seconds: float = 1.0,
+        handover: Handover | None = None,
         on_handover: Callable[[], None] | None = None,
     ) -> AfterCommitDispatcher:
         """Short Redis timeouts: a request waits at most about a second for a broker that hangs."""
@@ -136,7 +144,7 @@ class AfterCommitDispatcher:
         )
         publisher = RedisPipelinePublisher(app, client, routes, queue_prefix)
         key = dispatch_log_key(queue_prefix, table)
-        return cls(publisher, client, routes, key, topics, grace, queue_limit, handover_seconds, on_handover)
+        return cls(publisher, client, routes, key, topics, grace, handover, on_handover)
 
     def dispatches(self, topic: str) -> bool:
         """Whether a new ``topic`` row is this process's to publish (not while handed over to the relay)."""
@@ -145,12 +153,18 @@ class AfterCommitDispatcher:
         return time.monotonic() >= self._handed_over_until
 
     def _hand_over_if_behind(self, queue_lengths: list[int]) -> None:
-        """Stop dispatching for a while if a queue was this long already (the LPUSHes' answers)."""
-        longest = max(queue_lengths, default=0)
-        if not self.queue_limit or longest < self.queue_limit:
+        """Hand over once the queues' lengths (the LPUSHes' answers) have said "behind" long enough."""
+        longest, now = max(queue_lengths, default=0), time.monotonic()
+        if not self.handover.queue_limit or longest < self.handover.queue_limit:
+            self._behind_since = None
             return
-        self._handed_over_until = time.monotonic() + self.handover_seconds
-        log.info("outbox.dispatch_handed_over", queue_length=longest, for_s=self.handover_seconds)
+        if self._behind_since is None:
+            self._behind_since = now
+        if now - self._behind_since < self.handover.behind_seconds:
+            return
+        self._behind_since = None
+        self._handed_over_until = now + self.handover.hold_seconds
+        log.info("outbox.dispatch_handed_over", queue_length=longest, for_s=self.handover.hold_seconds)
         if self._on_handover is not None:
             self._on_handover()
 

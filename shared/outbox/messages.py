@@ -35,9 +35,6 @@ class BatchOutcome:
     published: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     transient: set[int] = field(default_factory=set)
-    longest_queue: int = 0
-    """Messages in the longest queue this batch went to, its own included, where the broker says
-    (Redis ``LPUSH``); 0 where it does not."""
 
 
 class Publisher(Protocol):

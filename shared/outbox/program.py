@@ -59,7 +59,7 @@ class RelayProgram:
     publisher_name: str
     expects_answer: frozenset[str] = frozenset()
     linger: Callable[[Settings], float] = lambda settings: settings.relay_linger_seconds
-    linger_queue_length: Callable[[Settings], int] = lambda settings: settings.outbox_dispatch_queue_limit
+    linger_min_batch: Callable[[Settings], int] = lambda settings: settings.relay_linger_min_batch
     dispatch_log: str | None = None
     """The name writers dispatch this table's messages after commit under (``shared.outbox.dispatch``)."""
 
@@ -81,7 +81,7 @@ class RelayProgram:
             redrive_batch=settings.relay_redrive_batch,
             stall_seconds=settings.relay_stall_seconds,
             linger=self.linger(settings),
-            linger_queue_length=self.linger_queue_length(settings),
+            linger_min_batch=self.linger_min_batch(settings),
         )
 
     def build(self, settings: Settings, engine: Engine) -> OutboxRelay:

@@ -171,14 +171,13 @@ class RedisPipelinePublisher:
                 for queue, items in by_queue.items():
                     # LPUSH k a b c puts c at the head; workers BRPOP from the tail, so a is consumed first.
                     pipe.lpush(queue, *items)
-                lengths = pipe.execute()
+                pipe.execute()
         except BROKER_ERRORS as exc:
             error = f"{type(exc).__name__}: {exc}"
             outcome.failed.update({message.id: error for message, _ in sendable})
             outcome.transient.update(message.id for message, _ in sendable)
             return outcome
         outcome.published.extend(message.id for message, _ in sendable)
-        outcome.longest_queue = max((int(length) for length in lengths), default=0)
         return outcome
 
     def close(self) -> None:

@@ -111,9 +111,11 @@ class RelayPolicy:
     linger: float = 0.0
     """After a batch that found rows (but did not fill), pause this long before the next claim, so it
     carries what committed meanwhile: fewer, larger batches (and batch tasks) for that much latency."""
-    linger_queue_length: int = 0
-    """Linger only after a batch that found a queue it went to this long already (the workers are
-    behind, so its next messages would wait there anyway); 0: after every batch that found rows."""
+    linger_min_batch: int = 1
+    """Linger only after a batch of at least this many rows. The order relay's 2: while the API
+    dispatches, the relay claims nothing; once it hands its orders over (the workers are behind:
+    ``shared.outbox.dispatch``) they arrive faster than the loop turns, and gathering them is what
+    lets the workers catch up. 1: after every batch that found rows (the invoice relay)."""
 
     def backoff(self, attempts: int) -> timedelta:
         return store.backoff(attempts, self.base_backoff, self.max_backoff)
@@ -407,7 +409,7 @@ class OutboxRelay:
     def _lingers_after(self, outcome: BatchOutcome) -> bool:
         if not self.policy.linger or not outcome.published or outcome.failed:
             return False
-        return outcome.longest_queue >= self.policy.linger_queue_length
+        return len(outcome.published) >= self.policy.linger_min_batch
 
     def _record_progress(self, outcome: BatchOutcome) -> None:
         self.metrics.published.inc(len(outcome.published))

@@ -151,28 +151,32 @@ def test_a_dispatched_row_wakes_no_relay_and_a_due_row_does(
         wait_until(lambda: bool(list(listener.notifies(timeout=0.5, stop_after=1))), timeout=5)
 
 
-def test_a_queue_already_behind_hands_the_next_orders_to_the_relay_which_batches_them(
+def test_a_queue_that_stays_behind_hands_the_next_orders_to_the_relay_which_batches_them(
     pg_settings: Settings, orders_engine: Engine, redis_client: redis.Redis, app_for: list[Flask]
 ) -> None:
-    """The shipped queue limit (``OUTBOX_DISPATCH_QUEUE_LIMIT``); messages are pushed straight into the
-    queue, as a backlog of unconsumed tasks would stand there, so no worker is needed to be slow."""
+    """The shipped queue limit and behind time (``OUTBOX_DISPATCH_QUEUE_LIMIT``, ``..._BEHIND_SECONDS``);
+    messages are pushed straight into the queue, as a backlog of unconsumed tasks would stand there."""
     queue = pg_settings.queue("invoices")
-    limit = pg_settings.outbox_dispatch_queue_limit
-    redis_client.lpush(queue, *[b"backlog"] * (limit - 1))
+    limit, behind = pg_settings.outbox_dispatch_queue_limit, pg_settings.outbox_dispatch_behind_seconds
+    redis_client.lpush(queue, *[b"backlog"] * limit)
     app = create_app(pg_settings)
     app_for.append(app)
     handovers_before = _handovers()
     with app.app_context():
-        place_order(db.session(), _command())  # the limit-th message: dispatched, and hands over
+        place_order(db.session(), _command())  # finds the queue behind: the clock starts
+        time.sleep(behind + 0.05)
+        place_order(db.session(), _command())  # still behind: dispatched, and hands over
         for _ in range(3):
             place_order(db.session(), _command())
     assert _handovers() == handovers_before + 1
-    first, *rest = _rows(orders_engine)
-    assert (first["available_at"] - first["created_at"]).total_seconds() == pytest.approx(  # type: ignore[operator]
-        pg_settings.outbox_dispatch_grace_seconds
+    (*dispatched,) = _rows(orders_engine)[:2]
+    rest = _rows(orders_engine)[2:]
+    grace = pg_settings.outbox_dispatch_grace_seconds
+    assert [(r["available_at"] - r["created_at"]).total_seconds() for r in dispatched] == pytest.approx(  # type: ignore[operator]
+        [grace, grace]
     )
     assert [row["available_at"] == row["created_at"] for row in rest] == [True] * 3, "due at once"
-    assert redis_client.llen(queue) == limit, "only the first was dispatched"
+    assert redis_client.llen(queue) == limit + 2, "only the first two were dispatched"
 
     relay = build_relay(pg_settings, orders_engine)
     try:
@@ -180,17 +184,39 @@ def test_a_queue_already_behind_hands_the_next_orders_to_the_relay_which_batches
     finally:
         relay.disconnect()
         relay.publisher.close()
-    assert redis_client.llen(queue) == limit + 1, "the relay sent the three as one batch task"
-    [batch] = _published(redis_client, queue)[1:]
+    assert redis_client.llen(queue) == limit + 3, "the relay sent the three as one batch task"
+    [batch] = _published(redis_client, queue)[2:]
     assert [d.task_id for d in batch] == [str(row["message_id"]) for row in rest]
+
+
+def test_a_passing_spike_in_the_queue_hands_nothing_over(
+    pg_settings: Settings, orders_engine: Engine, redis_client: redis.Redis, app_for: list[Flask]
+) -> None:
+    """The queue is behind at one dispatch and has caught up at the next, after the behind time."""
+    queue = pg_settings.queue("invoices")
+    redis_client.lpush(queue, *[b"backlog"] * pg_settings.outbox_dispatch_queue_limit)
+    app = create_app(pg_settings)
+    app_for.append(app)
+    handovers_before = _handovers()
+    with app.app_context():
+        place_order(db.session(), _command())
+        redis_client.delete(queue)  # the workers caught up
+        time.sleep(pg_settings.outbox_dispatch_behind_seconds + 0.05)
+        for _ in range(3):
+            place_order(db.session(), _command())
+    assert _handovers() == handovers_before
+    assert all(row["available_at"] > row["created_at"] for row in _rows(orders_engine)), "all dispatched"
+    assert redis_client.llen(queue) == 3
 
 
 def test_a_dispatcher_dispatches_again_once_its_handover_is_over(
     pg_settings: Settings, orders_engine: Engine, redis_client: redis.Redis, app_for: list[Flask]
 ) -> None:
-    """Hand-over shortened to 0.3 s (``OUTBOX_DISPATCH_HANDOVER_SECONDS``, 1 s shipped): only its
+    """Hand-over shortened to 0.3 s and behind time to 0 (shipped: 2 s and 0.25 s): only the hold's
     ending is checked, not its length."""
-    settings = pg_settings.model_copy(update={"outbox_dispatch_handover_seconds": 0.3})
+    settings = pg_settings.model_copy(
+        update={"outbox_dispatch_handover_seconds": 0.3, "outbox_dispatch_behind_seconds": 0.0}
+    )
     queue = settings.queue("invoices")
     redis_client.lpush(queue, *[b"backlog"] * settings.outbox_dispatch_queue_limit)
     app = create_app(settings)

@@ -87,13 +87,11 @@ def test_polling_publishes_when_notifications_are_lost(
 def test_a_lingering_relay_publishes_the_first_commit_at_once_and_gathers_the_next_into_one_batch(
     pg_settings: Settings, orders_engine: Engine, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``linger`` after every batch that found rows (the invoice relay's rule; queue limit 0): the relay
+    """``linger`` after every batch that found rows (the invoice relay's rule, min batch 1): the relay
     pauses before its next claim, so commits made meanwhile leave as one batch task."""
     linger = 1.0  # long enough that ten commits surely land within one pause on a busy machine
     queue = pg_settings.queue("invoices")
-    settings = pg_settings.model_copy(
-        update={"relay_linger_seconds": linger, "outbox_dispatch_queue_limit": 0}
-    )
+    settings = pg_settings.model_copy(update={"relay_linger_seconds": linger, "relay_linger_min_batch": 1})
     relay = build_relay(settings, orders_engine)
     assert relay.policy.linger == linger
     sizes = _batch_sizes(relay, monkeypatch)
@@ -127,17 +125,16 @@ def _batch_sizes(relay: OutboxRelay, monkeypatch: pytest.MonkeyPatch) -> list[in
     return sizes
 
 
-def test_the_order_relay_lingers_only_while_the_invoice_queue_is_behind(
+def test_the_order_relay_lingers_only_after_a_batch_that_shows_load(
     pg_settings: Settings, orders_engine: Engine, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The shipped queue limit (``OUTBOX_DISPATCH_QUEUE_LIMIT``, 16): while workers keep up, each
-    commit leaves at once; once a publish finds that many messages waiting, the relay pauses and the
-    commits of that pause leave together. The pause is stretched to 1 s (shipped: 50 ms) so that ten
-    commits surely land within it."""
+    """The shipped ``RELAY_LINGER_MIN_BATCH`` (2): commits that come one at a time each leave at once;
+    a batch of two or more makes the relay pause, and the commits of that pause leave together. The
+    pause is stretched to 1 s (shipped: 50 ms) so that ten commits surely land within it."""
     linger = 1.0
     queue = pg_settings.queue("invoices")
     relay = build_relay(pg_settings.model_copy(update={"relay_linger_seconds": linger}), orders_engine)
-    assert relay.policy.linger_queue_length == pg_settings.outbox_dispatch_queue_limit == 16
+    assert relay.policy.linger_min_batch == 2
     sizes = _batch_sizes(relay, monkeypatch)
     batches = FinishedBatches(relay, monkeypatch)
     latencies: list[float] = []
@@ -146,14 +143,21 @@ def test_the_order_relay_lingers_only_while_the_invoice_queue_is_behind(
         for n in range(2):
             started = time.monotonic()
             _commit_one_message(orders_engine, f"alone-{n}")
-            wait_until(lambda n=n: sum(sizes) == n + 1, timeout=POLL_INTERVAL, interval=0.002)
+            wait_until(
+                lambda n=n: queued_messages(redis_client, queue) == n + 1,
+                timeout=POLL_INTERVAL,
+                interval=0.002,
+            )
             latencies.append(time.monotonic() - started)
-        # The workers fall behind: as many unconsumed tasks as the limit stand in the queue.
-        redis_client.lpush(queue, *[b"backlog"] * pg_settings.outbox_dispatch_queue_limit)
-        _commit_one_message(orders_engine, "finds-the-queue-behind")
-        wait_until(lambda: sum(sizes) == 3, timeout=POLL_INTERVAL, interval=0.002)
+        with Session(orders_engine) as session, session.begin():  # two rows at once: a batch of two
+            for order_id in ("pair-a", "pair-b"):
+                message = OutboxMessage("order.placed", "order", order_id, order_payload(order_id))
+                add_message(session, outbox, message)
+        wait_until(lambda: queued_messages(redis_client, queue) == 4, timeout=POLL_INTERVAL, interval=0.002)
         for n in range(10):
             _commit_one_message(orders_engine, f"next-{n}")
-        wait_until(lambda: sum(sizes) == 13, timeout=10, message="the gathered batch")
-    assert max(latencies) < linger / 2, f"a commit was held back while the queue was short: {latencies}"
-    assert sizes[:4] == [1, 1, 1, 10], sizes
+        wait_until(
+            lambda: queued_messages(redis_client, queue) == 14, timeout=10, message="the gathered batch"
+        )
+    assert max(latencies) < linger / 2, f"a commit after a batch of one was held back: {latencies}"
+    assert sizes[:4] == [1, 1, 2, 10], sizes
