@@ -169,8 +169,8 @@ def test_a_queue_that_stays_behind_hands_the_next_orders_to_the_relay_which_batc
         for _ in range(3):
             place_order(db.session(), _command())
     assert _handovers() == handovers_before + 1
-    (*dispatched,) = _rows(orders_engine)[:2]
-    rest = _rows(orders_engine)[2:]
+    rows = _rows(orders_engine)
+    dispatched, rest = rows[:2], rows[2:]
     grace = pg_settings.outbox_dispatch_grace_seconds
     assert [(r["available_at"] - r["created_at"]).total_seconds() for r in dispatched] == pytest.approx(  # type: ignore[operator]
         [grace, grace]

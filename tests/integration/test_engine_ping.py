@@ -48,7 +48,7 @@ def _backend_pid(engine: Engine) -> int:
 
 def _terminate(engine: Engine, pid: int) -> None:
     """End a backend from another session, as a server restart or an idle timeout would."""
-    other = create_db_engine(str(engine.url.render_as_string(hide_password=False)), pool_size=1)
+    other = create_db_engine(engine.url.render_as_string(hide_password=False), pool_size=1)
     try:
         with other.connect() as conn:
             assert conn.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
