@@ -15,9 +15,10 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 WORKDIR /src
 
-# Runtime dependencies first (pinned in pyproject.toml, no dev extras), so code changes reuse this layer.
+# Runtime dependencies first (pinned in pyproject.toml, no dev extras), so code changes reuse this layer;
+# the library (shared/flask-outbox) is installed from its folder with the project.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; print('\n'.join(d for d in tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'] if not d.startswith('flask-outbox')))" \
         > /tmp/requirements.txt \
     && pip install --only-binary=:all: -r /tmp/requirements.txt
 
@@ -25,7 +26,7 @@ COPY README.md ./
 COPY shared/ shared/
 COPY order_service/ order_service/
 COPY invoice_worker/ invoice_worker/
-RUN pip install .
+RUN pip install ./shared/flask-outbox .
 
 
 FROM ${PYTHON_IMAGE}

@@ -2,15 +2,16 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cksum < pyproject.toml | cut -d' ' -f1)
+LIBRARY := shared/flask-outbox
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LIBRARY)/pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
 .PHONY: install migrate run test test-unit lint up down chaos
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LIBRARY)/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "Installing the project and its dev tools into $(VENV)..."
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e '.[dev,bench]'
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -e $(LIBRARY) -e '.[dev,bench]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -65,15 +66,15 @@ LOAD_TIME ?= 60s
 .PHONY: bench load
 
 bench: install
-	@$(BIN)/python -c "import aiohttp, psutil" 2>/dev/null && test -x $(BIN)/py-spy || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	@$(BIN)/python -c "import aiohttp, psutil" 2>/dev/null && test -x $(BIN)/py-spy || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e $(LIBRARY) -e '.[dev,bench]'
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.e2e
 
 load: install
-	@$(BIN)/python -c "import locust" 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,load]'
+	@$(BIN)/python -c "import locust" 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e $(LIBRARY) -e '.[dev,load]'
 	$(BIN)/locust -f bench/locustfile.py --headless --host $(HOST) -u $(LOAD_USERS) -r $(LOAD_SPAWN_RATE) -t $(LOAD_TIME) --only-summary
 
 # The relay benchmark (bench/relay.py): own databases on the local Postgres, own queues on Redis.
 .PHONY: bench-relay
 bench-relay: install
-	@$(BIN)/python -c "import psutil" 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	@$(BIN)/python -c "import psutil" 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e $(LIBRARY) -e '.[dev,bench]'
 	$(BIN)/python -m bench.relay

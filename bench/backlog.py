@@ -15,15 +15,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+from flask_outbox import OutboxMessage
+from flask_outbox.db import utcnow
+from flask_outbox.writer import bucket_of
 from psycopg.types.json import Jsonb
 from sqlalchemy import make_url
 
 from bench.orders import order_body
 from order_service.receivers import order_placed_message
 from shared.contracts import ORDER_PLACED, SCHEMA_VERSION_HEADER
-from shared.db import utcnow
-from shared.outbox import OutboxMessage
-from shared.outbox.writer import bucket_of
 
 __all__ = ["fill_backlog", "fill_outbox"]
 

@@ -35,6 +35,12 @@ from typing import cast
 import psutil
 import psycopg
 import redis
+from flask_outbox.broker import publishing_app
+from flask_outbox.db import create_db_engine, utcnow
+from flask_outbox.logs import configure_logging
+from flask_outbox.messages import PendingMessage
+from flask_outbox.redis_publisher import RedisPipelinePublisher
+from flask_outbox.writer import OutboxMessage, add_message
 from sqlalchemy import Engine, make_url, text
 from sqlalchemy.orm import Session
 
@@ -46,14 +52,8 @@ from harness.processes import pipeline_env, relay_service
 from harness.waiting import wait_until
 from order_service.models import outbox
 from order_service.relay import build_relay
-from shared.broker import publishing_app
 from shared.config import Settings
 from shared.contracts import ROUTES
-from shared.db import create_db_engine, utcnow
-from shared.logs import configure_logging
-from shared.outbox.messages import PendingMessage
-from shared.outbox.redis_publisher import RedisPipelinePublisher
-from shared.outbox.writer import OutboxMessage, add_message
 
 ROWS = int(os.environ.get("BENCH_RELAY_ROWS", "100000"))
 NAIVE_ROWS = ROWS

@@ -14,14 +14,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from flask_outbox.db import utcnow
+from flask_outbox.relay import OutboxRelay
+from flask_outbox.wakeup import PollingWaiter, waiter_for
+from flask_outbox.writer import bucket_of
 from sqlalchemy import Engine, insert, text
 
 from order_service.models import outbox
 from shared.contracts import ORDER_PLACED, OrderPlaced
-from shared.db import utcnow
-from shared.outbox.relay import OutboxRelay
-from shared.outbox.wakeup import PollingWaiter, waiter_for
-from shared.outbox.writer import bucket_of
 
 
 def order_payload(order_id: str, seq: int = 0) -> dict[str, Any]:
@@ -94,7 +94,7 @@ def decode(raw: bytes | str) -> list[Delivered]:
     args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
     assert args == []
     task = envelope["headers"]["task"]
-    if "messages" in kwargs:  # a batch task (shared.batches)
+    if "messages" in kwargs:  # a batch task (flask_outbox.batches)
         return [
             Delivered(entry["message_id"], task, entry["payload"], entry["headers"])
             for entry in kwargs["messages"]

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from flask_outbox.logs import configure_logging
 from sqlalchemy import select
 
 from invoice_worker.database import InvoiceDatabase
@@ -14,7 +15,6 @@ from invoice_worker.migrations_cli import upgrade
 from invoice_worker.models import DeadLetter, Invoice
 from invoice_worker.retention import InboxRetention, prune_inbox
 from shared.config import Settings
-from shared.logs import configure_logging
 
 __all__ = ["main"]
 

@@ -6,15 +6,15 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import setup_logging, worker_process_init
+from flask_outbox.broker import worker_broker_config
+from flask_outbox.logs import configure_logging
+from flask_outbox.worker_metrics import instrument_worker
 
 from invoice_worker.database import InvoiceDatabase
 from invoice_worker.metrics import invoice_metrics
 from invoice_worker.retention import check_retention
-from shared.broker import worker_broker_config
 from shared.config import Settings
 from shared.contracts import ORDER_PLACED, ROUTES
-from shared.logs import configure_logging
-from shared.worker_metrics import instrument_worker
 
 __all__ = ["app", "database", "settings"]
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from flask_outbox.worker_db import WorkerDatabase
+
 from shared.config import Settings
-from shared.worker_db import WorkerDatabase
 
 __all__ = ["InvoiceDatabase"]
 

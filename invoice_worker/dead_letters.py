@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
+from flask_outbox.db import utcnow
 from sqlalchemy import select, union, update
 
 from invoice_worker.database import InvoiceDatabase
 from invoice_worker.models import DeadLetter, ProcessedMessage
 from invoice_worker.processing import invoice_payload
-from shared.db import utcnow
 
 __all__ = ["Replay", "confirmed_message_ids", "pending_ids", "replay"]
 

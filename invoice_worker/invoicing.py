@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
+from flask_outbox.batches import BatchItem, message_context
+from flask_outbox.db import UTCDateTime, database_clock, utcnow
 from sqlalchemy import TextClause, bindparam, exists, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
@@ -28,9 +30,7 @@ from sqlalchemy.orm import Session
 from invoice_worker.models import DeadLetter, Invoice, MessageDelivery, ProcessedMessage
 from invoice_worker.receivers import connect_receivers
 from invoice_worker.signals import invoice_created, invoice_requested_again
-from shared.batches import BatchItem, message_context
 from shared.contracts import ORDER_PLACED, OrderPlaced
-from shared.db import UTCDateTime, database_clock, utcnow
 
 __all__ = [
     "Outcome",

@@ -1,15 +1,15 @@
-"""The invoice worker's own metrics, beside every worker's delivery metrics (``shared.worker_metrics``)."""
+"""The invoice worker's own metrics, beside every worker's delivery metrics (``worker_metrics``)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
+from flask_outbox.db import utcnow
+from flask_outbox.worker_metrics import OnOutcome
 from prometheus_client import Counter, Histogram
 
 from invoice_worker.invoicing import Outcome
-from shared.db import utcnow
-from shared.worker_metrics import OnOutcome
 
 __all__ = ["invoice_metrics"]
 

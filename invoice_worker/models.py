@@ -6,11 +6,10 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from flask_outbox import define_outbox
+from flask_outbox.db import BigIntPK, JSONDocument, UTCDateTime, utcnow
 from sqlalchemy import BigInteger, Integer, String, Text, Uuid
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-from shared.db import BigIntPK, JSONDocument, UTCDateTime, utcnow
-from shared.outbox import define_outbox
 
 __all__ = ["Base", "DeadLetter", "Invoice", "MessageDelivery", "ProcessedMessage", "outbox"]
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from flask_outbox.backoff import jittered_backoff
+from flask_outbox.batches import BatchItem
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -23,8 +25,6 @@ from invoice_worker.invoicing import (
     is_processed,
     record_dead_letter,
 )
-from shared.backoff import jittered_backoff
-from shared.batches import BatchItem
 from shared.config import Settings
 from shared.contracts import ORDER_PLACED, ROUTES, OrderPlaced, UnsupportedSchemaVersion, parse_order_placed
 
@@ -146,7 +146,7 @@ def invoice_batch(database: InvoiceDatabase, items: list[BatchItem]) -> list[str
 
     Returns an outcome per item; ``None`` for an invalid payload, left to the single task, which parks
     it with its reason. Any exception means nothing of the transaction committed (answers sent again
-    after the commit are idempotent), and the caller splits the batch (``shared.batches``). No delivery
+    after the commit are idempotent), and the caller splits the batch (``flask_outbox.batches``). No delivery
     is counted: like a single message's first delivery, a batch that kills its worker comes back
     flagged as redelivered and is split, and each message is counted from there.
     """

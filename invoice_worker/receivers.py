@@ -5,14 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from flask_outbox import OutboxMessage, add_message
+from flask_outbox.logs import correlation_id
+from flask_outbox.tracing import outbox_headers
 from sqlalchemy.orm import Session
 
 from invoice_worker.models import Invoice, outbox
 from invoice_worker.signals import invoice_created, invoice_requested_again
 from shared.contracts import INVOICE_CREATED, SCHEMA_VERSION_HEADER, InvoiceCreated
-from shared.logs import correlation_id
-from shared.outbox import OutboxMessage, add_message
-from shared.tracing import outbox_headers
 
 __all__ = ["answer_order", "connect_receivers", "invoice_created_message"]
 

@@ -9,19 +9,22 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from flask_outbox.program import RelayProgram
+from flask_outbox.relay import OutboxRelay
 from sqlalchemy import Engine
 
 from invoice_worker.models import outbox
 from shared.config import Settings
-from shared.outbox.program import RelayProgram
-from shared.outbox.relay import OutboxRelay
+from shared.contracts import ROUTES
 
 __all__ = ["PROGRAM", "build_relay", "main"]
 
-PROGRAM = RelayProgram(
+PROGRAM: RelayProgram[Settings] = RelayProgram(
     prog="python -m invoice_worker.relay",
     table=outbox,
+    settings=Settings,
     database_url=lambda settings: settings.invoices_database_url,
+    routes=ROUTES,
     publisher_name="invoice_relay",
     linger=lambda settings: settings.invoice_relay_linger_seconds,
     linger_min_batch=lambda settings: 1,  # nobody waits on an answer: gather after every batch

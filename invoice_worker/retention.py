@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
+from flask_outbox.db import database_now, is_postgres
 from sqlalchemy import Connection, Engine, and_, delete, exists, select, text
 
 from invoice_worker.database import InvoiceDatabase
 from invoice_worker.models import MessageDelivery, ProcessedMessage
 from shared.config import Settings
-from shared.db import database_now, is_postgres
 
 __all__ = [
     "InboxPruner",

@@ -7,6 +7,8 @@ from typing import Any
 
 import structlog
 from celery import Task
+from flask_outbox.batches import SPLIT, batch_items, has_repeats, is_first_delivery, split
+from flask_outbox.task_retry import retry_or_requeue
 
 from invoice_worker.celery_app import app, database, settings
 from invoice_worker.processing import (
@@ -18,8 +20,6 @@ from invoice_worker.processing import (
     invoice_batch,
 )
 from invoice_worker.retention import InboxPruner
-from shared.batches import SPLIT, batch_items, has_repeats, is_first_delivery, split
-from shared.task_retry import retry_or_requeue
 
 __all__ = ["order_placed", "order_placed_batch"]
 
@@ -38,7 +38,7 @@ def order_placed(self: Task, payload: dict[str, Any]) -> str:
     A delivery ends in exactly one of three ways: a result (the invoice exists, or the message is
     parked as a dead letter), ``Retry`` after the retry message was published, or
     ``Reject(requeue=True)``. Nothing else may escape: with ``acks_late`` Celery removes the message
-    of a task that raised (see ``shared.task_retry``), which would lose the order for good.
+    of a task that raised (see ``flask_outbox.task_retry``), which would lose the order for good.
     """
     order_id = payload.get("order_id") if isinstance(payload, dict) else None
     structlog.contextvars.bind_contextvars(message_id=self.request.id, order_id=order_id)
@@ -71,7 +71,7 @@ def order_placed_batch(self: Task, messages: Any) -> list[str]:
     """Invoice several placed orders in one transaction, or split them into single tasks.
 
     The fast path runs on the batch's first delivery only, and only where the broker flags
-    redeliveries; everything else, and any failure, splits (``shared.batches``). Returns an outcome
+    redeliveries; everything else, and any failure, splits (``flask_outbox.batches``). Returns an outcome
     per message, in order (``split`` for those handed to ``order_placed``).
     """
     items = batch_items(messages, str(self.request.id))

@@ -37,6 +37,7 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_openapi3.models.info import Info
 from flask_openapi3.models.security_scheme import SecurityScheme
 from flask_openapi3.openapi import OpenAPI
+from flask_outbox.db import engine_options, install_engine_events
 from itsdangerous import URLSafeTimedSerializer
 
 from order_service.api import bp, health
@@ -53,7 +54,6 @@ from order_service.ratelimit import init_rate_limit
 from order_service.receivers import connect_receivers
 from order_service.schemas import Problem
 from shared.config import Settings
-from shared.db import engine_options, install_engine_events
 
 __all__ = ["MIGRATIONS", "create_app"]
 

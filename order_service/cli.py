@@ -10,12 +10,12 @@ from __future__ import annotations
 import click
 from flask import Flask
 from flask.cli import AppGroup
+from flask_outbox.db import utcnow
 from sqlalchemy import select
 
 from order_service import auth, idempotency
 from order_service.extensions import SETTINGS, db
 from order_service.models import ApiKey
-from shared.db import utcnow
 
 __all__ = ["api_keys_cli", "idempotency_cli", "init_cli"]
 

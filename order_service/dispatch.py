@@ -1,4 +1,4 @@
-"""The API publishes ``order.placed`` itself, right after the order commits (``shared.outbox.dispatch``).
+"""The API publishes ``order.placed`` itself, right after the order commits (``flask_outbox.dispatch``).
 
 On a Redis broker with ``OUTBOX_DISPATCH_AFTER_COMMIT`` on (the default), the request that placed an
 order pushes its message to the invoice queue once the transaction commits, the way a plain
@@ -11,13 +11,13 @@ per-aggregate publish order costs nothing here.
 from __future__ import annotations
 
 from flask import Flask, current_app, has_app_context
+from flask_outbox.broker import publishing_app
+from flask_outbox.dispatch import AfterCommitDispatcher, Handover
 
 from order_service.extensions import AppState
 from order_service.metrics import api_metrics
-from shared.broker import publishing_app
 from shared.config import Settings
 from shared.contracts import ORDER_PLACED, ROUTES
-from shared.outbox.dispatch import AfterCommitDispatcher, Handover
 
 __all__ = ["DISPATCH_LOG", "dispatcher", "init_dispatch"]
 

@@ -45,6 +45,7 @@ from typing import Any
 
 import structlog
 from flask import Flask, Response, after_this_request
+from flask_outbox.db import utcnow
 from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -53,7 +54,6 @@ from order_service.extensions import AppState
 from order_service.models import IdempotencyKey, Order
 from order_service.signals import order_placed
 from shared.config import Settings
-from shared.db import utcnow
 
 __all__ = [
     "Claim",

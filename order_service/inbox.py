@@ -20,14 +20,14 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 import structlog
+from flask_outbox.batches import BatchItem, message_context
+from flask_outbox.db import UTCDateTime, database_clock, utcnow
 from sqlalchemy import CursorResult, Result, TextClause, bindparam, delete, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from order_service.models import INVOICED, PLACED, DeadLetter, Order, ProcessedMessage, outbox
-from shared.batches import BatchItem, message_context
 from shared.contracts import INVOICE_CREATED, InvoiceCreated
-from shared.db import UTCDateTime, database_clock, utcnow
 
 __all__ = [
     "InvalidAnswer",

@@ -1,7 +1,7 @@
 """The API's Prometheus metrics, made on first use (``api_metrics``), not at import.
 
 Under gunicorn the entry point (``order_service.wsgi``) switches prometheus-client to multiprocess
-mode first, so that a scrape of any worker sums all of them (``shared.metrics``); importing
+mode first, so that a scrape of any worker sums all of them (``flask_outbox.metrics``); importing
 ``order_service.wsgi`` imports this package before it, hence no metric may exist at import time.
 """
 

@@ -11,12 +11,12 @@ import uuid
 from datetime import datetime
 from typing import Any, TypedDict
 
+from flask_outbox import define_outbox
+from flask_outbox.db import BigIntPK, JSONDocument, UTCDateTime, utcnow
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, Uuid, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from order_service.extensions import db
-from shared.db import BigIntPK, JSONDocument, UTCDateTime, utcnow
-from shared.outbox import define_outbox
 
 __all__ = [
     "INVOICED",

@@ -15,13 +15,13 @@ import time
 
 import structlog
 from flask import Flask, Response, g, request
+from flask_outbox import tracing
+from flask_outbox.logs import bind_correlation, valid_correlation_id
+from flask_outbox.metrics import CONTENT_TYPE_LATEST, exposition
 from prometheus_client import Counter, Histogram
 
 from order_service.metrics import ApiMetrics, api_metrics
-from shared import tracing
 from shared.config import Settings
-from shared.logs import bind_correlation, valid_correlation_id
-from shared.metrics import CONTENT_TYPE_LATEST, exposition
 
 __all__ = ["REQUEST_ID_HEADER", "init_observability"]
 

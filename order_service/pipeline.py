@@ -23,12 +23,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from flask_outbox.db import database_clock
 from sqlalchemy import ColumnElement, Integer, Select, cast, func, select
 from sqlalchemy.orm import Session
 
 from order_service.models import Order, outbox
 from shared.contracts import ORDER_PLACED
-from shared.db import database_clock
 
 __all__ = ["COUNT_CAP", "LATENCY_SAMPLES", "LatestOrder", "Snapshot", "percentile", "read_snapshot"]
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask_outbox import OutboxMessage, add_message
+from flask_outbox.logs import correlation_id
+from flask_outbox.tracing import outbox_headers
 from sqlalchemy.orm import Session
 
 from order_service.dispatch import dispatcher
 from order_service.models import Order, line_fields, outbox
 from order_service.signals import order_placed
 from shared.contracts import ORDER_PLACED, SCHEMA_VERSION_HEADER, OrderPlaced, OrderPlacedLine
-from shared.logs import correlation_id
-from shared.outbox import OutboxMessage, add_message
-from shared.tracing import outbox_headers
 
 __all__ = ["connect_receivers", "order_placed_message", "request_invoice"]
 

@@ -1,7 +1,7 @@
 """The order relay process: ``python -m order_service.relay [run [--once] | status | retry-parked]``.
 
 Publishes the orders database's outbox (``order.placed``); ``order.placed`` expects an answer
-(``invoice.created``), so unanswered messages are re-driven (see ``shared.outbox.redrive``).
+(``invoice.created``), so unanswered messages are re-driven (see ``flask_outbox.redrive``).
 """
 
 from __future__ import annotations
@@ -9,21 +9,23 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from flask_outbox.program import RelayProgram
+from flask_outbox.relay import OutboxRelay, RelayPolicy
 from sqlalchemy import Engine
 
 from order_service.dispatch import DISPATCH_LOG
 from order_service.models import outbox
 from shared.config import Settings
-from shared.contracts import ORDER_PLACED
-from shared.outbox.program import RelayProgram
-from shared.outbox.relay import OutboxRelay, RelayPolicy
+from shared.contracts import ORDER_PLACED, ROUTES
 
 __all__ = ["PROGRAM", "build_relay", "main", "relay_policy"]
 
-PROGRAM = RelayProgram(
+PROGRAM: RelayProgram[Settings] = RelayProgram(
     prog="python -m order_service.relay",
     table=outbox,
+    settings=Settings,
     database_url=lambda settings: settings.orders_database_url,
+    routes=ROUTES,
     publisher_name="order_relay",
     expects_answer=frozenset({ORDER_PLACED}),  # answered by invoice.created (order_service.worker)
     dispatch_log=DISPATCH_LOG,  # the API publishes order.placed after its commit (order_service.dispatch)

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 
 import structlog
+from flask_outbox.db import UTCDateTime, is_postgres, utcnow
 from sqlalchemy import Connection, Uuid, bindparam, insert, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
@@ -21,7 +22,6 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from order_service.models import PLACED, Order, OrderLine
 from order_service.signals import Veto, order_placed
-from shared.db import UTCDateTime, is_postgres, utcnow
 
 __all__ = ["LineRequest", "OrderRefused", "PlaceOrder", "place_order"]
 

@@ -23,6 +23,13 @@ from typing import Any
 import structlog
 from celery import Celery, Task
 from celery.signals import setup_logging, worker_process_init
+from flask_outbox.backoff import jittered_backoff
+from flask_outbox.batches import SPLIT, BatchItem, batch_items, has_repeats, is_first_delivery, split
+from flask_outbox.broker import worker_broker_config
+from flask_outbox.logs import configure_logging
+from flask_outbox.task_retry import retry_or_requeue
+from flask_outbox.worker_db import WorkerDatabase
+from flask_outbox.worker_metrics import instrument_worker
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -35,9 +42,6 @@ from order_service.inbox import (
     record_invoice,
     record_invoices,
 )
-from shared.backoff import jittered_backoff
-from shared.batches import SPLIT, BatchItem, batch_items, has_repeats, is_first_delivery, split
-from shared.broker import worker_broker_config
 from shared.config import Settings
 from shared.contracts import (
     INVOICE_CREATED,
@@ -46,10 +50,6 @@ from shared.contracts import (
     UnsupportedSchemaVersion,
     parse_invoice_created,
 )
-from shared.logs import configure_logging
-from shared.task_retry import retry_or_requeue
-from shared.worker_db import WorkerDatabase
-from shared.worker_metrics import instrument_worker
 
 __all__ = [
     "BATCH_TASK_NAME",
@@ -101,7 +101,7 @@ class DeliveryPolicy:
     inbox_prune_batch: int = 5_000
     apply_batches: bool = True
     """Apply a batch's first delivery at once: only where the broker flags redeliveries (Redis), so a
-    batch that killed its worker comes back marked and is split (``shared.batches``)."""
+    batch that killed its worker comes back marked and is split (``flask_outbox.batches``)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryPolicy:
@@ -283,7 +283,7 @@ def invoice_created(self: Task, payload: Any) -> str:
 
 @app.task(name=BATCH_TASK_NAME, bind=True, acks_late=True, max_retries=None)  # type: ignore[untyped-decorator]  # celery ships no type hints
 def invoice_created_batch(self: Task, messages: Any) -> list[str]:
-    """Apply several answers in one transaction, or split them into single tasks (``shared.batches``).
+    """Apply several answers in one transaction, or split them into single tasks (``flask_outbox.batches``).
 
     The fast path runs on the batch's first delivery only; a redelivery, a retry or any failure
     splits. Returns an outcome per message, in order (``split`` for those handed to ``invoice_created``).

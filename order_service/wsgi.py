@@ -1,18 +1,19 @@
 """WSGI entry point: ``gunicorn order_service.wsgi:app``.
 
 Metrics go to the process group's multiprocess folder before any metric exists, so every
-gunicorn worker's counts add up in each scrape (``shared.metrics``).
+gunicorn worker's counts add up in each scrape (``flask_outbox.metrics``).
 """
 
 from __future__ import annotations
 
-from shared.metrics import enable_multiprocess
+from flask_outbox.metrics import enable_multiprocess
 
 enable_multiprocess("api")
 
+from flask_outbox.logs import configure_logging  # noqa: E402
+
 from order_service import create_app  # noqa: E402 - after the metrics mode is chosen
 from shared.config import Settings  # noqa: E402
-from shared.logs import configure_logging  # noqa: E402
 
 _settings = Settings()
 configure_logging(_settings.log_level, _settings.log_format)

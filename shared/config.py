@@ -1,30 +1,18 @@
-"""One frozen settings object, read from the environment; the defaults are the embedded mode."""
+"""The services' settings: the pipeline's (``flask_outbox.OutboxSettings``) plus databases and HTTP."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
-
+from flask_outbox import OutboxSettings
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
 
 
-class Settings(BaseSettings):
+class Settings(OutboxSettings):
     """Process configuration. Build it in entry points only and pass it in everywhere else."""
 
-    model_config = SettingsConfigDict(frozen=True, env_file=".env", extra="ignore", populate_by_name=True)
-
-    var_dir: Path = Field(default=Path("var"), validation_alias="VAR_DIR")
     orders_database_url: str = Field(default="", validation_alias="ORDERS_DATABASE_URL")
     invoices_database_url: str = Field(default="", validation_alias="INVOICES_DATABASE_URL")
-    broker_url: str = Field(default="", validation_alias="BROKER_URL")
-    queue_prefix: str = Field(default="", validation_alias="QUEUE_PREFIX")
-
-    log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
-    log_format: Literal["console", "json"] = Field(default="console", validation_alias="LOG_FORMAT")
-
     max_request_bytes: int = Field(default=64 * 1024, validation_alias="MAX_REQUEST_BYTES")
     database_pool_size: int = Field(default=5, validation_alias="DATABASE_POOL_SIZE")
 
@@ -74,183 +62,27 @@ class Settings(BaseSettings):
         description="Expired keys per DELETE; a request prunes one batch in passing, the CLI loops",
     )
 
-    relay_batch_size: int = Field(default=500, ge=1, le=10_000, validation_alias="RELAY_BATCH_SIZE")
-    relay_poll_interval: float = Field(default=1.0, gt=0, validation_alias="RELAY_POLL_INTERVAL")
-    relay_max_backoff: float = Field(default=300.0, gt=0, validation_alias="RELAY_MAX_BACKOFF")
-    relay_max_attempts: int = Field(default=20, ge=1, validation_alias="RELAY_MAX_ATTEMPTS")
-    relay_partitions: int = Field(default=16, ge=1, le=1024, validation_alias="RELAY_PARTITIONS")
-    relay_rebalance_interval: float = Field(default=1.0, gt=0, validation_alias="RELAY_REBALANCE_INTERVAL")
-    relay_purge_interval: float = Field(default=60.0, gt=0, validation_alias="RELAY_PURGE_INTERVAL")
-    relay_purge_batch: int = Field(default=5_000, ge=1, validation_alias="RELAY_PURGE_BATCH")
-    relay_stall_seconds: float = Field(
-        default=30.0,
-        ge=5,
-        validation_alias="RELAY_STALL_SECONDS",
-        description="A relay making no progress this long is unhealthy; live relays take its partitions",
-    )
-    relay_metrics_port: int = Field(
-        default=9101, ge=0, le=65535, validation_alias="RELAY_METRICS_PORT", description="0: a free port"
-    )
-    outbox_retention_seconds: float = Field(
-        default=7 * 24 * 3600, ge=0, validation_alias="OUTBOX_RETENTION_SECONDS"
-    )
-    outbox_redrive_after_seconds: float = Field(
-        default=60.0,
-        gt=0,
-        validation_alias="OUTBOX_REDRIVE_AFTER_SECONDS",
-        description="Republish a message that expects an answer if none came this long after publishing",
-    )
-    outbox_redrive_max_interval: float = Field(
-        default=3600.0,
-        gt=0,
-        validation_alias="OUTBOX_REDRIVE_MAX_INTERVAL",
-        description="Ceiling of the re-drive backoff (redrive_after * 2**redrives)",
-    )
-    outbox_redrive_max: int = Field(
-        default=20,
-        ge=0,
-        validation_alias="OUTBOX_REDRIVE_MAX",
-        description="Re-drives per message; after that it stays unacknowledged for an operator",
-    )
-    relay_redrive_interval: float = Field(default=5.0, gt=0, validation_alias="RELAY_REDRIVE_INTERVAL")
-    relay_redrive_batch: int = Field(default=5_000, ge=1, validation_alias="RELAY_REDRIVE_BATCH")
-    relay_linger_seconds: float = Field(
-        default=0.05,
-        ge=0,
-        le=5,
-        validation_alias="RELAY_LINGER_SECONDS",
-        description="Order relay: pause after a batch of RELAY_LINGER_MIN_BATCH rows or more, so the "
-        "next one gathers more (0: never)",
-    )
-    relay_linger_min_batch: int = Field(
-        default=2,
-        ge=1,
-        validation_alias="RELAY_LINGER_MIN_BATCH",
-        description="Order relay: the batch size after which it lingers (1: after every batch)",
-    )
-    invoice_relay_linger_seconds: float = Field(
-        default=0.2,
-        ge=0,
-        le=5,
-        validation_alias="INVOICE_RELAY_LINGER_SECONDS",
-        description="Invoice relay: the same pause for invoice.created answers, which nobody waits on: "
-        "a fifth of a second turns one order-consumer task per answer into one per busy moment",
-    )
-    outbox_dispatch_after_commit: bool = Field(
-        default=True,
-        validation_alias="OUTBOX_DISPATCH_AFTER_COMMIT",
-        description="On a Redis broker the API publishes order.placed itself right after its commit; "
-        "the relay marks it, and publishes any the API did not within the grace",
-    )
-    outbox_dispatch_grace_seconds: float = Field(
-        default=5.0,
-        gt=0,
-        le=60,
-        validation_alias="OUTBOX_DISPATCH_GRACE_SECONDS",
-        description="How long a dispatched row waits for its writer before the relay publishes it",
-    )
-    outbox_dispatch_queue_limit: int = Field(
-        default=16,
-        ge=0,
-        validation_alias="OUTBOX_DISPATCH_QUEUE_LIMIT",
-        description="Messages waiting in the invoice queue that say its workers are behind; 0: the API "
-        "never hands its orders over to the relay",
-    )
-    outbox_dispatch_behind_seconds: float = Field(
-        default=0.25,
-        ge=0,
-        le=60,
-        validation_alias="OUTBOX_DISPATCH_BEHIND_SECONDS",
-        description="How long dispatches must keep finding the queue behind before the API hands over "
-        "(a passing spike is not a backlog)",
-    )
-    outbox_dispatch_handover_seconds: float = Field(
-        default=2.0,
-        gt=0,
-        le=60,
-        validation_alias="OUTBOX_DISPATCH_HANDOVER_SECONDS",
-        description="How long the API leaves order.placed to the relay once it handed over",
-    )
-    relay_messages_per_task: int = Field(
-        default=100,
-        ge=1,
-        le=1_000,
-        validation_alias="RELAY_MESSAGES_PER_TASK",
-        description="Most messages a Redis relay packs into one batch task (1: one task per message)",
-    )
-
-    worker_max_retries: int = Field(default=8, ge=0, validation_alias="WORKER_MAX_RETRIES")
-    worker_max_deliveries: int = Field(default=5, ge=1, validation_alias="WORKER_MAX_DELIVERIES")
-    worker_retry_backoff: float = Field(default=1.0, gt=0, validation_alias="WORKER_RETRY_BACKOFF")
-    worker_retry_backoff_max: float = Field(default=20.0, gt=0, validation_alias="WORKER_RETRY_BACKOFF_MAX")
-    broker_visibility_timeout: int = Field(
-        default=60,
-        ge=1,
-        validation_alias="BROKER_VISIBILITY_TIMEOUT",
-        description="Seconds before Redis restores an unacknowledged task (a lost worker's reservations)",
-    )
-    inbox_retention_seconds: float = Field(
-        default=30 * 24 * 3600,
-        gt=0,
-        validation_alias="INBOX_RETENTION_SECONDS",
-        description="Keep processed-message ids and delivery counts this long; must exceed the longest "
-        "redelivery window (re-drive cap x re-drive backoff ceiling), checked at the worker's start",
-    )
-    inbox_prune_interval: float = Field(default=300.0, gt=0, validation_alias="INBOX_PRUNE_INTERVAL")
-    inbox_prune_batch: int = Field(default=5_000, ge=1, validation_alias="INBOX_PRUNE_BATCH")
-
-    worker_metrics_port: int = Field(
-        default=9102,
-        ge=0,
-        le=65535,
-        validation_alias="WORKER_METRICS_PORT",
-        description="A Celery worker's /metrics, /healthz and /readyz (0: a free port)",
-    )
-    otel_traces_exporter: Literal["none", "otlp", "console"] = Field(
-        default="none",
-        validation_alias="OTEL_TRACES_EXPORTER",
-        description="Tracing: off, OTLP over HTTP (OTEL_EXPORTER_OTLP_ENDPOINT) or JSON lines on stdout",
-    )
-    otel_service_name: str = Field(
-        default="", validation_alias="OTEL_SERVICE_NAME", description="Default: the process's role"
-    )
-
     def model_post_init(self, _context: object) -> None:
-        """Fill the embedded-mode defaults (SQLite files and a file broker under ``var_dir``)."""
+        """Fill the embedded-mode defaults (SQLite files under ``var_dir``)."""
+        super().model_post_init(_context)
         var = self.var_dir.resolve()
         defaults = {
             "orders_database_url": f"sqlite:///{var / 'orders.sqlite3'}",
             "invoices_database_url": f"sqlite:///{var / 'invoices.sqlite3'}",
-            # A host name the file transport ignores: without one kombu warns "No hostname was supplied".
-            "broker_url": "filesystem://localhost//",
         }
         for name, value in defaults.items():
             if not getattr(self, name):
                 object.__setattr__(self, name, value)
 
     @property
-    def broker_folder(self) -> Path:
-        """Where the server-less (filesystem) broker keeps its messages."""
-        return self.var_dir.resolve() / "broker"
-
-    def queue(self, name: str) -> str:
-        """The broker queue for a contract queue name (a prefix isolates test runs on one Redis)."""
-        return f"{self.queue_prefix}{name}"
-
-    @property
     def rate_limit_storage(self) -> str:
         """Where rate-limit counters live: shared Redis when the broker is Redis, else this process."""
         if self.rate_limit_storage_url:
             return self.rate_limit_storage_url
-        return self.broker_url if self.broker_url.startswith(("redis://", "rediss://")) else "memory://"
-
-    @property
-    def uses_embedded_broker(self) -> bool:
-        return self.broker_url.startswith("filesystem://")
+        return self.broker_url if self.uses_redis_broker else "memory://"
 
     def ensure_var_dir(self) -> None:
         """Create the folders the embedded mode writes to."""
         if self.orders_database_url.startswith("sqlite") or self.uses_embedded_broker:
             self.var_dir.mkdir(parents=True, exist_ok=True)
-        if self.uses_embedded_broker:
-            (self.broker_folder / "control").mkdir(parents=True, exist_ok=True)
+        super().ensure_var_dir()

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
+from flask_outbox import Route
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 __all__ = [
@@ -27,21 +28,6 @@ __all__ = [
 ORDER_PLACED: Final = "order.placed"
 INVOICE_CREATED: Final = "invoice.created"
 SCHEMA_VERSION_HEADER: Final = "schema_version"
-
-
-class Route(BaseModel):
-    """Where a topic is delivered: the Celery task name and its queue.
-
-    ``batch_task`` takes several messages of the topic in one Celery message (``messages``: a list of
-    ``{"message_id", "payload", "headers"}``); a relay that has more than one to send at once may use
-    it (``shared.batches``). ``task`` takes one (``payload``, the message id as the task id).
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    task: str
-    queue: str
-    batch_task: str | None = None
 
 
 ROUTES: Final[dict[str, Route]] = {

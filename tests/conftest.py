@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 import redis
+from flask_outbox.db import create_db_engine
 from sqlalchemy import Engine
 
 from harness.databases import DatabasePair, PostgresFactory
 from shared.config import Settings
-from shared.db import create_db_engine
 
 TEST_POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

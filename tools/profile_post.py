@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 
 import redis
+from flask_outbox.logs import configure_logging
 
 from bench.orders import order_body
 from bench.stack import store_api_key
@@ -29,7 +30,6 @@ from harness.databases import PostgresFactory
 from order_service import create_app
 from order_service.extensions import db
 from shared.config import Settings
-from shared.logs import configure_logging
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

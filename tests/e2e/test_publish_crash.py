@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 from flask import Flask
+from flask_outbox.partitions import LockKeys, relay_holdings
 from sqlalchemy import Engine, func, select, text
 
 from harness.outbox import queued_messages
@@ -27,7 +28,6 @@ from order_service.extensions import db
 from order_service.models import outbox
 from order_service.services import LineRequest, PlaceOrder, place_order
 from shared.config import Settings
-from shared.outbox.partitions import LockKeys, relay_holdings
 from tests.support.checks import read_ledger
 
 ORDERS = 50

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from flask_outbox.partitions import LockKeys, relay_holdings
 from sqlalchemy import Engine, func, select, text
 
 from harness.outbox import consumed, insert_rows, order_violations, outbox_rows, queued_messages
@@ -18,7 +19,6 @@ from harness.processes import ROOT, Service, pipeline_env, relay_service, run_mi
 from harness.waiting import wait_until
 from order_service.models import outbox
 from shared.config import Settings
-from shared.outbox.partitions import LockKeys, relay_holdings
 
 ROWS = 20_000
 

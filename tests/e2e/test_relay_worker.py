@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from flask_outbox.db import create_db_engine
+from flask_outbox.redis_publisher import RedisPipelinePublisher
 from sqlalchemy import Engine
 
 from harness.outbox import insert_rows, outbox_rows
@@ -11,8 +13,6 @@ from harness.processes import settings_env, worker_service
 from harness.waiting import wait_until
 from order_service.relay import build_relay
 from shared.config import Settings
-from shared.db import create_db_engine
-from shared.outbox.redis_publisher import RedisPipelinePublisher
 from tests.support.checks import read_ledger
 
 ORDERS = 300

@@ -7,14 +7,14 @@ import sys
 import uuid
 from typing import Any
 
+from flask_outbox.db import utcnow
+from flask_outbox.writer import bucket_of
 from sqlalchemy import create_engine, insert
 
 from harness.processes import ROOT
 from harness.waiting import wait_until
 from order_service.models import outbox
 from shared.contracts import ORDER_PLACED
-from shared.db import utcnow
-from shared.outbox.writer import bucket_of
 from tests.fault.faulty_worker import ALWAYS_RAISES, KILLS_EVERY_TIME
 from tests.fault.harness import Cluster, report
 from tests.fault.orders import bodies, place_in_process

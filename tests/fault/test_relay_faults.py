@@ -13,6 +13,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from flask_outbox import store
+from flask_outbox.db import utcnow
 from sqlalchemy import Connection, create_engine, select, text
 
 from harness.waiting import wait_until
@@ -21,8 +23,6 @@ from order_service.extensions import db
 from order_service.models import outbox
 from order_service.relay import build_relay
 from order_service.services import LineRequest, PlaceOrder, place_order
-from shared.db import utcnow
-from shared.outbox import store
 from tests.fault.harness import Cluster, report
 from tests.fault.orders import bodies, cluster_settings, place_in_process
 

@@ -19,11 +19,11 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from flask_outbox.partitions import LockKeys, relay_holdings
 from sqlalchemy import Engine, create_engine, text
 
 from harness.processes import Service
 from harness.waiting import wait_until
-from shared.outbox.partitions import LockKeys, relay_holdings
 from tests.fault.harness import Cluster
 from tests.fault.orders import bodies, place_in_process
 

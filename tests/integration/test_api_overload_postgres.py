@@ -13,12 +13,12 @@ from contextlib import ExitStack
 
 import pytest
 from flask import Flask
+from flask_outbox.db import create_db_engine
 from sqlalchemy import Engine, text
 
 from order_service import create_app
 from order_service.extensions import db
 from shared.config import Settings
-from shared.db import create_db_engine
 
 pytestmark = pytest.mark.timeout(60)  # without the fix the locked-table request hangs: fail, don't stall CI
 

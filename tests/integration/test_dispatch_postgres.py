@@ -15,6 +15,7 @@ import psycopg
 import pytest
 import redis
 from flask import Flask
+from flask_outbox.dispatch import dispatch_log_key
 from sqlalchemy import Engine, make_url, select
 
 from harness.outbox import Delivered, consumed, decode
@@ -28,7 +29,6 @@ from order_service.relay import build_relay
 from order_service.services import LineRequest, OrderRefused, PlaceOrder, place_order
 from order_service.signals import order_placed
 from shared.config import Settings
-from shared.outbox.dispatch import dispatch_log_key
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """The API's pooled Postgres connections are pinged at checkout only after resting in the pool
-(``shared.db``, ``ping_only_after_idle``); workers' and relays' engines ping at every checkout."""
+(``flask_outbox.db``, ``ping_only_after_idle``); workers' and relays' engines ping at every checkout."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from flask_outbox.db import PING_AFTER_IDLE_SECONDS, create_db_engine, engine_options, install_engine_events
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import DBAPIError
 
 from shared.config import Settings
-from shared.db import PING_AFTER_IDLE_SECONDS, create_db_engine, engine_options, install_engine_events
 
 pytestmark = pytest.mark.integration
 

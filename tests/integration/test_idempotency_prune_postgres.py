@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import threading
 
+from flask_outbox.db import utcnow
 from sqlalchemy import Engine, func, select, text
 
 from order_service import idempotency
 from order_service.models import IdempotencyKey
-from shared.db import utcnow
 
 _table = IdempotencyKey.__table__
 

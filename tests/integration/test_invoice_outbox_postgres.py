@@ -9,6 +9,9 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from flask_outbox.publisher import publisher_for
+from flask_outbox.relay import OutboxRelay, RelayPolicy
+from flask_outbox.table import NOTIFY_CHANNEL
 from sqlalchemy import func, insert, make_url, select, text
 
 from harness.outbox import consumed
@@ -19,9 +22,6 @@ from invoice_worker.retention import _LOCK_KEY, InboxRetention, prune_inbox
 from invoice_worker.signals import invoice_created
 from shared.config import Settings
 from shared.contracts import INVOICE_CREATED, ROUTES, parse_invoice_created
-from shared.outbox.publisher import publisher_for
-from shared.outbox.relay import OutboxRelay, RelayPolicy
-from shared.outbox.table import NOTIFY_CHANNEL
 from tests.support.events import order_placed_event
 
 

@@ -11,6 +11,8 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from flask_outbox.batches import BatchItem
+from flask_outbox.writer import bucket_of
 from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,9 +25,7 @@ from order_service.inbox import UnknownOrder, record_invoice, record_invoices
 from order_service.models import Order
 from order_service.models import ProcessedMessage as OrderInbox
 from order_service.models import outbox as order_outbox
-from shared.batches import BatchItem
 from shared.contracts import ORDER_PLACED, InvoiceCreated, parse_invoice_created
-from shared.outbox.writer import bucket_of
 from tests.support.events import order_placed_event
 
 pytestmark = pytest.mark.integration

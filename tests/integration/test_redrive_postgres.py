@@ -12,15 +12,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from flask_outbox import redrive
+from flask_outbox.db import database_now
+from flask_outbox.redrive import RedriveRule
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from order_service.inbox import Outcome, record_invoice
 from order_service.models import outbox
 from shared.contracts import ORDER_PLACED, InvoiceCreated
-from shared.db import database_now
-from shared.outbox import redrive
-from shared.outbox.redrive import RedriveRule
 
 RULE = RedriveRule(topics=frozenset({ORDER_PLACED}), after=60, max_interval=3600, max_redrives=20)
 

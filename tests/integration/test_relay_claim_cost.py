@@ -14,14 +14,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis
+from flask_outbox import store
+from flask_outbox.messages import BatchOutcome, PendingMessage, Publisher
 from sqlalchemy import Connection, Engine, event, text
 
 from harness.outbox import consumed, insert_rows, order_violations, outbox_rows
 from order_service.models import outbox
 from order_service.relay import build_relay
 from shared.config import Settings
-from shared.outbox import store
-from shared.outbox.messages import BatchOutcome, PendingMessage, Publisher
 
 BACKLOG = 20_000
 LIMIT = 200

@@ -12,6 +12,11 @@ from datetime import datetime, timedelta
 
 import pytest
 import redis
+from flask_outbox.db import utcnow
+from flask_outbox.messages import BatchOutcome, PendingMessage
+from flask_outbox.publisher import publisher_for
+from flask_outbox.relay import OutboxRelay
+from flask_outbox.writer import OutboxMessage, add_message
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
@@ -20,11 +25,6 @@ from order_service.models import outbox
 from order_service.relay import build_relay, relay_policy
 from shared.config import Settings
 from shared.contracts import ROUTES
-from shared.db import utcnow
-from shared.outbox.messages import BatchOutcome, PendingMessage
-from shared.outbox.publisher import publisher_for
-from shared.outbox.relay import OutboxRelay
-from shared.outbox.writer import OutboxMessage, add_message
 
 HOUR = timedelta(hours=1)
 
@@ -66,7 +66,7 @@ def test_row_written_by_an_api_host_an_hour_ahead_is_claimed_at_once(
     monkeypatch: pytest.MonkeyPatch,
     timezone: str,
 ) -> None:
-    monkeypatch.setattr("shared.outbox.writer.utcnow", _ahead)  # the API host's clock
+    monkeypatch.setattr("flask_outbox.writer.utcnow", _ahead)  # the API host's clock
     database_now = _write(orders_engine, "skewed-writer", timezone)
     relay = build_relay(pg_settings, orders_engine)
     try:

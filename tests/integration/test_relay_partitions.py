@@ -7,14 +7,14 @@ from dataclasses import replace
 
 import pytest
 import redis
+from flask_outbox.messages import BatchOutcome, PendingMessage, Publisher
+from flask_outbox.relay import OutboxRelay
 from sqlalchemy import Engine, select, text
 
 from harness.outbox import consumed, insert_rows, order_violations, outbox_rows
 from order_service.models import outbox
 from order_service.relay import build_relay
 from shared.config import Settings
-from shared.outbox.messages import BatchOutcome, PendingMessage, Publisher
-from shared.outbox.relay import OutboxRelay
 
 
 @pytest.fixture

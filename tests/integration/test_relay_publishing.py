@@ -8,19 +8,19 @@ from dataclasses import replace
 
 import pytest
 import redis
+from flask_outbox.broker import publishing_app
+from flask_outbox.db import create_db_engine
+from flask_outbox.messages import PendingMessage
+from flask_outbox.publisher import publisher_for
+from flask_outbox.redis_publisher import RedisPipelinePublisher
+from flask_outbox.writer import bucket_of
 from sqlalchemy import Engine, select
 
 from harness.outbox import consumed, insert_rows, order_violations, outbox_rows
 from order_service.models import outbox
 from order_service.relay import build_relay, main
-from shared.broker import publishing_app
 from shared.config import Settings
 from shared.contracts import ROUTES
-from shared.db import create_db_engine
-from shared.outbox.messages import PendingMessage
-from shared.outbox.publisher import publisher_for
-from shared.outbox.redis_publisher import RedisPipelinePublisher
-from shared.outbox.writer import bucket_of
 
 
 @pytest.fixture

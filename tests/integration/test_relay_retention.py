@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 
+from flask_outbox.db import create_db_engine, utcnow
 from sqlalchemy import select, update
 
 from harness.outbox import insert_rows, outbox_rows
 from order_service.models import outbox
 from order_service.relay import build_relay
 from shared.config import Settings
-from shared.db import create_db_engine, utcnow
 
 
 def test_retention_deletes_only_published_rows_older_than_the_limit(pg_settings: Settings) -> None:

@@ -14,14 +14,14 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
+from flask_outbox.messages import BatchOutcome, PendingMessage
+from flask_outbox.relay import OutboxRelay
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from order_service.models import outbox
 from order_service.relay import relay_policy
 from shared.config import Settings
-from shared.outbox.messages import BatchOutcome, PendingMessage
-from shared.outbox.relay import OutboxRelay
 
 STALL = 2.0
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from flask_outbox import store
+from flask_outbox.db import create_db_engine
 from sqlalchemy import Engine, event, text
 
 from harness.outbox import insert_rows, outbox_rows
 from order_service.models import outbox
-from shared.db import create_db_engine
-from shared.outbox import store
 
 
 def _statements(engine: Engine) -> list[str]:

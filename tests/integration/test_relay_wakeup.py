@@ -6,6 +6,9 @@ import time
 
 import pytest
 import redis
+from flask_outbox.messages import BatchOutcome
+from flask_outbox.relay import OutboxRelay
+from flask_outbox.writer import OutboxMessage, add_message
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
@@ -14,9 +17,6 @@ from harness.waiting import wait_until
 from order_service.models import outbox
 from order_service.relay import build_relay
 from shared.config import Settings
-from shared.outbox.messages import BatchOutcome
-from shared.outbox.relay import OutboxRelay
-from shared.outbox.writer import OutboxMessage, add_message
 
 POLL_INTERVAL = 5.0
 

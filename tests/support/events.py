@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 
+from flask_outbox.db import utcnow
+
 from shared.contracts import OrderPlaced, OrderPlacedLine
-from shared.db import utcnow
 
 
 def order_placed_event(

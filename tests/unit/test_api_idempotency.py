@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from flask_outbox.db import utcnow
 from sqlalchemy import event, update
 from sqlalchemy.orm import Session
 
@@ -23,7 +24,6 @@ from order_service.models import IdempotencyKey
 from order_service.services import LineRequest, PlaceOrder, place_order
 from order_service.signals import Veto, order_placed
 from shared.config import Settings
-from shared.db import utcnow
 from tests.unit.conftest import API_KEY
 
 ORDER = {

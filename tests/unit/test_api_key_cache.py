@@ -6,13 +6,13 @@ from collections.abc import Iterator
 
 import pytest
 from flask import Flask
+from flask_outbox.db import utcnow
 from sqlalchemy import event, update
 
 import order_service.auth as auth
 from order_service.auth import STORED_KEY_CACHE_SECONDS, digest
 from order_service.extensions import db
 from order_service.models import ApiKey
-from shared.db import utcnow
 
 STORED = "osk_stored-key-for-the-cache-test-0123456789"
 

@@ -6,10 +6,9 @@ import sys
 from datetime import timedelta
 
 import pytest
-
-from shared.backoff import jittered_backoff
-from shared.outbox import store
-from shared.outbox.relay import RelayPolicy
+from flask_outbox import store
+from flask_outbox.backoff import jittered_backoff
+from flask_outbox.relay import RelayPolicy
 
 HUGE = [1_025, 1_026, 1_100, 10_000, 2**31, sys.maxsize, 10**100]
 """``2 ** (attempt - 1)`` stops fitting a float at 1 025 (OverflowError before the fix)."""

@@ -359,7 +359,7 @@ def test_the_image_installs_the_project_from_pyproject_as_a_non_root_user() -> N
     assert any(line.startswith("COPY pyproject.toml") for line in instructions)
     for package in ("shared", "order_service", "invoice_worker"):
         assert any(line.startswith(f"COPY {package}/") for line in instructions)
-    assert re.search(r"^RUN pip install \.$", dockerfile, re.MULTILINE)
+    assert re.search(r"^RUN pip install \./shared/flask-outbox \.$", dockerfile, re.MULTILINE)
     assert "[dev]" not in dockerfile
     assert "PYTHONUNBUFFERED=1" in dockerfile
     users = [line.split(None, 1)[1] for line in instructions if line.startswith("USER ")]

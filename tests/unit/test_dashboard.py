@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from flask_outbox.db import utcnow
 from sqlalchemy import insert
 
 from order_service import create_app
@@ -19,7 +20,6 @@ from order_service.models import INVOICED, PLACED, ApiKey, Order, outbox
 from order_service.pipeline import percentile
 from shared.config import Settings
 from shared.contracts import ORDER_PLACED
-from shared.db import utcnow
 from tests.unit.conftest import API_KEY
 
 

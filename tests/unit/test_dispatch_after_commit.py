@@ -10,11 +10,10 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from flask_outbox.dispatch import AfterCommitDispatcher
+from flask_outbox.messages import PendingMessage
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
-
-from shared.outbox.dispatch import AfterCommitDispatcher
-from shared.outbox.messages import PendingMessage
 
 
 class Recording(AfterCommitDispatcher):

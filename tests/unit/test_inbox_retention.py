@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from flask_outbox.db import utcnow
 from sqlalchemy import func, insert, select
 
 from invoice_worker.__main__ import main
@@ -16,7 +17,6 @@ from invoice_worker.models import Invoice, MessageDelivery, ProcessedMessage, ou
 from invoice_worker.retention import InboxPruner, InboxRetention, check_retention, prune_inbox
 from shared.config import Settings
 from shared.contracts import ORDER_PLACED
-from shared.db import utcnow
 from tests.support.events import order_placed_event
 
 RETENTION = InboxRetention(retention=timedelta(days=30), batch=2)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from flask_outbox.db import utcnow
 from sqlalchemy import func, select
 from sqlalchemy.exc import (
     DatabaseError,
@@ -26,7 +27,6 @@ from invoice_worker.dead_letters import confirmed_message_ids, pending_ids, repl
 from invoice_worker.models import Base, DeadLetter, Invoice
 from invoice_worker.processing import DeliveryPolicy, RetryLater, handle_order_placed
 from shared.config import Settings
-from shared.db import utcnow
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from flask_outbox.db import create_db_engine
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import InternalError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,7 +25,6 @@ from order_service.models import DeadLetter, Order, ProcessedMessage, outbox
 from order_service.worker import DEAD_LETTERED, DeliveryPolicy, RetryLater, deliver
 from shared.config import Settings
 from shared.contracts import InvoiceCreated
-from shared.db import create_db_engine
 
 POLICY = DeliveryPolicy(max_retries=3, backoff_base=0.5, backoff_max=4.0)
 INVOICED_AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -13,17 +13,17 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from flask_outbox import redrive
+from flask_outbox.db import create_db_engine, utcnow
+from flask_outbox.messages import BatchOutcome, PendingMessage
+from flask_outbox.redrive import RedriveRule
+from flask_outbox.relay import OutboxRelay, RelayPolicy
+from flask_outbox.writer import bucket_of
 from sqlalchemy import Engine, insert, select, update
 
 from order_service.models import outbox
 from shared.config import Settings
 from shared.contracts import ORDER_PLACED
-from shared.db import create_db_engine, utcnow
-from shared.outbox import redrive
-from shared.outbox.messages import BatchOutcome, PendingMessage
-from shared.outbox.redrive import RedriveRule
-from shared.outbox.relay import OutboxRelay, RelayPolicy
-from shared.outbox.writer import bucket_of
 
 RULE = RedriveRule(topics=frozenset({ORDER_PLACED}), after=60, max_interval=3600, max_redrives=20)
 

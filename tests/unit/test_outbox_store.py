@@ -7,13 +7,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from flask_outbox import store
+from flask_outbox.db import create_db_engine, utcnow
+from flask_outbox.table import define_outbox
+from flask_outbox.writer import OutboxMessage, add_message
 from sqlalchemy import Engine, MetaData, Table, select, update
 from sqlalchemy.orm import Session
-
-from shared.db import create_db_engine, utcnow
-from shared.outbox import store
-from shared.outbox.table import define_outbox
-from shared.outbox.writer import OutboxMessage, add_message
 
 
 @pytest.fixture

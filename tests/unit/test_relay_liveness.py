@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 import structlog
+from flask_outbox.db import create_db_engine
+from flask_outbox.health import HealthServer
+from flask_outbox.messages import BatchOutcome, PendingMessage
+from flask_outbox.relay import OutboxRelay, RelayPolicy
+from flask_outbox.wakeup import PollingWaiter
 from sqlalchemy import Engine, func, select
 
 from harness.outbox import insert_rows, outbox_rows
 from harness.waiting import wait_until
 from order_service.models import outbox
-from shared.db import create_db_engine
-from shared.outbox.health import HealthServer
-from shared.outbox.messages import BatchOutcome, PendingMessage
-from shared.outbox.relay import OutboxRelay, RelayPolicy
-from shared.outbox.wakeup import PollingWaiter
 
 
 class FlakyPublisher:

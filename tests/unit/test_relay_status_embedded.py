@@ -10,12 +10,12 @@ import os
 from pathlib import Path
 
 import pytest
+from flask_outbox.singleton import RelayAlreadyRunning, SingleRelayLock, lock_holder, lock_path
 from sqlalchemy import create_engine
 
 from order_service.models import outbox
 from order_service.relay import main
 from shared.config import Settings
-from shared.outbox.singleton import RelayAlreadyRunning, SingleRelayLock, lock_holder, lock_path
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ Create Date: 2026-11-24 18:35:22.420006
 """
 from alembic import op
 import sqlalchemy as sa
-import shared.db
+import flask_outbox.db
 from sqlalchemy.dialects import postgresql
 
 # revision identifiers, used by Alembic.
@@ -26,8 +26,8 @@ def upgrade() -> None:
     sa.Column('payload', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('reason', sa.Text(), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('created_at', shared.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('replayed_at', shared.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', flask_outbox.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('replayed_at', flask_outbox.db.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('message_id')
     )
@@ -40,8 +40,8 @@ def upgrade() -> None:
     sa.Column('amount_total', sa.BigInteger(), nullable=False),
     sa.Column('lines', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('message_id', sa.Uuid(), nullable=False),
-    sa.Column('placed_at', shared.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('created_at', shared.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('placed_at', flask_outbox.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', flask_outbox.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('number'),
     sa.UniqueConstraint('order_id')
@@ -50,7 +50,7 @@ def upgrade() -> None:
     op.create_table('processed_messages',
     sa.Column('message_id', sa.Uuid(), nullable=False),
     sa.Column('topic', sa.String(length=100), nullable=False),
-    sa.Column('processed_at', shared.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('processed_at', flask_outbox.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('message_id')
     )
     # ### end Alembic commands ###

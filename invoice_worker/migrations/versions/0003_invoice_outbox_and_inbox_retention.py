@@ -7,10 +7,10 @@ Create Date: 2026-11-25 12:35:00
 """
 from alembic import op
 import sqlalchemy as sa
-import shared.db
+import flask_outbox.db
 from sqlalchemy.dialects import postgresql
 
-from shared.outbox.table import drop_notify_trigger_ddl, notify_trigger_ddl
+from flask_outbox.table import drop_notify_trigger_ddl, notify_trigger_ddl
 
 # revision identifiers, used by Alembic.
 revision = '0003'
@@ -23,7 +23,7 @@ _FAILED_UNPUBLISHED = sa.text('published_at IS NULL AND attempts > 0')
 
 
 def upgrade() -> None:
-    # The table of shared.outbox.define_outbox (answered=False: invoice.created expects no answer).
+    # The table of flask_outbox.define_outbox (answered=False: invoice.created expects no answer).
     op.create_table('outbox',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False, comment='publish order'),
     sa.Column('message_id', sa.Uuid(), nullable=False, comment='Celery task id, consumer dedup key'),
@@ -33,13 +33,13 @@ def upgrade() -> None:
     sa.Column('bucket', sa.SmallInteger(), nullable=False, comment='crc32(aggregate_id) % 1024'),
     sa.Column('payload', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('headers', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('created_at', shared.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('available_at', shared.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', flask_outbox.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('available_at', flask_outbox.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('attempts', sa.Integer(), server_default='0', nullable=False),
     sa.Column('last_error', sa.Text(), nullable=True),
-    sa.Column('published_at', shared.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('parked_at', shared.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('acknowledged_at', shared.db.UTCDateTime(timezone=True), nullable=True, comment='the answer arrived (topics that expect one)'),
+    sa.Column('published_at', flask_outbox.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('parked_at', flask_outbox.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('acknowledged_at', flask_outbox.db.UTCDateTime(timezone=True), nullable=True, comment='the answer arrived (topics that expect one)'),
     sa.Column('redrives', sa.Integer(), server_default='0', nullable=False, comment='republished, unanswered'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('message_id')

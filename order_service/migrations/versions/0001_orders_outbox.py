@@ -8,7 +8,7 @@ Create Date: 2026-11-24 18:35:10.770635
 from alembic import op
 import sqlalchemy as sa
 
-import shared.db
+import flask_outbox.db
 from sqlalchemy.dialects import postgresql
 
 # revision identifiers, used by Alembic.
@@ -26,7 +26,7 @@ def upgrade() -> None:
     sa.Column('currency', sa.String(length=3), nullable=False),
     sa.Column('status', sa.String(length=20), nullable=False),
     sa.Column('amount_total', sa.BigInteger(), nullable=False),
-    sa.Column('created_at', shared.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', flask_outbox.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('orders', schema=None) as batch_op:
@@ -42,12 +42,12 @@ def upgrade() -> None:
     sa.Column('bucket', sa.SmallInteger(), nullable=False, comment='crc32(aggregate_id) % 1024'),
     sa.Column('payload', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('headers', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('created_at', shared.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('available_at', shared.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', flask_outbox.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('available_at', flask_outbox.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('attempts', sa.Integer(), server_default='0', nullable=False),
     sa.Column('last_error', sa.Text(), nullable=True),
-    sa.Column('published_at', shared.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('parked_at', shared.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('published_at', flask_outbox.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('parked_at', flask_outbox.db.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('message_id')
     )

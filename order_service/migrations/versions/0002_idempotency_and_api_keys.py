@@ -7,7 +7,7 @@ Create Date: 2026-11-24 18:49:11.361914
 """
 from alembic import op
 import sqlalchemy as sa
-import shared.db
+import flask_outbox.db
 
 
 # revision identifiers, used by Alembic.
@@ -23,8 +23,8 @@ def upgrade() -> None:
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('name', sa.String(length=100), nullable=False),
     sa.Column('key_hash', sa.String(length=64), nullable=False),
-    sa.Column('created_at', shared.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('revoked_at', shared.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', flask_outbox.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('revoked_at', flask_outbox.db.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('key_hash'),
     sa.UniqueConstraint('name')
@@ -35,11 +35,11 @@ def upgrade() -> None:
     sa.Column('key', sa.String(length=255), nullable=False),
     sa.Column('request_hash', sa.String(length=64), nullable=False),
     sa.Column('lock_token', sa.Uuid(), nullable=False),
-    sa.Column('locked_at', shared.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('locked_at', flask_outbox.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('response_status', sa.Integer(), nullable=True),
     sa.Column('response_body', sa.Text(), nullable=True),
-    sa.Column('created_at', shared.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('expires_at', shared.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', flask_outbox.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', flask_outbox.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('client_id', 'key', name='uq_idempotency_keys_client_key')
     )

@@ -7,7 +7,7 @@ Create Date: 2026-11-24 20:20:00
 """
 from alembic import op
 
-from shared.outbox.table import drop_notify_trigger_ddl, notify_trigger_ddl
+from flask_outbox.table import drop_notify_trigger_ddl, notify_trigger_ddl
 
 revision = "0003"
 down_revision = "0002"

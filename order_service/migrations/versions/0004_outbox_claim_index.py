@@ -5,7 +5,7 @@ Revises: 0003
 Create Date: 2026-11-25 13:00:00
 
 The relay's claim skips a row while an earlier row of its aggregate is unpublished and has failed
-(in backoff or parked; shared.outbox.store.claim): one probe of this index per candidate row,
+(in backoff or parked; flask_outbox.store.claim): one probe of this index per candidate row,
 instead of a scan of the whole backlog. Only failed rows are in it, so an order's INSERT skips it.
 
 Built CONCURRENTLY on Postgres: the outbox is written by every order, and a plain CREATE INDEX

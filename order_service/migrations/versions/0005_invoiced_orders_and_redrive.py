@@ -9,7 +9,7 @@ from alembic import op
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-import shared.db
+import flask_outbox.db
 
 revision = "0005"
 down_revision = "0004"
@@ -24,14 +24,14 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("invoice_number", sa.String(length=64), nullable=True, comment="the first one wins")
         )
-        batch_op.add_column(sa.Column("invoiced_at", shared.db.UTCDateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("invoiced_at", flask_outbox.db.UTCDateTime(timezone=True), nullable=True))
 
     # Nullable / server-defaulted columns: no table rewrite on Postgres 11+.
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column(
                 "acknowledged_at",
-                shared.db.UTCDateTime(timezone=True),
+                flask_outbox.db.UTCDateTime(timezone=True),
                 nullable=True,
                 comment="the answer arrived (topics that expect one)",
             )
@@ -59,7 +59,7 @@ def upgrade() -> None:
         "processed_messages",
         sa.Column("message_id", sa.Uuid(), nullable=False),
         sa.Column("topic", sa.String(length=100), nullable=False),
-        sa.Column("processed_at", shared.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("processed_at", flask_outbox.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("message_id"),
     )
     with op.batch_alter_table("processed_messages", schema=None) as batch_op:
@@ -77,7 +77,7 @@ def upgrade() -> None:
         ),
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("created_at", shared.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", flask_outbox.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("message_id"),
     )

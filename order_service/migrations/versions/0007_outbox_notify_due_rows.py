@@ -6,13 +6,13 @@ Create Date: 2026-11-25 16:30:00
 
 The API publishes order.placed itself right after its commit (order_service.dispatch); its outbox
 row is due only after OUTBOX_DISPATCH_GRACE_SECONDS. The statement trigger now notifies only when the
-statement inserted a row that is due at once (shared.outbox.table.due_notify_trigger_ddl), so relays
+statement inserted a row that is due at once (flask_outbox.table.due_notify_trigger_ddl), so relays
 are not woken to claim nothing for every order. Downgrade restores the unconditional trigger.
 """
 
 from alembic import op
 
-from shared.outbox.table import drop_notify_trigger_ddl, due_notify_trigger_ddl, notify_trigger_ddl
+from flask_outbox.table import drop_notify_trigger_ddl, due_notify_trigger_ddl, notify_trigger_ddl
 
 revision = "0007"
 down_revision = "0006"

@@ -6,12 +6,12 @@ from collections.abc import Mapping
 
 from celery import Celery
 
-from shared import tracing
-from shared.broker import BROKER_ERRORS, publishing_app
-from shared.config import Settings
-from shared.contracts import Route
-from shared.outbox.messages import BatchOutcome, PendingMessage, Publisher, routed
-from shared.outbox.redis_publisher import RedisPipelinePublisher
+from flask_outbox import tracing
+from flask_outbox.broker import BROKER_ERRORS, publishing_app
+from flask_outbox.messages import BatchOutcome, PendingMessage, Publisher, routed
+from flask_outbox.redis_publisher import RedisPipelinePublisher
+from flask_outbox.routes import Route
+from flask_outbox.settings import OutboxSettings as Settings
 
 __all__ = ["CeleryPublisher", "publisher_for"]
 

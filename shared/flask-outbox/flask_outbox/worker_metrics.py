@@ -1,9 +1,9 @@
 """A Celery worker's metrics, probes, correlation ids and tracing, wired by ``instrument_worker``.
 
 Metrics: the prefork pool's children count into the process group's multiprocess folder
-(``shared.metrics``); the parent serves the sum on ``WORKER_METRICS_PORT`` (default 9102; 0 picks a
+(``flask_outbox.metrics``); the parent serves the sum on ``WORKER_METRICS_PORT`` (default 9102; 0 picks a
 free port and logs it) with ``/healthz`` (the parent answers) and ``/readyz`` (its database and
-broker answer, bounded by ``shared.probes``), usable from compose healthchecks. The server starts
+broker answer, bounded by ``flask_outbox.probes``), usable from compose healthchecks. The server starts
 once the worker is ready (``worker_ready``, in the parent, after the pool forked: no child inherits
 the socket). A taken port is logged (``worker.metrics_unavailable``), not fatal.
 
@@ -32,12 +32,12 @@ from celery.signals import (
 )
 from prometheus_client import Counter, Histogram
 
-from shared import tracing
-from shared.config import Settings
-from shared.logs import CORRELATION_HEADER, bind_correlation
-from shared.metrics import CONTENT_TYPE_LATEST, enable_multiprocess, exposition, process_dead
-from shared.outbox.health import HealthServer, json_response, serve_wsgi
-from shared.probes import broker_check, database_check, probe_engine, run_checks
+from flask_outbox import tracing
+from flask_outbox.health import HealthServer, json_response, serve_wsgi
+from flask_outbox.logs import CORRELATION_HEADER, bind_correlation
+from flask_outbox.metrics import CONTENT_TYPE_LATEST, enable_multiprocess, exposition, process_dead
+from flask_outbox.probes import broker_check, database_check, probe_engine, run_checks
+from flask_outbox.settings import OutboxSettings as Settings
 
 __all__ = ["DEAD_LETTERED", "WorkerMetrics", "instrument_worker"]
 

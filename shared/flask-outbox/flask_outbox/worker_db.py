@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db import create_db_engine
+from flask_outbox.db import create_db_engine
 
 __all__ = ["WorkerDatabase"]
 

@@ -14,7 +14,7 @@ import redis
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import NullPool
 
-from shared.db import is_postgres
+from flask_outbox.db import is_postgres
 
 __all__ = ["Check", "broker_check", "database_check", "probe_engine", "run_checks"]
 

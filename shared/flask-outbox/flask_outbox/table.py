@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Column, Index, Integer, MetaData, SmallInteger, String, Table, Text, Uuid, text
 
-from shared.db import BigIntPK, JSONDocument, UTCDateTime
+from flask_outbox.db import BigIntPK, JSONDocument, UTCDateTime
 
 __all__ = [
     "BUCKETS",
@@ -102,7 +102,7 @@ def notify_trigger_ddl(name: str = "outbox") -> tuple[str, ...]:
 def due_notify_trigger_ddl(name: str = "outbox") -> tuple[str, ...]:
     """Postgres DDL: as ``notify_trigger_ddl``, but only for a statement that inserted a row due now.
 
-    A row dispatched after commit (``shared.outbox.dispatch``) is due only after its grace: waking
+    A row dispatched after commit (``flask_outbox.dispatch``) is due only after its grace: waking
     every relay for it would cost a claim per order that finds nothing. The statement's new rows
     are read from its transition table, once per statement.
     """

@@ -4,7 +4,7 @@ Served by ``wsgiref`` from a daemon thread, apart from the relay loop, so that i
 when the loop is stuck: ``/healthz`` is 503 once the loop's last progress (a claim, or a wait
 for new rows, completed) is older than the stall bound (``RELAY_STALL_SECONDS``), 200 before.
 ``/readyz`` is 503 as well when the relay's database or broker does not answer (the checks
-run per probe, bounded: ``shared.probes``). A process that is stopped as a whole (SIGSTOP, a
+run per probe, bounded: ``flask_outbox.probes``). A process that is stopped as a whole (SIGSTOP, a
 frozen VM) answers nothing: the probe's timeout is its failure.
 
 ``/metrics`` also reports the table's backlog, the age of its oldest due row and its parked
@@ -26,8 +26,8 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from shared.outbox.status import Backlog
-from shared.probes import Check, run_checks
+from flask_outbox.probes import Check, run_checks
+from flask_outbox.status import Backlog
 
 __all__ = ["BacklogCollector", "HealthServer", "RelayMetrics", "health_app", "json_response", "serve_wsgi"]
 

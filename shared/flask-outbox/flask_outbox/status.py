@@ -11,8 +11,8 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Table, and_, func, select
 
-from shared.db import database_now, is_postgres
-from shared.outbox.partitions import LockKeys, RelayHolding, relay_holdings
+from flask_outbox.db import database_now, is_postgres
+from flask_outbox.partitions import LockKeys, RelayHolding, relay_holdings
 
 __all__ = ["Backlog", "OutboxStatus", "read_backlog", "read_status"]
 

@@ -92,7 +92,7 @@ def is_postgres(engine_or_dialect: Engine | Dialect) -> bool:
 PING_AFTER_IDLE_SECONDS = 1.0
 """A pooled Postgres connection is pinged at checkout only after resting this long in the pool."""
 
-_LAST_USED = "shared.db.last_used"
+_LAST_USED = "flask_outbox.db.last_used"
 
 
 def _ping_when_idle(engine: Engine) -> None:

@@ -34,7 +34,7 @@ Liveness (the stall bound, ``RelayPolicy.stall_seconds`` = ``RELAY_STALL_SECONDS
 * The session also sets ``idle_in_transaction_session_timeout`` to the bound (a relay stopped
   mid-batch, with no live relay to retire it, still releases its row locks) and server-side TCP
   keepalives, and the entry point sets libpq keepalives and ``tcp_user_timeout`` on the client
-  side (``shared.db.keepalive_connect_args``), so a vanished peer is noticed on both ends.
+  side (``flask_outbox.db.keepalive_connect_args``), so a vanished peer is noticed on both ends.
 * A relay that resumes after being retired finds its session gone at its next query, reconnects
   and rebalances. Stopped while waiting (the usual case) it had nothing claimed and publishes
   nothing twice; stopped between claim and mark, it may publish that one batch again on resume.
@@ -56,15 +56,15 @@ import structlog
 from sqlalchemy import Connection, Engine, Table, text
 from sqlalchemy.exc import DBAPIError
 
-from shared.backoff import jittered_backoff
-from shared.broker import BROKER_ERRORS
-from shared.db import is_postgres, utcnow
-from shared.logs import CORRELATION_HEADER
-from shared.outbox import redrive, status, store
-from shared.outbox.dispatch import DispatchLog
-from shared.outbox.health import BacklogCollector, RelayMetrics
-from shared.outbox.messages import BatchOutcome, PendingMessage, Publisher
-from shared.outbox.partitions import LockKeys, PartitionLeases
+from flask_outbox import redrive, status, store
+from flask_outbox.backoff import jittered_backoff
+from flask_outbox.broker import BROKER_ERRORS
+from flask_outbox.db import is_postgres, utcnow
+from flask_outbox.dispatch import DispatchLog
+from flask_outbox.health import BacklogCollector, RelayMetrics
+from flask_outbox.logs import CORRELATION_HEADER
+from flask_outbox.messages import BatchOutcome, PendingMessage, Publisher
+from flask_outbox.partitions import LockKeys, PartitionLeases
 
 __all__ = ["OutboxRelay", "RelayPolicy"]
 
@@ -114,7 +114,7 @@ class RelayPolicy:
     linger_min_batch: int = 1
     """Linger only after a batch of at least this many rows. The order relay's 2: while the API
     dispatches, the relay claims nothing; once it hands its orders over (the workers are behind:
-    ``shared.outbox.dispatch``) they arrive faster than the loop turns, and gathering them is what
+    ``flask_outbox.dispatch``) they arrive faster than the loop turns, and gathering them is what
     lets the workers catch up. 1: after every batch that found rows (the invoice relay)."""
 
     def backoff(self, attempts: int) -> timedelta:
@@ -233,7 +233,7 @@ class OutboxRelay:
         return owned
 
     def mark_dispatched(self) -> int:
-        """Mark the rows their writers dispatched after commit (``shared.outbox.dispatch``), before any
+        """Mark the rows their writers dispatched after commit (``flask_outbox.dispatch``), before any
         claim could take them for undispatched: the whole log, in chunks of a batch, one UPDATE each."""
         if self.dispatch_log is None:
             return 0

@@ -25,7 +25,7 @@ dispatches of a process keep finding ``queue_limit`` or more messages already wa
 ``behind_seconds`` (a backlog, not a passing spike), the workers are behind and a message published
 on its own only waits in that queue; the dispatcher then stops dispatching for ``hold_seconds`` and
 its writers' rows are due at once, so the relay publishes them, many per batch task
-(``shared.batches``): the workers pay Celery's per-task cost once per batch and catch up. The next
+(``flask_outbox.batches``): the workers pay Celery's per-task cost once per batch and catch up. The next
 dispatch after the hold reads the length again. A pipeline that keeps up never hands over.
 
 Redis is the only transport: the dispatch log sits beside the queue, in the same transaction.
@@ -45,10 +45,10 @@ from celery import Celery
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
-from shared.broker import BROKER_ERRORS
-from shared.contracts import Route
-from shared.outbox.messages import PendingMessage
-from shared.outbox.redis_publisher import RedisPipelinePublisher
+from flask_outbox.broker import BROKER_ERRORS
+from flask_outbox.messages import PendingMessage
+from flask_outbox.redis_publisher import RedisPipelinePublisher
+from flask_outbox.routes import Route
 
 __all__ = ["AfterCommitDispatcher", "DispatchLog", "Handover", "dispatch_log_key"]
 

@@ -11,7 +11,7 @@ worker declares its queues; a list needs no declaring to be pushed to).
 
 The outbox row's headers (correlation id, trace context) become Celery message headers, which the
 worker sees as ``task.request`` attributes. With tracing on, each message gets a producer span
-under the row's stored trace context, and its ``traceparent`` goes out instead (``shared.tracing``).
+under the row's stored trace context, and its ``traceparent`` goes out instead (``flask_outbox.tracing``).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import structlog
 from celery import Celery
 from celery.utils.nodenames import anon_nodename
 
-from shared import tracing
-from shared.broker import BROKER_ERRORS
-from shared.contracts import Route
-from shared.outbox.messages import BatchOutcome, PendingMessage, routed
+from flask_outbox import tracing
+from flask_outbox.broker import BROKER_ERRORS
+from flask_outbox.messages import BatchOutcome, PendingMessage, routed
+from flask_outbox.routes import Route
 
 __all__ = ["RedisPipelinePublisher"]
 
@@ -46,7 +46,7 @@ class RedisPipelinePublisher:
     """Publishes a batch as Celery protocol-2 messages with one ``LPUSH`` per queue, one round trip.
 
     With ``messages_per_task`` > 1, consecutive messages of a route that has a ``batch_task`` go out
-    together, up to that many per Celery message (``shared.batches``): a worker then pays Celery's
+    together, up to that many per Celery message (``flask_outbox.batches``): a worker then pays Celery's
     per-task cost and its database round trips once per batch instead of once per message. A lone
     message still goes out as the single-message task, and so does every message while tracing is
     on (each keeps its own producer span and consumer span in one trace).

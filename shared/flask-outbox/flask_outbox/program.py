@@ -7,7 +7,7 @@ else (health endpoint, signals, the SQLite file lock, status) is the same code.
 ``run`` also serves ``/healthz``, ``/readyz`` and ``/metrics`` on ``RELAY_METRICS_PORT`` (default 9101, all
 interfaces; 0 picks a free port and logs it). ``/healthz`` is 503 once the loop made no progress
 for ``RELAY_STALL_SECONDS`` (30 s), the same bound after which live relays retire a stopped one
-and take its partitions (see ``shared.outbox.relay``). If the port is taken (several relays on
+and take its partitions (see ``flask_outbox.relay``). If the port is taken (several relays on
 one host), the relay runs without it and logs ``relay.health_unavailable``.
 """
 
@@ -18,29 +18,30 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
+from typing import Generic, TypeVar
 
 import structlog
 from sqlalchemy import Engine, Table
 
-from shared.config import Settings
-from shared.contracts import ROUTES
-from shared.db import create_db_engine, database_now, is_postgres, keepalive_connect_args
-from shared.logs import configure_logging
-from shared.outbox import redrive, store
-from shared.outbox.dispatch import DispatchLog, dispatch_log_key
-from shared.outbox.health import HealthServer
-from shared.outbox.publisher import publisher_for
-from shared.outbox.relay import OutboxRelay, RelayPolicy
-from shared.outbox.singleton import RelayAlreadyRunning, SingleRelayLock, lock_holder, lock_path
-from shared.outbox.status import read_status
-from shared.outbox.wakeup import waiter_for
-from shared.probes import broker_check, database_check
-from shared.tracing import configure_tracing
+from flask_outbox import redrive, store
+from flask_outbox.db import create_db_engine, database_now, is_postgres, keepalive_connect_args
+from flask_outbox.dispatch import DispatchLog, dispatch_log_key
+from flask_outbox.health import HealthServer
+from flask_outbox.logs import configure_logging
+from flask_outbox.probes import broker_check, database_check
+from flask_outbox.publisher import publisher_for
+from flask_outbox.relay import OutboxRelay, RelayPolicy
+from flask_outbox.routes import Route
+from flask_outbox.settings import OutboxSettings
+from flask_outbox.singleton import RelayAlreadyRunning, SingleRelayLock, lock_holder, lock_path
+from flask_outbox.status import read_status
+from flask_outbox.tracing import configure_tracing
+from flask_outbox.wakeup import waiter_for
 
 __all__ = ["EXIT_ALREADY_RUNNING", "RelayProgram"]
 
@@ -49,19 +50,25 @@ log = structlog.get_logger(__name__)
 EXIT_ALREADY_RUNNING = 3
 
 
+Settings = TypeVar("Settings", bound=OutboxSettings)
+
+
 @dataclass(frozen=True, slots=True)
-class RelayProgram:
+class RelayProgram(Generic[Settings]):
     """What differs between the relays of two services."""
 
     prog: str
     table: Table
+    settings: Callable[[], Settings]
+    """Reads the settings from the environment (the application's ``OutboxSettings`` subclass)."""
     database_url: Callable[[Settings], str]
+    routes: Mapping[str, Route]
     publisher_name: str
     expects_answer: frozenset[str] = frozenset()
     linger: Callable[[Settings], float] = lambda settings: settings.relay_linger_seconds
     linger_min_batch: Callable[[Settings], int] = lambda settings: settings.relay_linger_min_batch
     dispatch_log: str | None = None
-    """The name writers dispatch this table's messages after commit under (``shared.outbox.dispatch``)."""
+    """The name writers dispatch this table's messages after commit under (``flask_outbox.dispatch``)."""
 
     def policy(self, settings: Settings) -> RelayPolicy:
         return RelayPolicy(
@@ -85,7 +92,7 @@ class RelayProgram:
         )
 
     def build(self, settings: Settings, engine: Engine) -> OutboxRelay:
-        publisher = publisher_for(settings, ROUTES, self.publisher_name)
+        publisher = publisher_for(settings, self.routes, self.publisher_name)
         log_of_dispatches = None
         if self.dispatch_log and settings.broker_url.startswith(("redis://", "rediss://")):
             key = dispatch_log_key(settings.queue_prefix, self.dispatch_log)
@@ -101,7 +108,7 @@ class RelayProgram:
         parser.add_argument("--id", type=int, action="append", default=[], help="retry-parked: only this row")
         args = parser.parse_args(argv)
 
-        settings = Settings()
+        settings = self.settings()
         configure_logging(settings.log_level, settings.log_format)
         if args.command == "run":  # before the engine: its queries join the traces too
             service = settings.otel_service_name or self.publisher_name.replace("_", "-")
@@ -196,7 +203,7 @@ def _drain(relay: OutboxRelay) -> int:
     return 0
 
 
-def _serve_health(relay: OutboxRelay, settings: Settings) -> HealthServer | None:
+def _serve_health(relay: OutboxRelay, settings: OutboxSettings) -> HealthServer | None:
     """``/healthz`` and ``/metrics`` in a daemon thread; a taken port is logged, not fatal."""
     relay.metrics.readiness = {
         "database": database_check(relay.engine),
@@ -211,7 +218,7 @@ def _serve_health(relay: OutboxRelay, settings: Settings) -> HealthServer | None
     return server
 
 
-def _serve(relay: OutboxRelay, settings: Settings) -> int:
+def _serve(relay: OutboxRelay, settings: OutboxSettings) -> int:
     stop = threading.Event()
 
     def _request_stop(signum: int, _frame: FrameType | None) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from shared.logs import CORRELATION_HEADER
+from flask_outbox.logs import CORRELATION_HEADER
 
 __all__ = [
     "TRACE_HEADERS",
@@ -125,7 +125,7 @@ def publish_span(topic: str, message_id: str, headers: Mapping[str, Any]) -> Ite
     from opentelemetry import propagate, trace
 
     parent = propagate.extract(headers)
-    tracer = trace.get_tracer("shared.outbox")
+    tracer = trace.get_tracer("flask_outbox")
     with tracer.start_as_current_span(
         f"publish {topic}",
         context=parent,

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Insert, Table, func, insert, literal
 from sqlalchemy.orm import Session
 
-from shared.db import UTCDateTime, is_postgres, utcnow
-from shared.outbox.messages import PendingMessage
-from shared.outbox.table import BUCKETS, NOTIFY_CHANNEL
+from flask_outbox.db import UTCDateTime, is_postgres, utcnow
+from flask_outbox.messages import PendingMessage
+from flask_outbox.table import BUCKETS, NOTIFY_CHANNEL
 
 if TYPE_CHECKING:
-    from shared.outbox.dispatch import AfterCommitDispatcher
+    from flask_outbox.dispatch import AfterCommitDispatcher
 
 __all__ = ["NOTIFY_CHANNEL", "OutboxMessage", "add_message", "bucket_of"]
 
@@ -63,7 +63,7 @@ def add_message(
     """Insert ``message`` in the session's transaction; never commits.
 
     With a ``dispatcher`` that dispatches its topic, the row is due only after the dispatcher's grace
-    and the message is published by this process right after the commit (``shared.outbox.dispatch``).
+    and the message is published by this process right after the commit (``flask_outbox.dispatch``).
 
     On Postgres the outbox's statement trigger (``notify_trigger_ddl``) queues a NOTIFY within
     this INSERT, which the server delivers only if and when the transaction commits: relays wake

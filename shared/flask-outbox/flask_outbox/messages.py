@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from shared.contracts import Route
+from flask_outbox.routes import Route
 
 __all__ = ["BatchOutcome", "PendingMessage", "Publisher", "routed"]
 

@@ -1,7 +1,7 @@
 """The relay's SQL: claim, mark, back off, purge, retry parked. Each runs on a connection it is given.
 
 Times come from the database's clock on Postgres (``statement_timestamp()``), the clock the writer
-stamps rows with (``shared.outbox.writer``): a relay or an API host whose clock is off can neither
+stamps rows with (``flask_outbox.writer``): a relay or an API host whose clock is off can neither
 hide new rows nor release backed-off ones early. SQLite is embedded, on one machine: Python's clock.
 A caller may still pass ``now`` explicitly (a test pinning time).
 """
@@ -40,10 +40,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.elements import ColumnElement
 
-from shared.backoff import jittered_backoff
-from shared.db import UTCDateTime, database_clock, is_postgres, utcnow
-from shared.outbox.messages import PendingMessage
-from shared.outbox.table import NOTIFY_CHANNEL
+from flask_outbox.backoff import jittered_backoff
+from flask_outbox.db import UTCDateTime, database_clock, is_postgres, utcnow
+from flask_outbox.messages import PendingMessage
+from flask_outbox.table import NOTIFY_CHANNEL
 
 __all__ = [
     "RecordedFailure",
@@ -195,7 +195,7 @@ def mark_published(
 
 
 def mark_dispatched(conn: Connection, t: Table, message_ids: list[uuid.UUID]) -> list[float]:
-    """Mark rows their writer dispatched after commit (``shared.outbox.dispatch``); return their lags.
+    """Mark rows their writer dispatched after commit (``flask_outbox.dispatch``); return their lags.
 
     Only rows still unpublished change: one the relay published after its grace keeps that time.
     The lag is the database's ``now()`` at marking minus ``created_at``: an upper bound of the publish lag.

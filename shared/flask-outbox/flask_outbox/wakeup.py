@@ -10,8 +10,8 @@ import psycopg
 import structlog
 from sqlalchemy import Engine
 
-from shared.db import is_postgres, keepalive_connect_args
-from shared.outbox.table import NOTIFY_CHANNEL
+from flask_outbox.db import is_postgres, keepalive_connect_args
+from flask_outbox.table import NOTIFY_CHANNEL
 
 __all__ = ["NotifyWaiter", "PollingWaiter", "Waiter", "waiter_for"]
 

@@ -8,7 +8,7 @@ from celery import Celery
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
-from shared.config import Settings
+from flask_outbox.settings import OutboxSettings as Settings
 
 __all__ = ["BROKER_ERRORS", "broker_config", "publishing_app", "worker_broker_config"]
 

@@ -1,7 +1,7 @@
 """Batch tasks: several outbox messages in one Celery message, applied together or split apart.
 
 A Redis relay packs consecutive messages of one route into one ``Route.batch_task`` message
-(``shared.outbox.redis_publisher``): ``messages`` is a list of ``{"message_id", "payload",
+(``flask_outbox.redis_publisher``): ``messages`` is a list of ``{"message_id", "payload",
 "headers"}``. The worker then pays Celery's per-task cost, and its database round trips, once per
 batch instead of once per message.
 
@@ -27,7 +27,7 @@ import structlog
 from celery import Task
 from celery.exceptions import Reject
 
-from shared.logs import CORRELATION_HEADER, CORRELATION_ID
+from flask_outbox.logs import CORRELATION_HEADER, CORRELATION_ID
 
 __all__ = [
     "SPLIT",

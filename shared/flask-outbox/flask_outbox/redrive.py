@@ -31,8 +31,8 @@ from sqlalchemy import BigInteger, Connection, Table, Update, and_, any_, func, 
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.elements import ColumnElement
 
-from shared.db import database_now, is_postgres
-from shared.outbox.table import NOTIFY_CHANNEL
+from flask_outbox.db import database_now, is_postgres
+from flask_outbox.table import NOTIFY_CHANNEL
 
 __all__ = [
     "RedriveRule",
