@@ -75,6 +75,7 @@ def _place(body: OrderIn) -> Order:
 
 @bp.post(
     "/orders",
+    operation_id="createOrder",
     summary="Place an order",
     description="Send `Idempotency-Key` to make retries safe: the same key and body return the first order.",
     responses={201: OrderCreated, **problem_responses(400, 409, 413, 415)},
@@ -105,7 +106,12 @@ def create_order(body: OrderIn, header: IdempotencyHeader) -> Response:
     return _created(stored, str(order.id))
 
 
-@bp.get("/orders/<order_id>", summary="Read one order", responses={200: OrderOut, **problem_responses(404)})
+@bp.get(
+    "/orders/<order_id>",
+    operation_id="getOrder",
+    summary="Read one order",
+    responses={200: OrderOut, **problem_responses(404)},
+)
 def get_order(path: OrderPath) -> Response:
     try:
         key = uuid.UUID(path.order_id)
@@ -133,7 +139,12 @@ def _filtered(query: OrderQuery) -> Select[Order]:
     return stmt
 
 
-@bp.get("/orders", summary="List orders", responses={200: OrderPage, **problem_responses(400)})
+@bp.get(
+    "/orders",
+    operation_id="listOrders",
+    summary="List orders",
+    responses={200: OrderPage, **problem_responses(400)},
+)
 def list_orders(query: OrderQuery) -> Response:
     """Newest first, keyset-paged by (created_at, id) so pages stay stable while orders arrive."""
     orders = list(db.session.scalars(_filtered(query)))
