@@ -26,8 +26,6 @@ PROGRAM: RelayProgram[Settings] = RelayProgram(
     database_url=lambda settings: settings.invoices_database_url,
     routes=ROUTES,
     publisher_name="invoice_relay",
-    linger=lambda settings: settings.invoice_relay_linger_seconds,
-    linger_min_batch=lambda settings: 1,  # nobody waits on an answer: gather after every batch
 )
 
 

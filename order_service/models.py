@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import TypedDict
 
-from flask_outbox import define_outbox
-from flask_outbox.db import BigIntPK, JSONDocument, UTCDateTime, utcnow
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, Uuid, text
+from flask_outbox import define_inbox, define_outbox
+from flask_outbox.db import BigIntPK, UTCDateTime, utcnow
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from order_service.extensions import db
@@ -22,12 +22,11 @@ __all__ = [
     "INVOICED",
     "PLACED",
     "ApiKey",
-    "DeadLetter",
     "IdempotencyKey",
     "LineFields",
     "Order",
     "OrderLine",
-    "ProcessedMessage",
+    "inbox",
     "line_fields",
     "outbox",
 ]
@@ -84,28 +83,8 @@ def line_fields(order: Order) -> list[LineFields]:
     ]
 
 
-class ProcessedMessage(db.Model):  # type: ignore[name-defined,misc]
-    """The consumer's inbox: a message id is recorded in the same transaction as its effect."""
-
-    __tablename__ = "processed_messages"
-
-    message_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    topic: Mapped[str] = mapped_column(String(100))
-    processed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
-
-
-class DeadLetter(db.Model):  # type: ignore[name-defined,misc]
-    """A message the consumer can never apply as it is, kept with its reason for an operator."""
-
-    __tablename__ = "dead_letters"
-
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
-    message_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
-    task_name: Mapped[str] = mapped_column(String(200))
-    payload: Mapped[Any] = mapped_column(JSONDocument)
-    reason: Mapped[str] = mapped_column(Text)
-    attempts: Mapped[int] = mapped_column(Integer, default=1)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+inbox = define_inbox(db.metadata)
+"""Processed messages, delivery counts and dead letters of ``invoice.created`` (``flask_outbox.inbox``)."""
 
 
 class ApiKey(db.Model):  # type: ignore[name-defined,misc]

@@ -6,10 +6,10 @@ the order relay's re-drive (up to ``OUTBOX_REDRIVE_MAX`` republishes, at most
 ``OUTBOX_REDRIVE_MAX_INTERVAL`` apart: 20 x 1 h with the defaults) plus the worker's own retries
 and broker redeliveries (minutes). ``check_retention`` refuses a shorter setting at start.
 
-Even past it nothing doubles: ``invoices.order_id`` is UNIQUE, so a message whose inbox row is
-gone is answered again (ALREADY_INVOICED), never invoiced twice. An inbox row is also kept while
-its delivery count is younger than the cutoff, so a late redelivery is never mistaken for a
-poison message that was "delivered N times without completing".
+Even past it a consumer's effect should not double: its handler keeps its own uniqueness (the
+invoice worker's ``invoices.order_id`` is UNIQUE), so a message whose inbox row is gone changes
+nothing. An inbox row is also kept while its delivery count is younger than the cutoff, so a late
+redelivery is never mistaken for a poison message that was "delivered N times without completing".
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
-from flask_outbox.db import database_now, is_postgres
 from sqlalchemy import Connection, Engine, and_, delete, exists, select, text
 
-from invoice_worker.database import InvoiceDatabase
-from invoice_worker.models import MessageDelivery, ProcessedMessage
-from shared.config import Settings
+from flask_outbox.db import database_now, is_postgres
+from flask_outbox.inbox import InboxTables
+from flask_outbox.settings import OutboxSettings as Settings
+from flask_outbox.worker_db import WorkerDatabase
 
 __all__ = [
     "InboxPruner",
@@ -38,7 +38,7 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-_LOCK_KEY = zlib.crc32(b"invoice_worker:inbox-prune") & 0x7FFFFFFF
+_LOCK_KEY = zlib.crc32(b"flask_outbox:inbox-prune") & 0x7FFFFFFF
 """One pruner at a time per database (Postgres advisory lock); the others skip that round."""
 
 
@@ -92,32 +92,35 @@ class Pruned:
         )
 
 
-def _prune_batch(conn: Connection, cutoff: datetime, batch: int) -> Pruned:
-    deliveries = select(MessageDelivery.message_id).where(MessageDelivery.last_delivered_at < cutoff)
-    delivered = delete(MessageDelivery).where(
-        MessageDelivery.message_id.in_(
-            deliveries.order_by(MessageDelivery.last_delivered_at).limit(batch).scalar_subquery()
+def _prune_batch(conn: Connection, tables: InboxTables, cutoff: datetime, batch: int) -> Pruned:
+    delivered_c, processed_c = tables.deliveries.c, tables.processed.c
+    deliveries = select(delivered_c.message_id).where(delivered_c.last_delivered_at < cutoff)
+    delivered = delete(tables.deliveries).where(
+        delivered_c.message_id.in_(
+            deliveries.order_by(delivered_c.last_delivered_at).limit(batch).scalar_subquery()
         )
     )
     recently_delivered = exists().where(
         and_(
-            MessageDelivery.message_id == ProcessedMessage.message_id,
-            MessageDelivery.last_delivered_at >= cutoff,
+            delivered_c.message_id == processed_c.message_id,
+            delivered_c.last_delivered_at >= cutoff,
         )
     )
     processed = (
-        select(ProcessedMessage.message_id)
-        .where(ProcessedMessage.processed_at < cutoff, ~recently_delivered)
-        .order_by(ProcessedMessage.processed_at)
+        select(processed_c.message_id)
+        .where(processed_c.processed_at < cutoff, ~recently_delivered)
+        .order_by(processed_c.processed_at)
         .limit(batch)
     )
-    inbox = delete(ProcessedMessage).where(ProcessedMessage.message_id.in_(processed.scalar_subquery()))
+    inbox = delete(tables.processed).where(processed_c.message_id.in_(processed.scalar_subquery()))
     return Pruned(
         processed_messages=conn.execute(inbox).rowcount, message_deliveries=conn.execute(delivered).rowcount
     )
 
 
-def prune_inbox(engine: Engine, policy: InboxRetention, max_batches: int | None = None) -> Pruned:
+def prune_inbox(
+    engine: Engine, tables: InboxTables, policy: InboxRetention, max_batches: int | None = None
+) -> Pruned:
     """Delete inbox rows older than the retention, oldest first, ``policy.batch`` rows per transaction.
 
     Stops when a batch comes back short (caught up) or after ``max_batches``; the cutoff is read
@@ -134,7 +137,7 @@ def prune_inbox(engine: Engine, policy: InboxRetention, max_batches: int | None 
                 text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _LOCK_KEY}
             ):
                 return total + Pruned(skipped=True)
-            pruned = _prune_batch(conn, cutoff, policy.batch)
+            pruned = _prune_batch(conn, tables, cutoff, policy.batch)
         total += pruned
         if max(pruned.processed_messages, pruned.message_deliveries) < policy.batch:
             break
@@ -157,14 +160,15 @@ class InboxPruner:
     (database down) is logged and tried again next interval; it never fails the delivery.
     """
 
-    database: InvoiceDatabase
+    database: WorkerDatabase
+    tables: InboxTables
     policy: InboxRetention
     interval: float = 300.0
     _next: float = 0.0
 
     @classmethod
-    def from_settings(cls, settings: Settings, database: InvoiceDatabase) -> InboxPruner:
-        return cls(database, InboxRetention.from_settings(settings), settings.inbox_prune_interval)
+    def from_settings(cls, settings: Settings, database: WorkerDatabase, tables: InboxTables) -> InboxPruner:
+        return cls(database, tables, InboxRetention.from_settings(settings), settings.inbox_prune_interval)
 
     def prune_when_due(self) -> Pruned | None:
         """One round if ``interval`` has passed since the last; never raises."""
@@ -172,7 +176,7 @@ class InboxPruner:
             return None
         self._next = time.monotonic() + self.interval
         try:
-            return prune_inbox(self.database.engine, self.policy)
+            return prune_inbox(self.database.engine, self.tables, self.policy)
         except Exception as exc:
             log.warning("inbox.prune_failed", error=f"{type(exc).__name__}: {exc}")
             return None

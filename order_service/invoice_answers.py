@@ -1,0 +1,257 @@
+"""Applying ``invoice.created`` to the orders database: the order consumer's handler.
+
+The consumer (``flask_outbox``) opens the transaction, records the message in the inbox, calls
+``apply`` (or ``apply_batch``) and commits; it owns retries, delivery counts and dead letters. Here:
+the order moves ``placed -> invoiced`` (only from ``placed``, so never backwards) and the
+``order.placed`` outbox row it answers (its ``causation_id``) is acknowledged, which stops the relay
+re-driving it. Both writes sit behind a guarded UPDATE, so concurrent deliveries serialise on the row
+and the loser does nothing. The order keeps the first invoice number it got; a later answer with
+another number is logged, not applied.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any, cast
+
+import structlog
+from flask_outbox import DUPLICATE, Delivery, Handler, InvalidMessage
+from flask_outbox.db import UTCDateTime, database_clock, is_postgres
+from sqlalchemy import CursorResult, Result, TextClause, bindparam, select, text, update
+from sqlalchemy.orm import Session
+
+from order_service.models import INVOICED, PLACED, Order, outbox
+from shared.contracts import INVOICE_CREATED, InvoiceCreated, UnsupportedSchemaVersion, parse_invoice_created
+
+__all__ = ["HANDLER", "InvalidAnswer", "Outcome", "UnknownOrder", "apply", "apply_batch"]
+
+log = structlog.get_logger(__name__)
+
+
+class Outcome(enum.StrEnum):
+    INVOICED = "invoiced"
+    DUPLICATE_MESSAGE = DUPLICATE
+    ALREADY_INVOICED = "already-invoiced"
+    NUMBER_CONFLICT = "number-conflict"
+
+
+class InvalidAnswer(InvalidMessage):
+    """The message is not an ``invoice.created`` this service can read."""
+
+
+class UnknownOrder(LookupError):
+    """The answer names an order this database does not hold: it can never apply here."""
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE matched: a Core DML statement's result is a ``CursorResult``."""
+    return cast("CursorResult[Any]", result).rowcount
+
+
+def _order_key(event: InvoiceCreated) -> uuid.UUID:
+    try:
+        return uuid.UUID(event.order_id)
+    except ValueError:
+        raise UnknownOrder(f"order_id {event.order_id!r} is not an order id") from None
+
+
+def _causation(event: InvoiceCreated) -> uuid.UUID:
+    try:
+        return uuid.UUID(event.causation_id)
+    except ValueError:
+        raise InvalidAnswer(f"causation_id {event.causation_id!r} is not a message id") from None
+
+
+_APPLY_IN_ONE_STATEMENT: TextClause = text(
+    f"""
+    WITH moved AS (
+        UPDATE orders SET status = '{INVOICED}', invoice_number = :invoice_number, invoiced_at = :invoiced_at
+        WHERE id = :order_id AND status = '{PLACED}'
+        RETURNING id
+    ), acknowledged AS (
+        UPDATE outbox SET acknowledged_at = statement_timestamp()
+        WHERE message_id = :causation_id AND acknowledged_at IS NULL
+        RETURNING id
+    )
+    SELECT EXISTS (SELECT 1 FROM moved) AS moved, EXISTS (SELECT 1 FROM acknowledged) AS acknowledged
+    """  # noqa: S608 - the interpolated values are this module's constants, never input
+).bindparams(bindparam("invoiced_at", type_=UTCDateTime()))
+"""Postgres: ``placed -> invoiced`` and the acknowledgement in one round trip, each behind its guard."""
+
+
+def _apply_portable(
+    session: Session, event: InvoiceCreated, order_id: uuid.UUID, causation_id: uuid.UUID
+) -> tuple[bool, bool]:
+    moved = session.execute(
+        update(Order)
+        .where(Order.id == order_id, Order.status == PLACED)
+        .values(status=INVOICED, invoice_number=event.invoice_number, invoiced_at=event.invoiced_at)
+        .returning(Order.id)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    acknowledged = _rowcount(
+        session.execute(
+            update(outbox)
+            .where(outbox.c.message_id == causation_id, outbox.c.acknowledged_at.is_(None))
+            .values(acknowledged_at=database_clock(session.get_bind().dialect))
+        )
+    )
+    return moved is not None, bool(acknowledged)
+
+
+def apply(session: Session, delivery: Delivery[InvoiceCreated]) -> str:
+    """``placed -> invoiced`` and the answered outbox row acknowledged, in the consumer's transaction.
+
+    Raises ``UnknownOrder`` or ``InvalidAnswer`` for an answer that can never apply (it is parked).
+    """
+    event = delivery.message
+    order_id, causation_id = _order_key(event), _causation(event)
+    if is_postgres(session.get_bind().dialect):
+        row = session.execute(
+            _APPLY_IN_ONE_STATEMENT,
+            {
+                "invoice_number": event.invoice_number,
+                "invoiced_at": event.invoiced_at,
+                "order_id": order_id,
+                "causation_id": causation_id,
+            },
+        ).one()
+        moved, acknowledged = bool(row.moved), bool(row.acknowledged)
+    else:
+        moved, acknowledged = _apply_portable(session, event, order_id, causation_id)
+    outcome = Outcome.INVOICED
+    if not moved:
+        current = session.execute(
+            select(Order.status, Order.invoice_number).where(Order.id == order_id)
+        ).one_or_none()
+        if current is None:
+            raise UnknownOrder(f"no order {event.order_id}")
+        outcome = _kept_or_conflict(event, current.invoice_number)
+    _log_recorded(event, outcome, acknowledged)
+    return outcome.value
+
+
+def _kept_or_conflict(event: InvoiceCreated, kept: str | None) -> Outcome:
+    if kept == event.invoice_number:
+        return Outcome.ALREADY_INVOICED
+    log.warning(
+        "order.invoice_number_conflict", kept=kept, ignored=event.invoice_number, order_id=event.order_id
+    )
+    return Outcome.NUMBER_CONFLICT
+
+
+def _log_recorded(event: InvoiceCreated, outcome: Outcome, acknowledged: bool) -> None:
+    log.info(
+        "order.invoice_recorded",
+        outcome=outcome.value,
+        invoice_number=event.invoice_number,
+        causation_id=event.causation_id,
+        acknowledged=acknowledged,
+        order_id=event.order_id,
+    )
+
+
+_APPLY_BATCH_IN_ONE_STATEMENT: TextClause = text(
+    f"""
+    WITH incoming AS (
+        SELECT * FROM jsonb_to_recordset(CAST(:batch AS jsonb)) AS x(
+            position integer, message_id uuid, order_id uuid, invoice_number text,
+            invoiced_at timestamptz, causation_id uuid)
+    ), known AS (
+        SELECT incoming.message_id, orders.invoice_number AS current_number
+        FROM incoming JOIN orders ON orders.id = incoming.order_id
+    ), moved AS (
+        UPDATE orders SET status = '{INVOICED}', invoice_number = incoming.invoice_number,
+                          invoiced_at = incoming.invoiced_at
+        FROM incoming JOIN known USING (message_id)
+        WHERE orders.id = incoming.order_id AND orders.status = '{PLACED}'
+        RETURNING incoming.message_id
+    ), acknowledged AS (
+        UPDATE outbox SET acknowledged_at = statement_timestamp()
+        FROM incoming JOIN known USING (message_id)
+        WHERE outbox.message_id = incoming.causation_id AND outbox.acknowledged_at IS NULL
+        RETURNING incoming.message_id
+    )
+    SELECT known.message_id IS NOT NULL AS known, known.current_number,
+           moved.message_id IS NOT NULL AS moved, acknowledged.message_id IS NOT NULL AS acknowledged
+    FROM incoming LEFT JOIN known USING (message_id) LEFT JOIN moved USING (message_id)
+         LEFT JOIN acknowledged USING (message_id)
+    ORDER BY incoming.position
+    """  # noqa: S608 - the interpolated values are this module's constants, never input
+)
+"""``_APPLY_IN_ONE_STATEMENT`` for a whole batch. A message for an order this database does not hold
+writes nothing (``known``): the consumer leaves it to the single task, which parks it."""
+
+
+def _applicable(event: InvoiceCreated) -> bool:
+    try:
+        _order_key(event)
+        _causation(event)
+    except (UnknownOrder, InvalidAnswer):
+        return False
+    return True
+
+
+def _batch_rows(batch: Sequence[Delivery[InvoiceCreated]]) -> str:
+    return json.dumps(
+        [
+            {
+                "position": position,
+                "message_id": str(delivery.message_id),
+                "order_id": delivery.message.order_id,
+                "invoice_number": delivery.message.invoice_number,
+                "invoiced_at": delivery.message.invoiced_at.isoformat(),
+                "causation_id": delivery.message.causation_id,
+            }
+            for position, delivery in enumerate(batch)
+        ]
+    )
+
+
+def apply_batch(session: Session, batch: Sequence[Delivery[InvoiceCreated]]) -> list[str | None]:
+    """``apply`` for many answers in one statement (Postgres); ``None`` for one that cannot apply here.
+
+    Elsewhere (SQLite) each answer is applied alone, in the same transaction.
+    """
+    if not is_postgres(session.get_bind().dialect):
+        singles: list[str | None] = [apply(session, delivery) for delivery in batch]
+        return singles
+    applicable = [delivery for delivery in batch if _applicable(delivery.message)]
+    rows = iter(
+        session.execute(_APPLY_BATCH_IN_ONE_STATEMENT, {"batch": _batch_rows(applicable)}).all()
+        if applicable
+        else []
+    )
+    found = [next(rows) if _applicable(delivery.message) else None for delivery in batch]
+    numbers = {  # the number each order was moved to by this batch
+        delivery.message.order_id: delivery.message.invoice_number
+        for delivery, row in zip(batch, found, strict=True)
+        if row is not None and row.moved
+    }
+    outcomes: list[str | None] = []
+    for delivery, row in zip(batch, found, strict=True):
+        if row is None or not row.known:
+            outcomes.append(None)
+            continue
+        event = delivery.message
+        with delivery.context():
+            if row.moved:
+                outcome = Outcome.INVOICED
+            else:
+                outcome = _kept_or_conflict(event, numbers.get(event.order_id, row.current_number))
+            _log_recorded(event, outcome, bool(row.acknowledged))
+        outcomes.append(outcome.value)
+    return outcomes
+
+
+HANDLER: Handler[InvoiceCreated] = Handler(
+    topic=INVOICE_CREATED,
+    parse=parse_invoice_created,
+    apply=apply,
+    apply_batch=apply_batch,
+    permanent=(UnsupportedSchemaVersion, UnknownOrder),
+)
+"""How the order consumer applies ``invoice.created`` (registered in ``order_service.worker``)."""
