@@ -8,6 +8,7 @@ Consuming: ``define_inbox`` (the tables), ``InboxWorker`` (the Celery app) and a
 
 from flask_outbox.consumer import DEAD_LETTERED, DUPLICATE, Delivery, DeliveryPolicy, Handler, InvalidMessage
 from flask_outbox.dead_letters import add_commands as add_inbox_commands
+from flask_outbox.dead_letters import main as inbox_commands
 from flask_outbox.dead_letters import run_command as run_inbox_command
 from flask_outbox.extension import Outbox
 from flask_outbox.guard import UnsafeDispatch, UnsafeDispatchWarning
@@ -41,5 +42,6 @@ __all__ = [
     "add_message",
     "define_inbox",
     "define_outbox",
+    "inbox_commands",
     "run_inbox_command",
 ]

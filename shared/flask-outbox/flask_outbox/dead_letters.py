@@ -1,7 +1,8 @@
 """Operating on an inbox: list parked messages, replay them through the same consumer, prune.
 
-``add_commands`` adds ``dead-letters list|replay`` and ``prune`` to a service's command line;
-``run_command`` runs them on the service's ``InboxWorker``.
+``add_commands`` adds ``dead-letters list|replay`` and ``prune`` to a service's command line and
+``run_command`` runs them on the service's ``InboxWorker``; ``main`` is both, for a consumer with no
+other commands (``python -m order_service.worker dead-letters list``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +18,11 @@ import structlog
 from sqlalchemy import select, update
 
 from flask_outbox.db import utcnow
+from flask_outbox.logs import configure_logging
 from flask_outbox.retention import InboxRetention, prune_inbox
 from flask_outbox.worker import InboxWorker
 
-__all__ = ["Replay", "add_commands", "pending_ids", "replay", "run_command"]
+__all__ = ["Replay", "add_commands", "main", "pending_ids", "replay", "run_command"]
 
 log = structlog.get_logger(__name__)
 
@@ -89,6 +92,17 @@ def add_commands(commands: Any) -> None:
     commands.add_parser(
         "prune", help="delete inbox rows (processed ids, delivery counts) older than INBOX_RETENTION_SECONDS"
     )
+
+
+def main(worker: InboxWorker, prog: str, argv: Sequence[str] | None = None) -> int:
+    """A consumer's operator commands alone: ``<prog> dead-letters list|replay`` and ``<prog> prune``."""
+    parser = argparse.ArgumentParser(prog=prog)
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    configure_logging(worker.settings.log_level, worker.settings.log_format)
+    try:
+        return run_command(parser.parse_args(argv), worker)
+    finally:
+        worker.database.engine.dispose()
 
 
 def run_command(args: argparse.Namespace, worker: InboxWorker) -> int:
