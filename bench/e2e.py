@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.provenance import machine, source
-from bench.report import HEADER, rows, update_readme
+from bench.report import HEADER, rows, update_docs
 from bench.scenarios import Plan, backlog_drain, paired_rounds
 from bench.spy import spy_profile
 from bench.stack import StackFactory
@@ -71,8 +71,8 @@ def main() -> int:
     write_results(out, {**results, "table": table.splitlines()})
     print(f"\nwritten to {out} in {results['seconds']:.0f} s")
     if not results["quick"] and "pairs" in results:
-        update_readme(json.loads(out.read_text()))
-        print("README.md: the performance figures rendered from it (bench.report)")
+        update_docs(json.loads(out.read_text()))
+        print("docs/performance.md: the performance figures rendered from it (bench.report)")
     return 0
 
 

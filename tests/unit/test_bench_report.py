@@ -1,4 +1,4 @@
-"""The README's performance figures are the committed results file, rendered (``bench.report``)."""
+"""The docs' performance and soak figures are the committed results files, rendered (``bench.report``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,24 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import END, README, RESULTS, START, render_markdown, update_readme
+from bench.report import (
+    BACKLOG_RESULTS,
+    END,
+    FAULTS,
+    PERFORMANCE,
+    RELAY_END,
+    RELAY_RESULTS,
+    RELAY_START,
+    RESULTS,
+    SOAK_END,
+    SOAK_RESULTS,
+    SOAK_START,
+    START,
+    render_markdown,
+    render_relay,
+    render_soak,
+    update_docs,
+)
 
 
 def _results() -> dict[str, object]:
@@ -15,12 +32,33 @@ def _results() -> dict[str, object]:
     return loaded
 
 
-def test_the_readme_figures_are_the_committed_results_file_rendered() -> None:
-    """Fails when someone edits the figures by hand or commits a results file without ``make bench``'s
-    README update (or the other way round)."""
-    block = README.read_text().partition(START)[2].partition(END)[0]
+def _block(doc: Path, start: str, end: str) -> str:
+    return start + doc.read_text().partition(start)[2].partition(end)[0] + end
 
-    assert START + block + END == render_markdown(_results())
+
+def test_the_performance_figures_are_the_committed_results_file_rendered() -> None:
+    """Fails when someone edits the figures by hand or commits a results file without ``make bench``'s
+    docs/performance.md update (or the other way round)."""
+    assert _block(PERFORMANCE, START, END) == render_markdown(_results())
+
+
+def test_the_relay_figures_are_the_committed_results_files_rendered() -> None:
+    relay, backlogs = json.loads(RELAY_RESULTS.read_text()), json.loads(BACKLOG_RESULTS.read_text())
+
+    assert _block(PERFORMANCE, RELAY_START, RELAY_END) == render_relay(relay, backlogs)
+
+
+def test_the_soak_figures_are_the_committed_record_rendered() -> None:
+    assert _block(FAULTS, SOAK_START, SOAK_END) == render_soak(SOAK_RESULTS.read_text())
+
+
+def test_the_soak_headline_reads_the_record() -> None:
+    rendered = render_soak(SOAK_RESULTS.read_text())
+
+    assert "lost 0, doubled 0" in rendered
+    assert "(bound 120 s)" in rendered
+    with pytest.raises(ValueError, match="not a make chaos record"):
+        render_soak("something else\nlost: 0\n")
 
 
 def test_the_figures_name_the_commit_and_say_when_the_tree_was_dirty() -> None:
@@ -33,17 +71,17 @@ def test_the_figures_name_the_commit_and_say_when_the_tree_was_dirty() -> None:
     assert "DIRTY tree" in render_markdown({**results, "source": {**source, "dirty": True}})
 
 
-def test_update_readme_replaces_only_the_block_and_refuses_a_readme_without_one(tmp_path: Path) -> None:
-    readme = tmp_path / "README.md"
-    readme.write_text(f"before\n{START}\nold figures\n{END}\nafter\n")
+def test_update_docs_replaces_only_the_block_and_refuses_a_file_without_one(tmp_path: Path) -> None:
+    doc = tmp_path / "performance.md"
+    doc.write_text(f"before\n{START}\nold figures\n{END}\nafter\n")
 
-    update_readme(_results(), readme)
+    update_docs(_results(), doc)
 
-    text = readme.read_text()
+    text = doc.read_text()
     assert text.startswith("before\n")
     assert text.endswith("\nafter\n")
     assert "old figures" not in text
     assert render_markdown(_results()) in text
-    readme.write_text("no block here\n")
+    doc.write_text("no block here\n")
     with pytest.raises(ValueError, match="no figures block"):
-        update_readme(_results(), readme)
+        update_docs(_results(), doc)

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LAYERS = ("unit", "integration", "e2e", "fault", "compose")
 EVERYTHING = ""
 SELECTIONS = (EVERYTHING, *LAYERS, "not fault")
-"""The unfiltered suite, then every ``-m`` expression the README documents."""
+"""The unfiltered suite, then every ``-m`` expression docs/operations.md documents."""
 
 # One interpreter runs ``pytest --collect-only -q [-m EXPR] tests`` once per expression: the
 # arguments of the command line, without paying for the imports six times.
