@@ -1,0 +1,1 @@
+"""Small applications built on ``flask_outbox``'s public API alone."""
