@@ -71,6 +71,9 @@ class Plan:
     rate: float
     backlog: int
     backlog_runs: int
+    latency_fractions: tuple[float, ...] = (0.5, 0.25)
+    """The steady loads of the latency rounds, as fractions of the naive capacity: "any steady load up
+    to half" is shown at half and at a quarter (``BENCH_LATENCY_FRACTIONS``, a comma list)."""
 
     @classmethod
     def from_env(cls) -> Plan:
@@ -82,6 +85,9 @@ class Plan:
             rate=_env("BENCH_RATE", 0, 0),  # 0: half the naive app's measured capacity
             backlog=int(_env("BENCH_BACKLOG", 3_000, 100_000)),
             backlog_runs=int(_env("BENCH_BACKLOG_RUNS", 3, 3)),
+            latency_fractions=tuple(
+                float(f) for f in os.environ.get("BENCH_LATENCY_FRACTIONS", "0.5,0.25").split(",") if f
+            ),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -180,7 +186,8 @@ def _round_order(round_no: int) -> tuple[str, ...]:
 
 
 def paired_rounds(factory: StackFactory, plan: Plan) -> dict[str, Any]:
-    """Both stacks up; saturation rounds, then latency rounds at half the naive capacity; paired ratios."""
+    """Both stacks up; saturation rounds, then latency rounds at each steady load (half the naive
+    capacity, a quarter); paired ratios. ``latency`` is the first load's, ``latencies`` all of them."""
     started = time.monotonic()
     variants = {
         "naive": Variant("naive", factory.stack("naive", factory.naive_databases()).start_naive()),
@@ -192,7 +199,7 @@ def paired_rounds(factory: StackFactory, plan: Plan) -> dict[str, Any]:
         return closed_loop(url, API_KEY, tag, plan.concurrency, plan.seconds)
 
     saturation: list[dict[str, Any]] = []
-    latency: list[dict[str, Any]] = []
+    latencies: list[dict[str, Any]] = []
     try:
         for name, variant in variants.items():  # warm pools, imports and Celery's children, unrecorded
             variant.run(f"warm-{name}-", lambda url, tag: closed_loop(url, API_KEY, tag, 8, 1.0, 0.5))
@@ -205,20 +212,20 @@ def paired_rounds(factory: StackFactory, plan: Plan) -> dict[str, Any]:
             saturation.append(row)
             print(_progress("saturation", row, SATURATION_RATIOS), file=sys.stderr)
         capacity = statistics.median(row["naive"]["e2e_rps"] for row in saturation)
-        rate = plan.rate or capacity / 2
-
-        def steady(url: str, tag: str) -> LoadResult:
-            return open_loop(url, API_KEY, tag, rate, plan.latency_seconds)
-
-        for round_no in range(plan.rounds):
-            row = {"round": round_no, "order": list(_round_order(round_no))}
-            for name in row["order"]:
-                load, figures = variants[name].run(f"l{round_no}{name}-", steady)
-                latencies = variants[name].invoices.delivery(f"l{round_no}{name}-").latencies_ms
-                row[name] = {**summarize(latencies), "sent_rps": load.offered_rps, **figures}
-            row["ratios"] = {k: ratio(row["product"][k], row["naive"][k]) for k in LATENCY_RATIOS}
-            latency.append(row)
-            print(_progress("latency", row, LATENCY_RATIOS), file=sys.stderr)
+        fractions = (0.0,) if plan.rate else plan.latency_fractions
+        for part_no, fraction in enumerate(fractions):
+            rate = plan.rate or capacity * fraction
+            latency = _latency_rounds(variants, plan, rate, f"l{part_no}")
+            latencies.append(
+                {
+                    "rate": rate,
+                    "fraction": fraction or rate / capacity,
+                    "naive_capacity": capacity,
+                    "ratios": _paired(latency, LATENCY_RATIOS),
+                    **{name: median_of([row[name] for row in latency]) for name in VARIANTS},
+                    "rounds": latency,
+                }
+            )
     finally:
         for variant in variants.values():
             variant.close()
@@ -229,14 +236,28 @@ def paired_rounds(factory: StackFactory, plan: Plan) -> dict[str, Any]:
             **{name: median_of([row[name] for row in saturation]) for name in VARIANTS},
             "rounds": saturation,
         },
-        "latency": {
-            "rate": rate,
-            "naive_capacity": capacity,
-            "ratios": _paired(latency, LATENCY_RATIOS),
-            **{name: median_of([row[name] for row in latency]) for name in VARIANTS},
-            "rounds": latency,
-        },
+        "latency": latencies[0],
+        "latencies": latencies,
     }
+
+
+def _latency_rounds(variants: dict[str, Variant], plan: Plan, rate: float, tag: str) -> list[dict[str, Any]]:
+    """``plan.rounds`` paired rounds of an open loop at ``rate`` orders/s; each order's latency."""
+
+    def steady(url: str, order_tag: str) -> LoadResult:
+        return open_loop(url, API_KEY, order_tag, rate, plan.latency_seconds)
+
+    latency: list[dict[str, Any]] = []
+    for round_no in range(plan.rounds):
+        row: dict[str, Any] = {"round": round_no, "order": list(_round_order(round_no))}
+        for name in row["order"]:
+            load, figures = variants[name].run(f"{tag}r{round_no}{name}-", steady)
+            latencies = variants[name].invoices.delivery(f"{tag}r{round_no}{name}-").latencies_ms
+            row[name] = {**summarize(latencies), "sent_rps": load.offered_rps, **figures}
+        row["ratios"] = {k: ratio(row["product"][k], row["naive"][k]) for k in LATENCY_RATIOS}
+        latency.append(row)
+        print(_progress(f"latency at {rate:.0f}/s", row, LATENCY_RATIOS), file=sys.stderr)
+    return latency
 
 
 def _progress(phase: str, row: dict[str, Any], keys: tuple[str, ...]) -> str:

@@ -45,7 +45,6 @@ from order_service.auth import init_auth
 from order_service.bodies import check_json_body
 from order_service.cli import init_cli
 from order_service.dashboard import init_dashboard
-from order_service.dispatch import init_dispatch
 from order_service.extensions import SETTINGS, db, discard_broken_sessions, migrate
 from order_service.idempotency import init_idempotency
 from order_service.observability import init_observability
@@ -127,7 +126,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     with app.app_context():
         install_engine_events(db.engine, ping_only_after_idle=True)
     connect_receivers()
-    init_dispatch(app, settings)  # order.placed published right after the commit (Redis broker)
     init_auth(app, settings)  # first before_request: the limiter keys on the client it identifies
     init_rate_limit(app, settings)
     app.before_request(check_json_body)

@@ -42,11 +42,6 @@ class ApiMetrics:
             "POST /orders retries answered with the first order (same Idempotency-Key)",
             registry=self.registry,
         )
-        self.dispatch_handovers = Counter(
-            "outbox_dispatch_handovers",
-            "Times the API left order.placed to the relay's batches because the invoice queue was behind",
-            registry=self.registry,
-        )
 
 
 @cache

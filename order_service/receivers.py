@@ -9,7 +9,6 @@ from flask_outbox.logs import correlation_id
 from flask_outbox.tracing import outbox_headers
 from sqlalchemy.orm import Session
 
-from order_service.dispatch import dispatcher
 from order_service.models import Order, line_fields, outbox
 from order_service.signals import order_placed
 from shared.contracts import ORDER_PLACED, SCHEMA_VERSION_HEADER, OrderPlaced, OrderPlacedLine
@@ -45,7 +44,6 @@ def request_invoice(sender: Any, *, order: Order, session: Session, **_: Any) ->
                 **outbox_headers(correlation_id()),  # the request's id and trace context
             },
         ),
-        dispatcher(),  # published by this process right after the commit, when it can
     )
 
 

@@ -13,7 +13,6 @@ from flask_outbox.program import RelayProgram
 from flask_outbox.relay import OutboxRelay, RelayPolicy
 from sqlalchemy import Engine
 
-from order_service.dispatch import DISPATCH_LOG
 from order_service.models import outbox
 from shared.config import Settings
 from shared.contracts import ORDER_PLACED, ROUTES
@@ -28,7 +27,6 @@ PROGRAM: RelayProgram[Settings] = RelayProgram(
     routes=ROUTES,
     publisher_name="order_relay",
     expects_answer=frozenset({ORDER_PLACED}),  # answered by invoice.created (order_service.worker)
-    dispatch_log=DISPATCH_LOG,  # the API publishes order.placed after its commit (order_service.dispatch)
 )
 
 

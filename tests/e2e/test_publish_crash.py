@@ -111,8 +111,8 @@ def test_relay_sigkilled_between_publish_and_mark_republishes_and_the_worker_inv
     services: list[Service],
     tmp_path: Path,
 ) -> None:
-    # Left to the relay (no dispatch after commit): the relay's own publish-then-mark is what is killed.
-    _place_orders(create_app(pg_settings.model_copy(update={"outbox_dispatch_after_commit": False})), ORDERS)
+    # The relay's own publish-then-mark is what is killed.
+    _place_orders(create_app(pg_settings), ORDERS)
     queue = pg_settings.queue("invoices")
     env = settings_env(pg_settings, RELAY_BATCH_SIZE=str(BATCH))
     lock_holder = orders_engine.connect()

@@ -35,17 +35,10 @@ def cluster_settings(cluster: Cluster) -> Settings:
     )
 
 
-def place_in_process(
-    cluster: Cluster, orders: Iterable[dict[str, Any]], *, dispatch_after_commit: bool = True
-) -> list[str]:
-    """The order service's own code path (Flask test client): a committed order and its outbox row.
-
-    ``dispatch_after_commit=False`` is for tests of the relay's own publishing (a relay killed or
-    stopped mid-batch): with the shipped default the API publishes ``order.placed`` itself at commit,
-    and the relay would only mark those rows, never claim them.
-    """
-    settings = cluster_settings(cluster)
-    app = create_app(settings.model_copy(update={"outbox_dispatch_after_commit": dispatch_after_commit}))
+def place_in_process(cluster: Cluster, orders: Iterable[dict[str, Any]]) -> list[str]:
+    """The order service's own code path (Flask test client): a committed order and its outbox row,
+    which the relay publishes (the API never talks to the broker)."""
+    app = create_app(cluster_settings(cluster))
     ids = []
     try:
         client = app.test_client()

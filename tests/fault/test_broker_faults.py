@@ -97,8 +97,7 @@ def test_volatile_redis_loss_is_repaired_by_the_redrive_with_no_manual_step(clus
     worker.stop()
     place_in_process(cluster, bodies(25, seed=82))
     wait_until(lambda: queued(cluster) >= 25, timeout=60, message="25 tasks waiting in Redis")
-    # Published as far as the outbox knows: the relay marked the API's dispatches (a row still
-    # unmarked when Redis loses it is simply published again after its grace, not re-driven).
+    # Published as far as the outbox knows: the relay published them all before Redis loses them.
     wait_until(lambda: cluster.checker.verdict().unpublished == 0, timeout=30, message="rows marked")
 
     cluster.redis.kill()  # no persistence: the 25 queued tasks are gone

@@ -1,7 +1,6 @@
 """Faults 1-3: the relay dies mid-batch, or rows commit out of id order; every order gets one invoice.
 
-Faults 1 and 2 are reproduced exactly, in-process (their orders are left to the relay,
-``dispatch_after_commit=False``: the relay's own publish is what dies): the relay's own claim and
+Faults 1 and 2 are reproduced exactly, in-process: the relay's own claim and
 publisher run on a connection that is then dropped without a commit, which is what the database
 sees when a relay process is SIGKILLed at that point. The chaos soak SIGKILLs real relay processes at
 random points.
@@ -53,7 +52,7 @@ def unpublished(cluster: Cluster) -> int:
 
 def test_relay_killed_after_publishing_before_marking_republishes_and_invoices_once(cluster: Cluster) -> None:
     cluster.start_worker()
-    place_in_process(cluster, bodies(20, seed=1), dispatch_after_commit=False)
+    place_in_process(cluster, bodies(20, seed=1))
     engine = create_engine(cluster.databases.orders_url)
     relay = build_relay(cluster_settings(cluster), engine)
     with crashing_connection(cluster) as conn:
@@ -77,11 +76,11 @@ def test_relay_killed_after_publishing_before_marking_republishes_and_invoices_o
 
 def test_relay_killed_holding_claimed_rows_releases_them_to_another_relay(cluster: Cluster) -> None:
     cluster.start_worker()
-    place_in_process(cluster, bodies(20, seed=2), dispatch_after_commit=False)
+    place_in_process(cluster, bodies(20, seed=2))
     with crashing_connection(cluster) as conn:
         assert len(claim_all(conn)) == 20  # rows locked by the relay that is about to die
         cluster.start_relay("relay-2")
-        place_in_process(cluster, bodies(5, seed=3), dispatch_after_commit=False)
+        place_in_process(cluster, bodies(5, seed=3))
         wait_until(lambda: unpublished(cluster) == 20, timeout=30, message="later rows published")
         # Locked rows are skipped, not waited on: later orders flow while the dead relay's rows are held.
         wait_until(lambda: len(cluster.checker.verdict().invoices) == 5, timeout=60, message="5 invoices")

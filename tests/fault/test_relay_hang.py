@@ -91,8 +91,7 @@ def scalar(url: str, sql: str) -> int:
 
 
 def test_sigstopped_relay_partitions_move_to_the_live_relay_within_the_stall_bound(cluster: Cluster) -> None:
-    """Its orders are left to the relays (``dispatch_after_commit=False``): partition handover is what
-    is measured, and rows the API dispatched itself would be marked by whichever relay is alive."""
+    """Partition handover between relays is what is measured."""
     cluster.overrides["RELAY_METRICS_PORT"] = "0"
     worker = cluster.start_worker(ready=False)  # boots while the test waits out the bound
     live = cluster.start_relay("relay-live")
@@ -112,7 +111,7 @@ def test_sigstopped_relay_partitions_move_to_the_live_relay_within_the_stall_bou
 
         os.kill(frozen.process.pid, signal.SIGSTOP)
         stopped_at = time.monotonic()
-        place_in_process(cluster, bodies(40, seed=91), dispatch_after_commit=False)
+        place_in_process(cluster, bodies(40, seed=91))
         # The live relay publishes its own share at once; the frozen relay's share waits for the bound.
         stuck = wait_until(
             lambda: (left := unpublished_partitions(engine)) and set(left) <= frozen_partitions and left,
@@ -143,7 +142,7 @@ def test_sigstopped_relay_partitions_move_to_the_live_relay_within_the_stall_bou
             message="the resumed relay took its share back",
         )
         wait_until(lambda: probe(frozen_port)[0] == 200, timeout=10, message="resumed relay healthy")
-        place_in_process(cluster, bodies(10, seed=92), dispatch_after_commit=False)
+        place_in_process(cluster, bodies(10, seed=92))
         wait_until(lambda: not unpublished_partitions(engine), timeout=20, message="rows after resume")
 
     worker.wait_for_log("ready", timeout=60)

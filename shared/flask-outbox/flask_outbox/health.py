@@ -43,11 +43,6 @@ class RelayMetrics:
         self.published = Counter(
             "outbox_relay_published", "Outbox messages published", registry=self.registry
         )
-        self.dispatched = Counter(
-            "outbox_relay_dispatched_marked",
-            "Messages their writer published after commit, marked published by this relay",
-            registry=self.registry,
-        )
         self.failed = Counter(
             "outbox_relay_publish_failures", "Outbox messages whose publish failed", registry=self.registry
         )

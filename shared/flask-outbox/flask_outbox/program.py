@@ -30,7 +30,6 @@ from sqlalchemy import Engine, Table
 
 from flask_outbox import redrive, store
 from flask_outbox.db import create_db_engine, database_now, is_postgres, keepalive_connect_args
-from flask_outbox.dispatch import DispatchLog, dispatch_log_key
 from flask_outbox.health import HealthServer
 from flask_outbox.logs import configure_logging
 from flask_outbox.probes import broker_check, database_check
@@ -65,10 +64,6 @@ class RelayProgram(Generic[Settings]):
     routes: Mapping[str, Route]
     publisher_name: str
     expects_answer: frozenset[str] = frozenset()
-    linger: Callable[[Settings], float] = lambda settings: settings.relay_linger_seconds
-    linger_min_batch: Callable[[Settings], int] = lambda settings: settings.relay_linger_min_batch
-    dispatch_log: str | None = None
-    """The name writers dispatch this table's messages after commit under (``flask_outbox.dispatch``)."""
 
     def policy(self, settings: Settings) -> RelayPolicy:
         return RelayPolicy(
@@ -87,19 +82,11 @@ class RelayProgram(Generic[Settings]):
             redrive_interval=settings.relay_redrive_interval,
             redrive_batch=settings.relay_redrive_batch,
             stall_seconds=settings.relay_stall_seconds,
-            linger=self.linger(settings),
-            linger_min_batch=self.linger_min_batch(settings),
         )
 
     def build(self, settings: Settings, engine: Engine) -> OutboxRelay:
         publisher = publisher_for(settings, self.routes, self.publisher_name)
-        log_of_dispatches = None
-        if self.dispatch_log and settings.broker_url.startswith(("redis://", "rediss://")):
-            key = dispatch_log_key(settings.queue_prefix, self.dispatch_log)
-            log_of_dispatches = DispatchLog.from_url(settings.broker_url, key)
-        return OutboxRelay(
-            engine, self.table, publisher, self.policy(settings), dispatch_log=log_of_dispatches
-        )
+        return OutboxRelay(engine, self.table, publisher, self.policy(settings))
 
     def main(self, argv: Sequence[str] | None = None) -> int:
         parser = argparse.ArgumentParser(prog=self.prog, description=__doc__)

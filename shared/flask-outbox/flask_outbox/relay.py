@@ -58,9 +58,7 @@ from sqlalchemy.exc import DBAPIError
 
 from flask_outbox import redrive, status, store
 from flask_outbox.backoff import jittered_backoff
-from flask_outbox.broker import BROKER_ERRORS
 from flask_outbox.db import is_postgres, utcnow
-from flask_outbox.dispatch import DispatchLog
 from flask_outbox.health import BacklogCollector, RelayMetrics
 from flask_outbox.logs import CORRELATION_HEADER
 from flask_outbox.messages import BatchOutcome, PendingMessage, Publisher
@@ -73,9 +71,6 @@ log = structlog.get_logger(__name__)
 _LOOP_BACKOFF_MAX = 30.0
 """Longest pause between attempts after the loop failed (a database or broker outage, a bug)."""
 
-
-_DISPATCH_CHUNKS = 1_000
-"""Most chunks of dispatched ids marked before one claim: the log drains, but a claim still comes."""
 
 _LOGGED_IDS = 20
 """Message and correlation ids named in one ``outbox.batch_relayed`` line (the counts are complete)."""
@@ -108,14 +103,6 @@ class RelayPolicy:
     redrive_interval: float = 5.0
     redrive_batch: int = 5_000
     stall_seconds: float = 30.0
-    linger: float = 0.0
-    """After a batch that found rows (but did not fill), pause this long before the next claim, so it
-    carries what committed meanwhile: fewer, larger batches (and batch tasks) for that much latency."""
-    linger_min_batch: int = 1
-    """Linger only after a batch of at least this many rows. The order relay's 2: while the API
-    dispatches, the relay claims nothing; once it hands its orders over (the workers are behind:
-    ``flask_outbox.dispatch``) they arrive faster than the loop turns, and gathering them is what
-    lets the workers catch up. 1: after every batch that found rows (the invoice relay)."""
 
     def backoff(self, attempts: int) -> timedelta:
         return store.backoff(attempts, self.base_backoff, self.max_backoff)
@@ -140,12 +127,10 @@ class OutboxRelay:
         publisher: Publisher,
         policy: RelayPolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
-        dispatch_log: DispatchLog | None = None,
     ) -> None:
         self.engine = engine
         self.outbox = outbox
         self.publisher = publisher
-        self.dispatch_log = dispatch_log
         self.policy = policy or RelayPolicy()
         self._clock = clock
         postgres = is_postgres(engine)
@@ -232,35 +217,9 @@ class OutboxRelay:
         self._next_rebalance = 0.0 if retired else time.monotonic() + self._rebalance_every
         return owned
 
-    def mark_dispatched(self) -> int:
-        """Mark the rows their writers dispatched after commit (``flask_outbox.dispatch``), before any
-        claim could take them for undispatched: the whole log, in chunks of a batch, one UPDATE each."""
-        if self.dispatch_log is None:
-            return 0
-        conn, total = self._connection(), 0
-        for _ in range(_DISPATCH_CHUNKS):
-            try:
-                message_ids = self.dispatch_log.take(self.policy.batch_size)
-            except BROKER_ERRORS as exc:  # the claim still runs: an unmarked row is republished, not lost
-                log.warning("relay.dispatch_log_unavailable", error=f"{type(exc).__name__}: {exc}")
-                break
-            if not message_ids:
-                break
-            with conn.begin():
-                lags = store.mark_dispatched(conn, self.outbox, message_ids)
-            for lag in lags:
-                self.metrics.publish_lag.observe(lag)
-            self.metrics.dispatched.inc(len(message_ids))
-            self.metrics.progressed()  # a long log after an outage is work, not a stall
-            total += len(message_ids)
-        if total:
-            log.info("outbox.dispatched_marked", messages=total)
-        return total
-
     def relay_batch(self) -> BatchOutcome:
         """One transaction: claim, publish, mark. A crash before commit republishes (consumers dedup)."""
         self.rebalance()
-        self.mark_dispatched()
         conn = self._connection()
         if self._partitions is not None and not self._partitions:
             return BatchOutcome()
@@ -395,21 +354,13 @@ class OutboxRelay:
                         )
                         failures = 0
                     if outcome.failed or len(outcome.published) < self.policy.batch_size:
-                        if self._lingers_after(outcome):
-                            stop.wait(self.policy.linger)  # then claim again: no notification needed
-                        else:
-                            wait()
+                        wait()
                         self.metrics.progressed()
                 except Exception as exc:  # the loop must outlive any one failure, whatever it is
                     failures += 1
                     self._back_off(exc, failures, stop)
         finally:
             self.disconnect()
-
-    def _lingers_after(self, outcome: BatchOutcome) -> bool:
-        if not self.policy.linger or not outcome.published or outcome.failed:
-            return False
-        return len(outcome.published) >= self.policy.linger_min_batch
 
     def _record_progress(self, outcome: BatchOutcome) -> None:
         self.metrics.published.inc(len(outcome.published))

@@ -67,63 +67,6 @@ class OutboxSettings(BaseSettings):
     )
     relay_redrive_interval: float = Field(default=5.0, gt=0, validation_alias="RELAY_REDRIVE_INTERVAL")
     relay_redrive_batch: int = Field(default=5_000, ge=1, validation_alias="RELAY_REDRIVE_BATCH")
-    relay_linger_seconds: float = Field(
-        default=0.05,
-        ge=0,
-        le=5,
-        validation_alias="RELAY_LINGER_SECONDS",
-        description="Order relay: pause after a batch of RELAY_LINGER_MIN_BATCH rows or more, so the "
-        "next one gathers more (0: never)",
-    )
-    relay_linger_min_batch: int = Field(
-        default=2,
-        ge=1,
-        validation_alias="RELAY_LINGER_MIN_BATCH",
-        description="Order relay: the batch size after which it lingers (1: after every batch)",
-    )
-    invoice_relay_linger_seconds: float = Field(
-        default=0.2,
-        ge=0,
-        le=5,
-        validation_alias="INVOICE_RELAY_LINGER_SECONDS",
-        description="Invoice relay: the same pause for invoice.created answers, which nobody waits on: "
-        "a fifth of a second turns one order-consumer task per answer into one per busy moment",
-    )
-    outbox_dispatch_after_commit: bool = Field(
-        default=True,
-        validation_alias="OUTBOX_DISPATCH_AFTER_COMMIT",
-        description="On a Redis broker the API publishes order.placed itself right after its commit; "
-        "the relay marks it, and publishes any the API did not within the grace",
-    )
-    outbox_dispatch_grace_seconds: float = Field(
-        default=5.0,
-        gt=0,
-        le=60,
-        validation_alias="OUTBOX_DISPATCH_GRACE_SECONDS",
-        description="How long a dispatched row waits for its writer before the relay publishes it",
-    )
-    outbox_dispatch_queue_limit: int = Field(
-        default=16,
-        ge=0,
-        validation_alias="OUTBOX_DISPATCH_QUEUE_LIMIT",
-        description="Messages waiting in the invoice queue that say its workers are behind; 0: the API "
-        "never hands its orders over to the relay",
-    )
-    outbox_dispatch_behind_seconds: float = Field(
-        default=0.25,
-        ge=0,
-        le=60,
-        validation_alias="OUTBOX_DISPATCH_BEHIND_SECONDS",
-        description="How long dispatches must keep finding the queue behind before the API hands over "
-        "(a passing spike is not a backlog)",
-    )
-    outbox_dispatch_handover_seconds: float = Field(
-        default=2.0,
-        gt=0,
-        le=60,
-        validation_alias="OUTBOX_DISPATCH_HANDOVER_SECONDS",
-        description="How long the API leaves order.placed to the relay once it handed over",
-    )
     relay_messages_per_task: int = Field(
         default=100,
         ge=1,

@@ -8,7 +8,6 @@ A caller may still pass ``now`` explicitly (a test pinning time).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -192,24 +191,6 @@ def mark_published(
     if not lags:
         return []
     return [(published - created).total_seconds() for published, created, redrives in result if not redrives]
-
-
-def mark_dispatched(conn: Connection, t: Table, message_ids: list[uuid.UUID]) -> list[float]:
-    """Mark rows their writer dispatched after commit (``flask_outbox.dispatch``); return their lags.
-
-    Only rows still unpublished change: one the relay published after its grace keeps that time.
-    The lag is the database's ``now()`` at marking minus ``created_at``: an upper bound of the publish lag.
-    """
-    if not message_ids:
-        return []
-    now = func.now() if is_postgres(conn.dialect) else utcnow()
-    result = conn.execute(
-        update(t)
-        .where(t.c.message_id.in_(message_ids), t.c.published_at.is_(None))
-        .values(published_at=now)
-        .returning(t.c.published_at, t.c.created_at)
-    )
-    return [(published - created).total_seconds() for published, created in result]
 
 
 @dataclass(frozen=True, slots=True)

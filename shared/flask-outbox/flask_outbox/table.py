@@ -102,9 +102,9 @@ def notify_trigger_ddl(name: str = "outbox") -> tuple[str, ...]:
 def due_notify_trigger_ddl(name: str = "outbox") -> tuple[str, ...]:
     """Postgres DDL: as ``notify_trigger_ddl``, but only for a statement that inserted a row due now.
 
-    A row dispatched after commit (``flask_outbox.dispatch``) is due only after its grace: waking
-    every relay for it would cost a claim per order that finds nothing. The statement's new rows
-    are read from its transition table, once per statement.
+    Writers add rows due at once (``flask_outbox.writer``), so today this notifies for every commit
+    that added rows; a row scheduled later (a retry's ``available_at``) would wake no relay for
+    nothing. The statement's new rows are read from its transition table, once per statement.
     """
     return (
         f"""CREATE OR REPLACE FUNCTION {name}_notify() RETURNS trigger LANGUAGE plpgsql AS $$

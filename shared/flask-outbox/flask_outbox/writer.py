@@ -1,23 +1,18 @@
-"""Adding a message to the outbox: an INSERT on the caller's session, and a dispatch after commit if asked."""
+"""Adding a message to the outbox: an INSERT on the caller's session, due at once."""
 
 from __future__ import annotations
 
 import uuid
 import zlib
 from dataclasses import dataclass, field
-from datetime import timedelta
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import Insert, Table, func, insert, literal
+from sqlalchemy import Insert, Table, func, insert
 from sqlalchemy.orm import Session
 
 from flask_outbox.db import UTCDateTime, is_postgres, utcnow
-from flask_outbox.messages import PendingMessage
 from flask_outbox.table import BUCKETS, NOTIFY_CHANNEL
-
-if TYPE_CHECKING:
-    from flask_outbox.dispatch import AfterCommitDispatcher
 
 __all__ = ["NOTIFY_CHANNEL", "OutboxMessage", "add_message", "bucket_of"]
 
@@ -40,7 +35,7 @@ def bucket_of(aggregate_id: str) -> int:
 
 
 @cache
-def _insert(outbox: Table, database_clock: bool, grace: float = 0.0) -> Insert:
+def _insert(outbox: Table, database_clock: bool) -> Insert:
     """Built once per table and backend: the INSERT sits on every order's hot path.
 
     On Postgres the row is stamped by the database's clock (``now()``, the transaction's start),
@@ -51,19 +46,12 @@ def _insert(outbox: Table, database_clock: bool, grace: float = 0.0) -> Insert:
     if not database_clock:
         return insert(outbox)
     now = func.now(type_=UTCDateTime())
-    if not grace:
-        return insert(outbox).values(created_at=now, available_at=now)
-    later = now + func.make_interval(0, 0, 0, 0, 0, 0, literal(grace))
-    return insert(outbox).values(created_at=now, available_at=later)
+    return insert(outbox).values(created_at=now, available_at=now)
 
 
-def add_message(
-    session: Session, outbox: Table, message: OutboxMessage, dispatcher: AfterCommitDispatcher | None = None
-) -> None:
-    """Insert ``message`` in the session's transaction; never commits.
-
-    With a ``dispatcher`` that dispatches its topic, the row is due only after the dispatcher's grace
-    and the message is published by this process right after the commit (``flask_outbox.dispatch``).
+def add_message(session: Session, outbox: Table, message: OutboxMessage) -> None:
+    """Insert ``message`` in the session's transaction, due at once; never commits. The writer never
+    talks to the broker: the relay publishes the row once it has committed.
 
     On Postgres the outbox's statement trigger (``notify_trigger_ddl``) queues a NOTIFY within
     this INSERT, which the server delivers only if and when the transaction commits: relays wake
@@ -81,21 +69,6 @@ def add_message(
         "attempts": 0,
     }
     postgres = is_postgres(conn.dialect)
-    grace = dispatcher.grace if dispatcher is not None and dispatcher.dispatches(message.topic) else 0.0
     if not postgres:
-        row["created_at"] = now = utcnow()
-        row["available_at"] = now + timedelta(seconds=grace)
-    conn.execute(_insert(outbox, postgres, grace), row)
-    if grace and dispatcher is not None:
-        dispatcher.add(
-            session,
-            PendingMessage(
-                0,
-                message.message_id,
-                message.topic,
-                message.aggregate_id,
-                message.payload,
-                message.headers,
-                0,
-            ),
-        )
+        row["created_at"] = row["available_at"] = utcnow()
+    conn.execute(_insert(outbox, postgres), row)
