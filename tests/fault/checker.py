@@ -40,6 +40,7 @@ __all__ = [
     "OrderRow",
     "audit",
     "fingerprint",
+    "order_duplicates",
 ]
 
 INVOICED = "invoiced"
@@ -143,6 +144,15 @@ class Lateness:
 
     def summary(self) -> str:
         return f"p50 {self.p50:.2f}  p99 {self.p99:.2f}  max {self.max:.2f}"
+
+
+def order_duplicates(events: Mapping[str, int]) -> int:
+    """Duplicate ``invoice.created`` messages the order consumer's inbox absorbed.
+
+    Both consumers log the library's ``inbox.duplicate_message``; the invoice worker's handler adds its
+    own ``invoice.duplicate_message`` to each of its duplicates, so the order side's are the rest.
+    """
+    return max(0, events.get("inbox.duplicate_message", 0) - events.get("invoice.duplicate_message", 0))
 
 
 def _percentile(ordered: Sequence[float], p: float) -> float:
@@ -284,7 +294,7 @@ class Findings:
             f"duplicates absorbed: invoice side {events.get('invoice.duplicate_message', 0)} duplicate "
             f"messages + {events.get('invoice.already_exists', 0)} already invoiced "
             f"({events.get('invoice.reanswered', 0)} answered again); order side "
-            f"{events.get('order.invoice_duplicate_message', 0)} duplicate messages + "
+            f"{order_duplicates(events)} duplicate messages + "
             f"{recorded.get('already-invoiced', 0)} already invoiced; "
             f"invoice.created answers {self.answers} for {self.invoiced} invoices",
             f"lateness (accepted -> order invoiced, database clock, s): {late.summary()}",

@@ -120,13 +120,14 @@ COUNTED_EVENTS = frozenset(
         "invoice.duplicate_message",
         "invoice.already_exists",
         "invoice.reanswered",
-        "order.invoice_duplicate_message",
+        "inbox.duplicate_message",
         "order.invoice_recorded",
         "order.invoice_number_conflict",
         "outbox.redriven",
     }
 )
-"""Events the soak reports: duplicates each inbox absorbed, answers sent again, re-drives."""
+"""Events the soak reports: duplicates each inbox absorbed, answers sent again, re-drives.
+(``inbox.duplicate_message`` is logged by both consumers: see ``checker.order_duplicates``.)"""
 
 
 ORDER_PLACED_TASK = re.compile(
@@ -135,9 +136,10 @@ ORDER_PLACED_TASK = re.compile(
 """Celery's own lines about one delivery of ``order.placed`` (``received``, then ``succeeded`` …)."""
 
 
-BATCH_DELIVERY_LINES = frozenset({"invoice.batch_received", "invoice.batch_settled"})
-"""The invoice worker's lines around a batch's first delivery (``invoice_worker.tasks``): each names
-its messages, as Celery's ``received``/``succeeded`` lines name a single task's."""
+BATCH_DELIVERY_LINES = frozenset({"inbox.batch_received", "inbox.batch_settled"})
+"""The consumer's lines around a batch's first delivery (``flask_outbox.tasks``), those of ``order.placed``
+(``topic``) being the invoice worker's: each names its messages, as Celery's ``received``/``succeeded``
+lines name a single task's."""
 
 
 def read_logs(log_dir: Path) -> LogTally:
@@ -166,8 +168,12 @@ def read_logs(log_dir: Path) -> LogTally:
                 elif isinstance(event, str) and (task := ORDER_PLACED_TASK.match(event)):
                     seen = tally.received if task["what"] == "received" else tally.finished
                     seen[task["id"]] += 1
-                elif event in BATCH_DELIVERY_LINES and isinstance(record.get("message_ids"), list):
-                    seen = tally.received if event == "invoice.batch_received" else tally.finished
+                elif (
+                    event in BATCH_DELIVERY_LINES
+                    and record.get("topic") == ORDER_PLACED
+                    and isinstance(record.get("message_ids"), list)
+                ):
+                    seen = tally.received if event == "inbox.batch_received" else tally.finished
                     seen.update(str(message_id) for message_id in record["message_ids"])
     return tally
 

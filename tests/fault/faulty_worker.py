@@ -1,24 +1,26 @@
 """``celery -A tests.fault.faulty_worker worker``: the real worker, with faults keyed by customer id.
 
-Only the invoicing call is wrapped; everything around it (delivery counting, retries, dead letters,
-acks) is the production code path.
+Only the invoice handler's ``apply`` and ``apply_batch`` are wrapped; everything around them (the
+inbox, delivery counting, retries, dead letters, batch splitting, acks) is the production code path.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
 import uuid
-from typing import Any
+from collections.abc import Sequence
 
+from flask_outbox import Delivery
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-import invoice_worker.processing as processing
-from invoice_worker import app
-from invoice_worker.models import MessageDelivery
-from shared.contracts import OrderPlaced
+from invoice_worker.celery_app import app, worker
+from invoice_worker.invoicing import HANDLER
+from invoice_worker.models import inbox
+from shared.contracts import ORDER_PLACED, ROUTES, OrderPlaced
 
 __all__ = ["ALWAYS_RAISES", "KILLS_EVERY_TIME", "KILLS_ONCE", "SLOW", "app"]
 
@@ -28,26 +30,41 @@ KILLS_ONCE = "cus_kills_once"
 SLOW = "cus_slow_"
 """``cus_slow_<seconds>``: the invoice takes that long."""
 
-_create_invoice = processing.create_invoice
+_apply = HANDLER.apply
+_apply_batch = HANDLER.apply_batch
+assert _apply_batch is not None
 
 
 def _deliveries(session: Session, message_id: uuid.UUID) -> int:
-    return (
-        session.scalar(select(MessageDelivery.deliveries).where(MessageDelivery.message_id == message_id))
-        or 0
-    )
+    deliveries = inbox.deliveries.c
+    return session.scalar(select(deliveries.deliveries).where(deliveries.message_id == message_id)) or 0
 
 
-def _faulty_create_invoice(session: Session, message_id: uuid.UUID, event: OrderPlaced) -> Any:
-    customer = event.customer_id
+def _inject(session: Session, delivery: Delivery[OrderPlaced]) -> None:
+    customer = delivery.message.customer_id
     if customer == ALWAYS_RAISES:
         raise RuntimeError("injected: invoicing always fails for this order")
     # Not redelivered yet: no count (a first delivery is not counted on Redis) or a count of 1.
-    if customer == KILLS_EVERY_TIME or (customer == KILLS_ONCE and _deliveries(session, message_id) <= 1):
+    if customer == KILLS_EVERY_TIME or (
+        customer == KILLS_ONCE and _deliveries(session, delivery.message_id) <= 1
+    ):
         os.kill(os.getpid(), signal.SIGKILL)
     if customer.startswith(SLOW):
         time.sleep(float(customer.removeprefix(SLOW)))
-    return _create_invoice(session, message_id, event)
 
 
-processing.create_invoice = _faulty_create_invoice  # type: ignore[assignment]
+def _faulty_apply(session: Session, delivery: Delivery[OrderPlaced]) -> str:
+    _inject(session, delivery)
+    return _apply(session, delivery)
+
+
+def _faulty_apply_batch(session: Session, batch: Sequence[Delivery[OrderPlaced]]) -> list[str | None]:
+    for delivery in batch:
+        _inject(session, delivery)
+    assert _apply_batch is not None
+    return _apply_batch(session, batch)
+
+
+worker.consumer(ROUTES[ORDER_PLACED].task).handler = dataclasses.replace(
+    HANDLER, apply=_faulty_apply, apply_batch=_faulty_apply_batch
+)

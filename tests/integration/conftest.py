@@ -6,11 +6,17 @@ from collections.abc import Iterator
 
 import pytest
 from flask import Flask
+from flask_outbox.consumer import Consumer, DeliveryPolicy
+from flask_outbox.worker_db import WorkerDatabase
 
+from invoice_worker import invoicing
 from invoice_worker.database import InvoiceDatabase
-from order_service import create_app
+from invoice_worker.models import inbox as invoice_inbox
+from order_service import create_app, invoice_answers
 from order_service.extensions import db
+from order_service.models import inbox as order_inbox
 from shared.config import Settings
+from shared.contracts import INVOICE_CREATED, ORDER_PLACED, ROUTES, InvoiceCreated, OrderPlaced
 
 
 @pytest.fixture
@@ -26,3 +32,27 @@ def pg_invoice_db(pg_settings: Settings) -> Iterator[InvoiceDatabase]:
     database = InvoiceDatabase(pg_settings)
     yield database
     database.engine.dispose()
+
+
+@pytest.fixture
+def invoice_consumer(pg_invoice_db: InvoiceDatabase) -> Consumer[OrderPlaced]:
+    """The invoice worker's consumer of ``order.placed`` (as ``invoice_worker.celery_app`` registers it)."""
+    return Consumer(
+        invoicing.HANDLER, pg_invoice_db, invoice_inbox, DeliveryPolicy(), ROUTES[ORDER_PLACED].task
+    )
+
+
+@pytest.fixture
+def pg_orders_db(pg_settings: Settings) -> Iterator[WorkerDatabase]:
+    """The orders database as the order consumer opens it (no Flask app)."""
+    database = WorkerDatabase(pg_settings.orders_database_url)
+    yield database
+    database.engine.dispose()
+
+
+@pytest.fixture
+def order_consumer(pg_orders_db: WorkerDatabase) -> Consumer[InvoiceCreated]:
+    """The order consumer of ``invoice.created`` (as ``order_service.worker`` registers it)."""
+    return Consumer(
+        invoice_answers.HANDLER, pg_orders_db, order_inbox, DeliveryPolicy(), ROUTES[INVOICE_CREATED].task
+    )

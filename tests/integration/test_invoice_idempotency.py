@@ -10,12 +10,13 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+from flask_outbox.consumer import Consumer
 from sqlalchemy import func, select
 
 from invoice_worker.database import InvoiceDatabase
-from invoice_worker.invoicing import Outcome, create_invoice
-from invoice_worker.models import Invoice, ProcessedMessage, outbox
-from shared.contracts import parse_invoice_created
+from invoice_worker.invoicing import Outcome
+from invoice_worker.models import Invoice, inbox, outbox
+from shared.contracts import OrderPlaced, parse_invoice_created
 from tests.support.events import order_placed_event
 
 ROUNDS = 25
@@ -39,16 +40,17 @@ def _invoice_numbers(database: InvoiceDatabase) -> dict[str, set[str]]:
         }
 
 
-def test_the_same_message_delivered_concurrently_gives_one_invoice(pg_invoice_db: InvoiceDatabase) -> None:
-    outcomes: list[Outcome] = []
+def test_the_same_message_delivered_concurrently_gives_one_invoice(
+    pg_invoice_db: InvoiceDatabase, invoice_consumer: Consumer[OrderPlaced]
+) -> None:
+    outcomes: list[str] = []
     for _ in range(ROUNDS):
         event, message_id = order_placed_event(), uuid.uuid4()
         start = threading.Barrier(2)
 
-        def deliver(event=event, message_id=message_id, start=start) -> Outcome:  # type: ignore[no-untyped-def]
-            with pg_invoice_db.session() as session:
-                start.wait(timeout=10)
-                return create_invoice(session, message_id, event)
+        def deliver(event=event, message_id=message_id, start=start) -> str:  # type: ignore[no-untyped-def]
+            start.wait(timeout=10)
+            return invoice_consumer.apply(message_id, event.to_payload())
 
         with ThreadPoolExecutor(max_workers=2) as pool:
             outcomes.extend(pool.map(lambda _: deliver(), range(2)))
@@ -56,20 +58,21 @@ def test_the_same_message_delivered_concurrently_gives_one_invoice(pg_invoice_db
     with pg_invoice_db.session() as session:
         invoices = session.scalar(select(func.count()).select_from(Invoice))
         orders = session.scalar(select(func.count(func.distinct(Invoice.order_id))))
-        processed = session.scalar(select(func.count()).select_from(ProcessedMessage))
+        processed = session.scalar(select(func.count()).select_from(inbox.processed))
     assert invoices == orders == processed == ROUNDS
     assert outcomes.count(Outcome.CREATED) == ROUNDS
     assert _answered_numbers(pg_invoice_db) == _invoice_numbers(pg_invoice_db)
 
 
-def test_different_messages_for_one_order_racing_give_one_invoice(pg_invoice_db: InvoiceDatabase) -> None:
+def test_different_messages_for_one_order_racing_give_one_invoice(
+    pg_invoice_db: InvoiceDatabase, invoice_consumer: Consumer[OrderPlaced]
+) -> None:
     event = order_placed_event()
     start = threading.Barrier(4)
 
-    def deliver(_: int) -> Outcome:
-        with pg_invoice_db.session() as session:
-            start.wait(timeout=10)
-            return create_invoice(session, uuid.uuid4(), event)
+    def deliver(_: int) -> str:
+        start.wait(timeout=10)
+        return invoice_consumer.apply(uuid.uuid4(), event.to_payload())
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         outcomes = list(pool.map(deliver, range(4)))

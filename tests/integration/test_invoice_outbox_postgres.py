@@ -9,19 +9,19 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from flask_outbox.consumer import Consumer
 from flask_outbox.publisher import publisher_for
 from flask_outbox.relay import OutboxRelay, RelayPolicy
+from flask_outbox.retention import _LOCK_KEY, InboxRetention, prune_inbox
 from flask_outbox.table import NOTIFY_CHANNEL
 from sqlalchemy import func, insert, make_url, select, text
 
 from harness.outbox import consumed
 from invoice_worker.database import InvoiceDatabase
-from invoice_worker.invoicing import create_invoice
-from invoice_worker.models import Invoice, MessageDelivery, ProcessedMessage, outbox
-from invoice_worker.retention import _LOCK_KEY, InboxRetention, prune_inbox
+from invoice_worker.models import Invoice, inbox, outbox
 from invoice_worker.signals import invoice_created
 from shared.config import Settings
-from shared.contracts import INVOICE_CREATED, ROUTES, parse_invoice_created
+from shared.contracts import INVOICE_CREATED, ROUTES, OrderPlaced, parse_invoice_created
 from tests.support.events import order_placed_event
 
 
@@ -33,23 +33,18 @@ def _listener(url: str) -> psycopg.Connection[tuple[object, ...]]:
 
 
 def test_a_committed_invoice_notifies_the_relay_and_a_rolled_back_one_does_not(
-    pg_settings: Settings, pg_invoice_db: InvoiceDatabase
+    pg_settings: Settings, pg_invoice_db: InvoiceDatabase, invoice_consumer: Consumer[OrderPlaced]
 ) -> None:
     def failing_receiver(sender: Any, **_: Any) -> None:
         raise RuntimeError("a receiver failed before commit")
 
     listener = _listener(pg_settings.invoices_database_url)
     try:
-        with (
-            invoice_created.connected_to(failing_receiver),
-            pg_invoice_db.session() as session,
-            pytest.raises(RuntimeError),
-        ):
-            create_invoice(session, uuid.uuid4(), order_placed_event())
+        with invoice_created.connected_to(failing_receiver), pytest.raises(RuntimeError):
+            invoice_consumer.apply(uuid.uuid4(), order_placed_event().to_payload())
         with pg_invoice_db.engine.begin() as conn:  # a marker: notifications arrive in commit order
             conn.execute(text("SELECT pg_notify(:channel, 'marker')"), {"channel": NOTIFY_CHANNEL})
-        with pg_invoice_db.session() as session:
-            create_invoice(session, uuid.uuid4(), order_placed_event())
+        invoice_consumer.apply(uuid.uuid4(), order_placed_event().to_payload())
 
         notifications = [n.payload for n in listener.notifies(timeout=10, stop_after=2)]
     finally:
@@ -59,13 +54,15 @@ def test_a_committed_invoice_notifies_the_relay_and_a_rolled_back_one_does_not(
 
 
 def test_the_shared_relay_publishes_answers_to_the_order_service_queue(
-    pg_settings: Settings, pg_invoice_db: InvoiceDatabase, redis_client: redis.Redis
+    pg_settings: Settings,
+    pg_invoice_db: InvoiceDatabase,
+    invoice_consumer: Consumer[OrderPlaced],
+    redis_client: redis.Redis,
 ) -> None:
     events = [order_placed_event() for _ in range(3)]
     causes = [uuid.uuid4() for _ in events]
     for event, cause in zip(events, causes, strict=True):
-        with pg_invoice_db.session() as session:
-            create_invoice(session, cause, event)
+        invoice_consumer.apply(cause, event.to_payload())
     relay = OutboxRelay(
         pg_invoice_db.engine, outbox, publisher_for(pg_settings, ROUTES, "invoice_relay"), RelayPolicy()
     )
@@ -98,11 +95,11 @@ def _seed_by_database_clock(database: InvoiceDatabase, age: timedelta, count: in
         stamp = conn.execute(select(func.now())).scalar_one() - age
         ids = [uuid.uuid4() for _ in range(count)]
         conn.execute(
-            insert(ProcessedMessage),
+            insert(inbox.processed),
             [{"message_id": i, "topic": "order.placed", "processed_at": stamp} for i in ids],
         )
         conn.execute(
-            insert(MessageDelivery),
+            insert(inbox.deliveries),
             [
                 {"message_id": i, "deliveries": 1, "first_delivered_at": stamp, "last_delivered_at": stamp}
                 for i in ids
@@ -112,7 +109,7 @@ def _seed_by_database_clock(database: InvoiceDatabase, age: timedelta, count: in
 
 def _inbox_size(database: InvoiceDatabase) -> int:
     with database.session() as session:
-        return session.scalar(select(func.count()).select_from(ProcessedMessage)) or 0
+        return session.scalar(select(func.count()).select_from(inbox.processed)) or 0
 
 
 def test_inbox_pruning_takes_turns_and_deletes_only_what_aged_out_by_the_database_clock(
@@ -124,8 +121,8 @@ def test_inbox_pruning_takes_turns_and_deletes_only_what_aged_out_by_the_databas
 
     with pg_invoice_db.engine.connect() as holder, holder.begin():
         holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
-        busy = prune_inbox(pg_invoice_db.engine, policy)
-    pruned = prune_inbox(pg_invoice_db.engine, policy)
+        busy = prune_inbox(pg_invoice_db.engine, inbox, policy)
+    pruned = prune_inbox(pg_invoice_db.engine, inbox, policy)
 
     assert (busy.skipped, busy.processed_messages) == (True, 0)
     assert (pruned.skipped, pruned.processed_messages, pruned.message_deliveries) == (False, 250, 250)

@@ -1,48 +1,50 @@
 """The one-statement Postgres paths of the invoice worker and the order consumer keep every outcome.
 
-``create_invoice`` writes inbox, numbered invoice and an early dead letter's settlement in one CTE;
-``record_invoice`` writes inbox, ``placed -> invoiced`` and the acknowledgement in one CTE. The
+The consumer records the inbox row (settling an early dead letter) and, in the same transaction, the
+handler writes in one CTE: the invoice side the numbered invoice (``invoicing.apply``), the order side
+``placed -> invoiced`` and the acknowledgement (``invoice_answers.apply``); each has a batch form. The
 portable (SQLite) paths are covered by the unit tests; these pin the Postgres ones to the same results.
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from flask_outbox.batches import BatchItem
+from flask_outbox.consumer import Consumer
 from flask_outbox.writer import bucket_of
 from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from invoice_worker.database import InvoiceDatabase
-from invoice_worker.invoicing import Outcome, create_invoice, create_invoices, record_dead_letter
-from invoice_worker.models import DeadLetter, Invoice, ProcessedMessage
+from invoice_worker.invoicing import Outcome
+from invoice_worker.models import Invoice
+from invoice_worker.models import inbox as invoice_inbox
 from invoice_worker.models import outbox as invoice_outbox
-from order_service.inbox import Outcome as Applied
-from order_service.inbox import UnknownOrder, record_invoice, record_invoices
+from order_service.invoice_answers import Outcome as Applied
+from order_service.invoice_answers import UnknownOrder
 from order_service.models import Order
-from order_service.models import ProcessedMessage as OrderInbox
+from order_service.models import inbox as order_inbox
 from order_service.models import outbox as order_outbox
-from shared.contracts import ORDER_PLACED, InvoiceCreated, parse_invoice_created
+from shared.contracts import ORDER_PLACED, InvoiceCreated, OrderPlaced, parse_invoice_created
 from tests.support.events import order_placed_event
 
 pytestmark = pytest.mark.integration
 
 
 def test_invoice_is_numbered_from_its_id_answered_and_settles_an_early_dead_letter(
-    pg_invoice_db: InvoiceDatabase,
+    pg_invoice_db: InvoiceDatabase, invoice_consumer: Consumer[OrderPlaced]
 ) -> None:
     event, message_id = order_placed_event(), uuid.uuid4()
     with pg_invoice_db.session() as session:  # parked too early, e.g. redelivered during a slow first run
-        record_dead_letter(session, message_id, "invoices.order_placed", {}, "delivered 6 times", 6)
-    with pg_invoice_db.session() as session:
-        assert create_invoice(session, message_id, event) is Outcome.CREATED
+        invoice_inbox.park(session, message_id, "invoices.order_placed", {}, "delivered 6 times", 6)
+    assert invoice_consumer.apply(message_id, event.to_payload()) == Outcome.CREATED
     with pg_invoice_db.session() as session:
         invoice = session.scalars(select(Invoice)).one()
-        processed_at = session.scalar(select(ProcessedMessage.processed_at))
-        letter = session.scalars(select(DeadLetter)).one()
+        processed_at = session.scalar(select(invoice_inbox.processed.c.processed_at))
+        letter = session.execute(select(invoice_inbox.dead_letters)).one()
         answers = [parse_invoice_created(p) for p in session.scalars(select(invoice_outbox.c.payload))]
     assert invoice.number == f"INV-{invoice.id:08d}"
     assert (invoice.order_id, invoice.amount_total, invoice.message_id) == (
@@ -52,25 +54,25 @@ def test_invoice_is_numbered_from_its_id_answered_and_settles_an_early_dead_lett
     )
     assert invoice.lines == [line.model_dump(mode="json") for line in event.lines]
     assert invoice.placed_at == event.placed_at
-    assert invoice.created_at == processed_at  # one statement, one database clock
-    assert letter.replayed_at == invoice.created_at
+    # One transaction, one database clock: inbox row, the dead letter's settlement, then the invoice.
+    assert processed_at <= letter.replayed_at <= invoice.created_at
+    assert invoice.created_at - processed_at < timedelta(seconds=5)
     assert [(a.invoice_number, a.causation_id, a.invoiced_at) for a in answers] == [
         (invoice.number, str(message_id), invoice.created_at)
     ]
 
 
 def test_duplicate_message_and_second_message_for_an_invoiced_order_write_no_second_invoice(
-    pg_invoice_db: InvoiceDatabase,
+    pg_invoice_db: InvoiceDatabase, invoice_consumer: Consumer[OrderPlaced]
 ) -> None:
     event, first, second = order_placed_event(), uuid.uuid4(), uuid.uuid4()
-    outcomes = []
-    for message_id in (first, first, second):
-        with pg_invoice_db.session() as session:
-            outcomes.append(create_invoice(session, message_id, event))
+    outcomes = [
+        invoice_consumer.apply(message_id, event.to_payload()) for message_id in (first, first, second)
+    ]
     assert outcomes == [Outcome.CREATED, Outcome.DUPLICATE_MESSAGE, Outcome.ALREADY_INVOICED]
     with pg_invoice_db.session() as session:
         assert session.scalar(select(func.count()).select_from(Invoice)) == 1
-        inbox = set(session.scalars(select(ProcessedMessage.message_id)))
+        inbox = set(session.scalars(select(invoice_inbox.processed.c.message_id)))
         answers = [parse_invoice_created(p) for p in session.scalars(select(invoice_outbox.c.payload))]
     assert inbox == {first, second}
     assert len({a.invoice_number for a in answers}) == 1  # every answer carries the one number
@@ -112,16 +114,16 @@ def _answer(order_id: uuid.UUID, causation_id: uuid.UUID, number: str = "INV-000
     )
 
 
-def test_answer_moves_the_order_once_acknowledges_and_refuses_unknown_orders(orders_engine: Engine) -> None:
+def test_answer_moves_the_order_once_acknowledges_and_refuses_unknown_orders(
+    orders_engine: Engine, order_consumer: Consumer[InvoiceCreated]
+) -> None:
     sessions: sessionmaker[Session] = sessionmaker(orders_engine, expire_on_commit=False)
     order_id, placed = _placed_order(orders_engine)
     first, again, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     outcomes = []
     for message_id, number in ((first, "INV-00000001"), (first, "INV-00000001"), (again, "INV-00000001")):
-        with sessions() as session:
-            outcomes.append(record_invoice(session, message_id, _answer(order_id, placed, number)))
-    with sessions() as session:
-        outcomes.append(record_invoice(session, other, _answer(order_id, placed, "INV-99999999")))
+        outcomes.append(order_consumer.apply(message_id, _answer(order_id, placed, number).to_payload()))
+    outcomes.append(order_consumer.apply(other, _answer(order_id, placed, "INV-99999999").to_payload()))
     assert outcomes == [
         Applied.INVOICED,
         Applied.DUPLICATE_MESSAGE,
@@ -133,26 +135,28 @@ def test_answer_moves_the_order_once_acknowledges_and_refuses_unknown_orders(ord
         acknowledged = session.scalar(
             select(order_outbox.c.acknowledged_at).where(order_outbox.c.message_id == placed)
         )
-        inbox = set(session.scalars(select(OrderInbox.message_id)))
+        inbox = set(session.scalars(select(order_inbox.processed.c.message_id)))
     assert order is not None
     assert (order.status, order.invoice_number) == ("invoiced", "INV-00000001")
     assert acknowledged is not None
     assert inbox == {first, again, other}
 
     unknown = uuid.uuid4()
-    with sessions() as session, pytest.raises(UnknownOrder):
-        record_invoice(session, unknown, _answer(uuid.uuid4(), placed))
-    with sessions() as session:
-        assert session.get(OrderInbox, unknown) is None  # rolled back with the CTE's other writes
+    with pytest.raises(UnknownOrder):
+        order_consumer.apply(unknown, _answer(uuid.uuid4(), placed).to_payload())
+    with sessions() as session:  # rolled back with the CTE's other writes
+        recorded = order_inbox.processed.c.message_id == unknown
+        assert session.scalar(select(func.count()).select_from(order_inbox.processed).where(recorded)) == 0
 
 
-def test_answer_for_a_row_acknowledged_already_still_moves_nothing_twice(orders_engine: Engine) -> None:
+def test_answer_for_a_row_acknowledged_already_still_moves_nothing_twice(
+    orders_engine: Engine, order_consumer: Consumer[InvoiceCreated]
+) -> None:
     sessions: sessionmaker[Session] = sessionmaker(orders_engine, expire_on_commit=False)
     order_id, placed = _placed_order(orders_engine)
     with orders_engine.begin() as conn:
         conn.execute(update(order_outbox).values(acknowledged_at=datetime(2026, 1, 1, tzinfo=UTC)))
-    with sessions() as session:
-        assert record_invoice(session, uuid.uuid4(), _answer(order_id, placed)) is Applied.INVOICED
+    assert order_consumer.apply(uuid.uuid4(), _answer(order_id, placed).to_payload()) == Applied.INVOICED
     with sessions() as session:
         kept = session.scalar(select(order_outbox.c.acknowledged_at))
     assert kept == datetime(2026, 1, 1, tzinfo=UTC)  # the first acknowledgement is not moved
@@ -163,21 +167,17 @@ def _item(message_id: uuid.UUID, payload: dict[str, object], correlation: str) -
 
 
 def test_a_batch_invoices_each_new_order_once_and_answers_every_message(
-    pg_invoice_db: InvoiceDatabase,
+    pg_invoice_db: InvoiceDatabase, invoice_consumer: Consumer[OrderPlaced]
 ) -> None:
     """One statement for the batch; duplicates, a second message for an order in the same batch, and a
     message for an order invoiced earlier are answered again with the one invoice, never invoiced twice."""
     a, b, c = order_placed_event(), order_placed_event(), order_placed_event()
     earlier = uuid.uuid4()
-    with pg_invoice_db.session() as session:
-        assert create_invoice(session, earlier, a) is Outcome.CREATED
+    assert invoice_consumer.apply(earlier, a.to_payload()) == Outcome.CREATED
     ids = [earlier, uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()]
     events = [a, b, c, b, a]
-    batch = [
-        (_item(i, e.to_payload(), f"corr-{n}"), e) for n, (i, e) in enumerate(zip(ids, events, strict=True))
-    ]
-    with pg_invoice_db.session() as session:
-        outcomes = create_invoices(session, batch)
+    batch = [_item(i, e.to_payload(), f"corr-{n}") for n, (i, e) in enumerate(zip(ids, events, strict=True))]
+    outcomes = invoice_consumer.apply_batch(batch)
     assert outcomes == [
         Outcome.DUPLICATE_MESSAGE,
         Outcome.CREATED,
@@ -187,7 +187,7 @@ def test_a_batch_invoices_each_new_order_once_and_answers_every_message(
     ]
     with pg_invoice_db.session() as session:
         invoices = {i.order_id: i for i in session.scalars(select(Invoice))}
-        inbox = set(session.scalars(select(ProcessedMessage.message_id)))
+        inbox = set(session.scalars(select(invoice_inbox.processed.c.message_id)))
         answers = [
             (parse_invoice_created(row.payload), row.headers)
             for row in session.execute(select(invoice_outbox.c.payload, invoice_outbox.c.headers))
@@ -207,7 +207,7 @@ def test_a_batch_invoices_each_new_order_once_and_answers_every_message(
 
 
 def test_a_batch_of_answers_moves_each_order_once_and_leaves_unknown_orders_unwritten(
-    orders_engine: Engine,
+    orders_engine: Engine, order_consumer: Consumer[InvoiceCreated]
 ) -> None:
     sessions: sessionmaker[Session] = sessionmaker(orders_engine, expire_on_commit=False)
     (first, first_placed), (second, second_placed) = (
@@ -221,17 +221,13 @@ def test_a_batch_of_answers_moves_each_order_once_and_leaves_unknown_orders_unwr
         _answer(uuid.uuid4(), uuid.uuid4(), "INV-00000003"),  # an order this database does not hold
         _answer(first, first_placed, "INV-00000009"),  # a second number for the first order
     ]
-    batch = [
-        (_item(i, a.to_payload(), f"corr-{n}"), a) for n, (i, a) in enumerate(zip(ids, answers, strict=True))
-    ]
-    with sessions() as session:
-        outcomes = record_invoices(session, batch)
+    batch = [_item(i, a.to_payload(), f"corr-{n}") for n, (i, a) in enumerate(zip(ids, answers, strict=True))]
+    outcomes = order_consumer.apply_batch(batch)
     assert outcomes == [Applied.INVOICED, Applied.INVOICED, None, Applied.NUMBER_CONFLICT]
-    with sessions() as session:
-        assert record_invoices(session, batch[:1]) == [Applied.DUPLICATE_MESSAGE]
+    assert order_consumer.apply_batch(batch[:1]) == [Applied.DUPLICATE_MESSAGE]
     with sessions() as session:
         orders = {o.id: (o.status, o.invoice_number) for o in session.scalars(select(Order))}
-        inbox = set(session.scalars(select(OrderInbox.message_id)))
+        inbox = set(session.scalars(select(order_inbox.processed.c.message_id)))
         unacknowledged = session.scalar(
             select(func.count()).select_from(order_outbox).where(order_outbox.c.acknowledged_at.is_(None))
         )

@@ -3,7 +3,7 @@
 Celery turns a retry whose publish failed into ``Reject(requeue=False)`` and, with
 ``task_acks_on_failure_or_timeout=False``, a failed task into ``reject(requeue=False)``. On
 RabbitMQ that could dead-letter; on Redis it is a delete, which is why the task body raises
-``Reject(requeue=True)`` instead (``invoice_worker.tasks``).
+``Reject(requeue=True)`` instead (``flask_outbox.tasks``).
 """
 
 from __future__ import annotations

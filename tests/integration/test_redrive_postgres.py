@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 from flask_outbox import redrive
+from flask_outbox.consumer import Consumer
 from flask_outbox.db import database_now
 from flask_outbox.redrive import RedriveRule
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from order_service.inbox import Outcome, record_invoice
+from order_service.invoice_answers import Outcome
 from order_service.models import outbox
 from shared.contracts import ORDER_PLACED, InvoiceCreated
 
@@ -164,7 +165,9 @@ def _waiting_backends(engine: Engine) -> int:
 
 
 @pytest.mark.parametrize("same_message", [True, False], ids=["one-message-twice", "two-answers"])
-def test_racing_deliveries_apply_one_effect(orders_engine: Engine, same_message: bool) -> None:
+def test_racing_deliveries_apply_one_effect(
+    orders_engine: Engine, order_consumer: Consumer[InvoiceCreated], same_message: bool
+) -> None:
     """Both deliveries are held at the database (the order row locked by a third session) until both wait."""
     order_id, placed = _order_with_outbox_row(orders_engine)
     sessions = sessionmaker(orders_engine, expire_on_commit=False)
@@ -172,10 +175,9 @@ def test_racing_deliveries_apply_one_effect(orders_engine: Engine, same_message:
     deliveries = [(first_id, _answer(order_id, placed, "INV-A"))]
     deliveries.append((first_id if same_message else uuid.uuid4(), _answer(order_id, placed, "INV-B")))
 
-    def apply(message_id: uuid.UUID, event: InvoiceCreated) -> Callable[[], Outcome]:
-        def run() -> Outcome:
-            with sessions() as session:
-                return record_invoice(session, message_id, event)
+    def apply(message_id: uuid.UUID, event: InvoiceCreated) -> Callable[[], str]:
+        def run() -> str:
+            return order_consumer.apply(message_id, event.to_payload())
 
         return run
 
