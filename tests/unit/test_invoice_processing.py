@@ -1,14 +1,21 @@
-"""The worker's delivery logic, called directly: retries, dead letters and replay."""
+"""The library's consumer, called directly through both services' handlers: retries, dead letters, replay.
+
+``Consumer.deliver`` is what the Celery task runs. Each rule is checked on the invoice worker
+(``order.placed``) and on the order consumer (``invoice.created``), which now follow the same rules.
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
-from flask_outbox.db import utcnow
-from sqlalchemy import func, select
+from flask_outbox import DEAD_LETTERED, DUPLICATE, DeliveryPolicy, InboxTables, InboxWorker
+from flask_outbox.consumer import Consumer, RetryLater
+from flask_outbox.dead_letters import pending_ids, replay
+from sqlalchemy import Table, func, select
 from sqlalchemy.exc import (
     DatabaseError,
     DataError,
@@ -21,27 +28,17 @@ from sqlalchemy.exc import (
     ProgrammingError,
 )
 
-import invoice_worker.processing as processing
-from invoice_worker.database import InvoiceDatabase
-from invoice_worker.dead_letters import confirmed_message_ids, pending_ids, replay
-from invoice_worker.models import Base, DeadLetter, Invoice
-from invoice_worker.processing import DeliveryPolicy, RetryLater, handle_order_placed
+from invoice_worker.models import Invoice
+from order_service.models import INVOICED, Order
 from shared.config import Settings
+from tests.unit.test_order_consumer import answer, place
 
-
-@pytest.fixture
-def invoice_db(sqlite_settings: Settings) -> Iterator[InvoiceDatabase]:
-    sqlite_settings.ensure_var_dir()
-    database = InvoiceDatabase(sqlite_settings)
-    Base.metadata.create_all(database.engine)
-    yield database
-    database.engine.dispose()
-
-
-POLICY = DeliveryPolicy(max_retries=2, max_deliveries=3, backoff_base=0.01, backoff_max=0.05)
+INVOICE_POLICY = DeliveryPolicy(max_retries=2, max_deliveries=3, backoff_base=0.01, backoff_max=0.05)
+"""The policy the ``invoice_worker``/``order_worker`` fixtures build from ``conftest.WORKER_POLICY``."""
 
 
 def payload(**changes: Any) -> dict[str, Any]:
+    """An ``order.placed`` payload."""
     body = {
         "schema_version": 1,
         "order_id": str(uuid.uuid4()),
@@ -54,108 +51,207 @@ def payload(**changes: Any) -> dict[str, Any]:
     return body | changes
 
 
-def count(database: InvoiceDatabase, model: type[Any]) -> int:
-    with database.session() as session:
-        return session.scalar(select(func.count()).select_from(model)) or 0
+def count(worker: InboxWorker, table: Any, *where: Any) -> int:
+    with worker.database.session() as session:
+        return session.scalar(select(func.count()).select_from(table).where(*where)) or 0
 
 
-def letters(database: InvoiceDatabase) -> list[DeadLetter]:
-    with database.session() as session:
-        return list(session.scalars(select(DeadLetter)))
+@dataclass
+class Service:
+    """One consuming service under test: its worker, a fresh valid message, and what applying one writes."""
+
+    name: str
+    worker: InboxWorker
+    message: Callable[[], dict[str, Any]]
+    effect: tuple[Any, ...]
+    """The table the effect lands in, and its condition: an invoice, or an invoiced order."""
+    applied: str
+
+    @property
+    def consumer(self) -> Consumer[Any]:
+        [consumer] = self.worker.consumers.values()
+        return consumer
+
+    @property
+    def inbox(self) -> InboxTables:
+        return self.worker.inbox
+
+    def effects(self) -> int:
+        return count(self.worker, *self.effect)
+
+    def letters(self) -> list[Any]:
+        letters: Table = self.inbox.dead_letters
+        with self.worker.database.session() as session:
+            return list(session.execute(select(letters).order_by(letters.c.id)))
+
+    def processed(self) -> int:
+        return count(self.worker, self.inbox.processed)
+
+    def broken(self, monkeypatch: pytest.MonkeyPatch, apply: Callable[..., Any]) -> Consumer[Any]:
+        """The registered consumer with its handler's ``apply`` replaced (a bug, or database trouble)."""
+        consumer = self.consumer
+        monkeypatch.setattr(consumer, "handler", replace(consumer.handler, apply=apply, apply_batch=None))
+        return consumer
 
 
-def test_redelivered_message_makes_one_invoice(invoice_db: InvoiceDatabase) -> None:
-    message_id, body = uuid.uuid4(), payload()
-    outcomes = [handle_order_placed(invoice_db, message_id, body, 0, POLICY) for _ in range(3)]
-    assert outcomes == ["created", "duplicate-message", "duplicate-message"]
-    assert count(invoice_db, Invoice) == 1
+@pytest.fixture(params=["invoice", "order"])
+def service(request: pytest.FixtureRequest) -> Service:
+    if request.param == "invoice":
+        worker = request.getfixturevalue("invoice_worker")
+        return Service("invoice", worker, payload, (Invoice,), "created")
+    worker = request.getfixturevalue("order_worker")
+    client = request.getfixturevalue("client")
+
+    def message() -> dict[str, Any]:
+        return answer(*place(client), "INV-00000001")
+
+    return Service("order", worker, message, (Order, Order.status == INVOICED), "invoiced")
 
 
-@pytest.mark.parametrize(
-    ("body", "reason"),
-    [
-        (payload(schema_version=2), "UnsupportedSchemaVersion"),
-        (payload(amount_total=1), "ValidationError"),
-        (["not", "an", "object"], "InvalidPayload"),
-    ],
-)
-def test_poison_payload_is_dead_lettered_at_once(invoice_db: InvoiceDatabase, body: Any, reason: str) -> None:
-    assert handle_order_placed(invoice_db, uuid.uuid4(), body, 0, POLICY) == "dead-lettered"
-    [letter] = letters(invoice_db)
+def test_the_fixtures_consume_with_the_small_policy(service: Service) -> None:
+    assert service.consumer.policy == INVOICE_POLICY
+
+
+def test_redelivered_message_makes_one_effect(service: Service) -> None:
+    message_id, body = uuid.uuid4(), service.message()
+    outcomes = [service.consumer.deliver(message_id, body, 0) for _ in range(3)]
+    assert outcomes == [service.applied, DUPLICATE, DUPLICATE]
+    assert (service.effects(), service.processed()) == (1, 1)
+
+
+POISON = [
+    ("invoice", payload(schema_version=2), "UnsupportedSchemaVersion"),
+    ("invoice", payload(amount_total=1), "ValidationError"),
+    ("invoice", ["not", "an", "object"], "InvalidMessage"),
+    ("order", ["not", "an", "object"], "InvalidMessage"),
+    ("order", {"schema_version": 2, "order_id": "x"}, "UnsupportedSchemaVersion"),
+    ("order", {"schema_version": 1, "order_id": "x"}, "ValidationError"),
+]
+
+
+@pytest.mark.parametrize(("service", "body", "reason"), POISON, indirect=["service"])
+def test_poison_payload_is_dead_lettered_at_once(service: Service, body: Any, reason: str) -> None:
+    message_id = uuid.uuid4()
+    assert service.consumer.deliver(message_id, body, 0) == DEAD_LETTERED
+    [letter] = service.letters()
+    assert (letter.message_id, letter.payload) == (message_id, body)
     assert letter.reason.startswith(reason)
     assert letter.attempts == 1
-    assert count(invoice_db, Invoice) == 0
+    assert letter.task_name == service.consumer.task_name
+    assert (service.effects(), service.processed()) == (0, 0)
 
 
 def test_message_that_always_raises_is_retried_then_parked(
-    invoice_db: InvoiceDatabase, monkeypatch: pytest.MonkeyPatch
+    service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def explode(*_: Any) -> None:
-        raise RuntimeError("bug in invoicing")
+    def explode(*_: Any) -> str:
+        raise RuntimeError(f"bug in {service.name}")
 
-    monkeypatch.setattr(processing, "create_invoice", explode)
-    message_id, body = uuid.uuid4(), payload()
-    for retries in range(POLICY.max_deliveries - 1):
+    consumer = service.broken(monkeypatch, explode)
+    message_id, body = uuid.uuid4(), service.message()
+    for retries in range(INVOICE_POLICY.max_deliveries - 1):
         with pytest.raises(RetryLater):
-            handle_order_placed(invoice_db, message_id, body, retries, POLICY)
-    assert handle_order_placed(invoice_db, message_id, body, 2, POLICY) == "dead-lettered"
-    [letter] = letters(invoice_db)
-    assert (letter.attempts, letter.reason) == (3, "RuntimeError: bug in invoicing")
+            consumer.deliver(message_id, body, retries)
+    assert consumer.deliver(message_id, body, 2) == DEAD_LETTERED
+    [letter] = service.letters()
+    assert (letter.attempts, letter.reason) == (3, f"RuntimeError: bug in {service.name}")
+    assert (service.effects(), service.processed()) == (0, 0)
 
 
 def test_message_whose_deliveries_never_complete_is_parked_without_running(
-    invoice_db: InvoiceDatabase, monkeypatch: pytest.MonkeyPatch
+    service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    message_id, body = uuid.uuid4(), payload()
-    monkeypatch.setattr(processing, "invoice_payload", lambda *_: pytest.fail("ran a parked message"))
-    for _ in range(POLICY.max_deliveries):  # each of these "crashed" before the invoice committed
-        with invoice_db.session() as session:
-            processing.count_delivery(session, message_id)
-    assert handle_order_placed(invoice_db, message_id, body, 0, POLICY) == "dead-lettered"
-    assert letters(invoice_db)[0].attempts == POLICY.max_deliveries + 1
+    consumer = service.consumer
+    message_id, body = uuid.uuid4(), service.message()
+    monkeypatch.setattr(consumer, "apply", lambda *_: pytest.fail("ran a parked message"))
+    for _ in range(INVOICE_POLICY.max_deliveries):  # each of these "crashed" before the effect committed
+        with service.worker.database.session() as session:
+            service.inbox.count_delivery(session, message_id)
+    assert consumer.deliver(message_id, body, 0) == DEAD_LETTERED
+    [letter] = service.letters()
+    assert letter.attempts == INVOICE_POLICY.max_deliveries + 1
+    assert letter.reason.startswith("delivered 4 times without completing")
 
 
 def test_database_outage_retries_with_growing_backoff_then_parks(
-    invoice_db: InvoiceDatabase, monkeypatch: pytest.MonkeyPatch
+    service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def unreachable(*_: Any) -> None:
+    def unreachable(*_: Any, **__: Any) -> None:
         raise OperationalError("SELECT 1", {}, Exception("connection refused"))
 
-    monkeypatch.setattr(processing, "count_delivery", unreachable)
+    monkeypatch.setattr(InboxTables, "count_delivery", unreachable)
+    consumer, body = service.consumer, service.message()
     countdowns = []
-    for retries in range(POLICY.max_retries):
+    for retries in range(INVOICE_POLICY.max_retries):
         with pytest.raises(RetryLater) as retry:
-            handle_order_placed(invoice_db, uuid.uuid4(), payload(), retries, POLICY)
+            consumer.deliver(uuid.uuid4(), body, retries)
         countdowns.append(retry.value.countdown)
     assert countdowns[0] <= 0.01 < countdowns[1] * 2
-    assert handle_order_placed(invoice_db, uuid.uuid4(), payload(), 2, POLICY) == "dead-lettered"
-    assert "invoice database trouble" in letters(invoice_db)[0].reason
+    assert consumer.deliver(uuid.uuid4(), body, 2) == DEAD_LETTERED
+    [letter] = service.letters()
+    assert letter.reason == "database trouble: OperationalError: connection refused"
+    assert service.effects() == 0
 
 
-def test_replay_after_fix_makes_one_invoice_and_replaying_again_does_not_double(
-    invoice_db: InvoiceDatabase, monkeypatch: pytest.MonkeyPatch
+def test_replay_after_fix_applies_once_and_replaying_again_does_not_double(
+    service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    message_id, body = uuid.uuid4(), payload()
+    message_id, body = uuid.uuid4(), service.message()
+    consumer = service.consumer
     with monkeypatch.context() as patched:
-        patched.setattr(processing, "create_invoice", lambda *_: (_ for _ in ()).throw(RuntimeError("bug")))
-        handle_order_placed(invoice_db, message_id, body, 0, DeliveryPolicy(max_deliveries=1))
-    [letter_id] = pending_ids(invoice_db)
+        patched.setattr(consumer, "policy", replace(consumer.policy, max_deliveries=1))
+        patched.setattr(
+            consumer,
+            "handler",
+            replace(consumer.handler, apply=lambda *_: (_ for _ in ()).throw(RuntimeError())),
+        )
+        assert consumer.deliver(message_id, body, 0) == DEAD_LETTERED
+    [letter_id] = pending_ids(service.worker)
 
-    first, second = replay(invoice_db, letter_id), replay(invoice_db, letter_id)
+    first, second = replay(service.worker, letter_id), replay(service.worker, letter_id)
 
-    assert (first.succeeded, first.outcome) == (True, "created")
-    assert (second.succeeded, second.outcome) == (True, "duplicate-message")
-    assert count(invoice_db, Invoice) == 1
-    assert pending_ids(invoice_db) == []
-    assert list(confirmed_message_ids(invoice_db, utcnow().replace(year=2000))) == [message_id]
+    assert (first.succeeded, first.outcome) == (True, service.applied)
+    assert (second.succeeded, second.outcome) == (True, DUPLICATE)
+    assert service.effects() == 1
+    assert pending_ids(service.worker) == []
+    # Settled: processed (the inbox holds it) and its dead letter marked replayed.
+    assert (
+        count(service.worker, service.inbox.processed, service.inbox.processed.c.message_id == message_id)
+        == 1
+    )
+    [letter] = service.letters()
+    assert (letter.message_id, letter.replayed_at is not None) == (message_id, True)
 
 
-def test_replay_that_fails_again_stays_pending_with_one_more_attempt(invoice_db: InvoiceDatabase) -> None:
-    handle_order_placed(invoice_db, uuid.uuid4(), payload(schema_version=9), 0, POLICY)
-    [letter_id] = pending_ids(invoice_db)
-    assert not replay(invoice_db, letter_id).succeeded
-    assert pending_ids(invoice_db) == [letter_id]
-    assert letters(invoice_db)[0].attempts == 2
+@pytest.mark.parametrize(
+    ("service", "body"),
+    [("invoice", payload(schema_version=9)), ("order", {"schema_version": 9})],
+    indirect=["service"],
+)
+def test_replay_that_fails_again_stays_pending_with_one_more_attempt(service: Service, body: Any) -> None:
+    service.consumer.deliver(uuid.uuid4(), body, 0)
+    [letter_id] = pending_ids(service.worker)
+    assert not replay(service.worker, letter_id).succeeded
+    assert pending_ids(service.worker) == [letter_id]
+    assert service.letters()[0].attempts == 2
+
+
+def test_a_redelivery_of_a_parked_message_that_now_applies_settles_its_dead_letter(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parked too early (e.g. redelivered while a slow delivery still ran): applying it settles the letter."""
+    message_id, body = uuid.uuid4(), service.message()
+    with monkeypatch.context() as patched:
+        patched.setattr(service.consumer, "policy", replace(INVOICE_POLICY, max_deliveries=1))
+        patched.setattr(
+            service.consumer,
+            "handler",
+            replace(service.consumer.handler, apply=lambda *_: (_ for _ in ()).throw(RuntimeError())),
+        )
+        service.consumer.deliver(message_id, body, 0)
+    assert pending_ids(service.worker) != []
+    assert service.consumer.apply(message_id, body) == service.applied
+    assert pending_ids(service.worker) == []
 
 
 DATABASE_ERROR_FAMILIES = [
@@ -166,7 +262,7 @@ DATABASE_ERROR_FAMILIES = [
     DataError,
     NotSupportedError,
     DatabaseError,
-    IntegrityError,  # not the uniqueness that create_invoice settles with ON CONFLICT
+    IntegrityError,  # not the uniqueness the handlers settle with ON CONFLICT / guarded UPDATEs
 ]
 
 
@@ -175,73 +271,121 @@ def database_error(family: type[DBAPIError]) -> DBAPIError:
 
 
 def failing(family: type[DBAPIError]) -> Any:
-    def fail(*_: Any) -> None:
+    def fail(*_: Any, **__: Any) -> None:
         raise database_error(family)
 
     return fail
 
 
-@pytest.mark.parametrize("step", ["count_delivery", "create_invoice"])
+def _fail_at(
+    step: str, service: Service, monkeypatch: pytest.MonkeyPatch, family: type[DBAPIError]
+) -> Consumer[Any]:
+    """Database trouble at ``step``: counting the delivery (the inbox) or applying it (the handler)."""
+    if step == "count_delivery":
+        monkeypatch.setattr(InboxTables, "count_delivery", failing(family))
+        return service.consumer
+    return service.broken(monkeypatch, failing(family))
+
+
+@pytest.mark.parametrize("step", ["count_delivery", "apply"])
 @pytest.mark.parametrize("family", DATABASE_ERROR_FAMILIES, ids=lambda f: f.__name__)
 def test_every_database_error_is_retried_never_a_silent_success(
-    invoice_db: InvoiceDatabase, monkeypatch: pytest.MonkeyPatch, family: type[DBAPIError], step: str
+    service: Service, monkeypatch: pytest.MonkeyPatch, family: type[DBAPIError], step: str
 ) -> None:
-    monkeypatch.setattr(processing, step, failing(family))
-    for retries in range(POLICY.max_retries):
+    consumer = _fail_at(step, service, monkeypatch, family)
+    body = service.message()
+    for retries in range(INVOICE_POLICY.max_retries):
         with pytest.raises(RetryLater) as retry:
-            handle_order_placed(invoice_db, uuid.uuid4(), payload(), retries, POLICY)
-        assert retry.value.reason.startswith("invoice database trouble")
+            consumer.deliver(uuid.uuid4(), body, retries)
+        assert retry.value.reason.startswith("database trouble")
         assert family.__name__ in retry.value.reason
-    assert (count(invoice_db, Invoice), letters(invoice_db)) == (0, [])
+    assert (service.effects(), service.processed(), service.letters()) == (0, 0, [])
 
 
 @pytest.mark.parametrize("family", DATABASE_ERROR_FAMILIES, ids=lambda f: f.__name__)
 def test_database_error_past_the_retry_bound_is_dead_lettered_when_the_database_takes_it(
-    invoice_db: InvoiceDatabase, monkeypatch: pytest.MonkeyPatch, family: type[DBAPIError]
+    service: Service, monkeypatch: pytest.MonkeyPatch, family: type[DBAPIError]
 ) -> None:
-    monkeypatch.setattr(processing, "create_invoice", failing(family))
-    message_id = uuid.uuid4()
-    outcome = handle_order_placed(invoice_db, message_id, payload(), POLICY.max_retries, POLICY)
-    assert outcome == "dead-lettered"
-    [letter] = letters(invoice_db)
-    assert (letter.message_id, letter.attempts) == (message_id, POLICY.max_retries + 1)
+    consumer = _fail_at("apply", service, monkeypatch, family)
+    message_id, body = uuid.uuid4(), service.message()
+    with pytest.raises(RetryLater):
+        consumer.deliver(message_id, body, INVOICE_POLICY.max_retries - 1)
+    assert consumer.deliver(message_id, body, INVOICE_POLICY.max_retries) == DEAD_LETTERED
+    [letter] = service.letters()
+    assert (letter.message_id, letter.attempts) == (message_id, INVOICE_POLICY.max_retries + 1)
     assert family.__name__ in letter.reason
+
+
+class _BrokenDatabase:
+    """A database whose every session fails the way a database in trouble does."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def session(self) -> Any:
+        raise self.error
 
 
 @pytest.mark.parametrize("family", DATABASE_ERROR_FAMILIES, ids=lambda f: f.__name__)
 def test_read_only_database_past_the_retry_bound_keeps_the_message_at_the_longest_backoff(
-    invoice_db: InvoiceDatabase, monkeypatch: pytest.MonkeyPatch, family: type[DBAPIError]
+    service: Service, monkeypatch: pytest.MonkeyPatch, family: type[DBAPIError]
 ) -> None:
     """The dead letter cannot be written either: the message stays in the broker, never dropped."""
-    monkeypatch.setattr(processing, "count_delivery", failing(family))
-    monkeypatch.setattr(processing, "record_dead_letter", failing(InternalError))
-    for retries in (POLICY.max_retries, POLICY.max_retries + 50):
+    monkeypatch.setattr(InboxTables, "count_delivery", failing(family))
+    monkeypatch.setattr(InboxTables, "park", failing(InternalError))
+    consumer, body = service.consumer, service.message()
+    for retries in (INVOICE_POLICY.max_retries, INVOICE_POLICY.max_retries + 50):
         with pytest.raises(RetryLater) as retry:
-            handle_order_placed(invoice_db, uuid.uuid4(), payload(), retries, POLICY)
-        assert retry.value.countdown == POLICY.backoff_max
+            consumer.deliver(uuid.uuid4(), body, retries)
+        assert retry.value.countdown == INVOICE_POLICY.backoff_max
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OperationalError("SELECT 1", {}, Exception("connection refused")),
+        InternalError("UPDATE", {}, Exception("cannot execute UPDATE in a read-only transaction")),
+        ProgrammingError("UPDATE", {}, Exception("permission denied")),
+    ],
+    ids=["unreachable", "read-only", "programming"],
+)
+def test_a_database_that_refuses_every_session_retries_with_bounded_delays_and_never_drops(
+    service: Service, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    consumer = service.consumer
+    monkeypatch.setattr(consumer, "database", _BrokenDatabase(error))
+    body = service.message()
+    delays = []
+    for retries in range(INVOICE_POLICY.max_retries + 3):  # past max_retries: the dead letter fails too
+        with pytest.raises(RetryLater) as raised:
+            consumer.deliver(uuid.uuid4(), body, retries)
+        delays.append(raised.value.countdown)
+    assert all(0 < delay <= INVOICE_POLICY.backoff_max for delay in delays)
+    assert delays[-1] == INVOICE_POLICY.backoff_max
 
 
 def test_poison_message_while_the_database_is_read_only_is_retried_not_dropped(
-    invoice_db: InvoiceDatabase, monkeypatch: pytest.MonkeyPatch
+    service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Parking needs a write too: a dead letter that cannot be written is no reason to acknowledge."""
-    monkeypatch.setattr(processing, "record_dead_letter", failing(InternalError))
+    monkeypatch.setattr(InboxTables, "park", failing(InternalError))
     with pytest.raises(RetryLater):
-        handle_order_placed(invoice_db, uuid.uuid4(), payload(schema_version=2), 0, POLICY)
+        service.consumer.deliver(uuid.uuid4(), ["not", "an", "object"], 0)
 
 
-def test_message_is_invoiced_once_the_database_is_writable_again(
-    invoice_db: InvoiceDatabase, monkeypatch: pytest.MonkeyPatch
+def test_message_is_applied_once_the_database_is_writable_again(
+    service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    message_id, body = uuid.uuid4(), payload()
+    consumer = service.consumer
+    message_id, body = uuid.uuid4(), service.message()
     with monkeypatch.context() as read_only:
-        read_only.setattr(processing, "count_delivery", failing(InternalError))
-        read_only.setattr(processing, "record_dead_letter", failing(InternalError))
-        for retries in range(POLICY.max_retries + 3):
+        read_only.setattr(InboxTables, "count_delivery", failing(InternalError))
+        read_only.setattr(InboxTables, "park", failing(InternalError))
+        for retries in range(INVOICE_POLICY.max_retries + 3):
             with pytest.raises(RetryLater):
-                handle_order_placed(invoice_db, message_id, body, retries, POLICY)
-    assert handle_order_placed(invoice_db, message_id, body, POLICY.max_retries + 3, POLICY) == "created"
-    assert (count(invoice_db, Invoice), letters(invoice_db)) == (1, [])
+                consumer.deliver(message_id, body, retries)
+    assert consumer.deliver(message_id, body, INVOICE_POLICY.max_retries + 3) == service.applied
+    assert (service.effects(), service.letters()) == (1, [])
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,8 @@
 """One invoice per order and its answer in the same transaction, whatever is redelivered.
 
-SQLite; the concurrent cases run on Postgres (tests/integration/test_invoice_idempotency.py).
+The invoice worker's handler (``invoice_worker.invoicing.HANDLER``) through the library's consumer
+(``Consumer.apply``: the inbox row, the handler's writes, one commit), on SQLite; the concurrent cases
+run on Postgres (tests/integration/test_invoice_idempotency.py).
 """
 
 from __future__ import annotations
@@ -9,28 +11,57 @@ import uuid
 from typing import Any
 
 import pytest
+from flask_outbox import InboxWorker, WorkerDatabase
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from invoice_worker.database import InvoiceDatabase
-from invoice_worker.invoicing import Outcome, create_invoice
-from invoice_worker.models import Invoice, ProcessedMessage, outbox
+from invoice_worker.invoicing import Outcome
+from invoice_worker.models import Invoice, inbox, outbox
 from invoice_worker.receivers import connect_receivers
 from invoice_worker.signals import invoice_created
-from shared.contracts import INVOICE_CREATED, InvoiceCreated, parse_invoice_created
+from shared.contracts import (
+    INVOICE_CREATED,
+    ORDER_PLACED,
+    ROUTES,
+    InvoiceCreated,
+    OrderPlaced,
+    parse_invoice_created,
+)
 from tests.support.events import order_placed_event
 
 
-def _invoices(database: InvoiceDatabase) -> list[Invoice]:
+@pytest.fixture
+def invoice_db(invoice_worker: InboxWorker) -> WorkerDatabase:
+    return invoice_worker.database
+
+
+@pytest.fixture
+def create_invoice(invoice_worker: InboxWorker) -> Any:
+    """One ``order.placed`` applied as the consumer applies it: the outcome, or what the handler raised."""
+    consumer = invoice_worker.consumer(ROUTES[ORDER_PLACED].task)
+
+    def apply(message_id: uuid.UUID, event: OrderPlaced) -> Outcome:
+        return Outcome(consumer.apply(message_id, event.to_payload()))
+
+    return apply
+
+
+def _processed(database: WorkerDatabase) -> int:
+    with database.session() as session:
+        return session.scalar(select(func.count()).select_from(inbox.processed)) or 0
+
+
+def _invoices(database: WorkerDatabase) -> list[Invoice]:
     with database.session() as session:
         return list(session.scalars(select(Invoice)))
 
 
-def test_an_order_placed_message_creates_a_numbered_invoice(invoice_db: InvoiceDatabase) -> None:
+def test_an_order_placed_message_creates_a_numbered_invoice(
+    invoice_db: WorkerDatabase, create_invoice: Any
+) -> None:
     event = order_placed_event(quantity=3, unit_amount=999)
 
-    with invoice_db.session() as session:
-        outcome = create_invoice(session, uuid.uuid4(), event)
+    outcome = create_invoice(uuid.uuid4(), event)
 
     assert outcome is Outcome.CREATED
     [invoice] = _invoices(invoice_db)
@@ -41,51 +72,50 @@ def test_an_order_placed_message_creates_a_numbered_invoice(invoice_db: InvoiceD
     assert invoice.created_at.tzinfo is not None
 
 
-def test_the_same_message_delivered_twice_gives_one_invoice(invoice_db: InvoiceDatabase) -> None:
+def test_the_same_message_delivered_twice_gives_one_invoice(
+    invoice_db: WorkerDatabase, create_invoice: Any
+) -> None:
     event, message_id = order_placed_event(), uuid.uuid4()
 
-    with invoice_db.session() as session:
-        first = create_invoice(session, message_id, event)
-    with invoice_db.session() as session:
-        second = create_invoice(session, message_id, event)
+    first = create_invoice(message_id, event)
+    second = create_invoice(message_id, event)
 
     assert first is Outcome.CREATED
     assert second is not Outcome.CREATED
     assert len(_invoices(invoice_db)) == 1
-    with invoice_db.session() as session:
-        assert session.scalar(select(func.count()).select_from(ProcessedMessage)) == 1
+    assert _processed(invoice_db) == 1
 
 
-def test_another_message_for_an_invoiced_order_creates_nothing(invoice_db: InvoiceDatabase) -> None:
+def test_another_message_for_an_invoiced_order_creates_nothing(
+    invoice_db: WorkerDatabase, create_invoice: Any
+) -> None:
     event = order_placed_event()
 
-    with invoice_db.session() as session:
-        create_invoice(session, uuid.uuid4(), event)
-    with invoice_db.session() as session:
-        outcome = create_invoice(session, uuid.uuid4(), event)
+    create_invoice(uuid.uuid4(), event)
+    outcome = create_invoice(uuid.uuid4(), event)
 
     assert outcome is Outcome.ALREADY_INVOICED
     assert len(_invoices(invoice_db)) == 1
 
 
-def test_invoice_numbers_are_unique_and_sequential(invoice_db: InvoiceDatabase) -> None:
+def test_invoice_numbers_are_unique_and_sequential(invoice_db: WorkerDatabase, create_invoice: Any) -> None:
     for _ in range(3):
-        with invoice_db.session() as session:
-            create_invoice(session, uuid.uuid4(), order_placed_event())
+        create_invoice(uuid.uuid4(), order_placed_event())
 
     assert sorted(i.number for i in _invoices(invoice_db)) == ["INV-00000001", "INV-00000002", "INV-00000003"]
 
 
-def _answers(database: InvoiceDatabase) -> list[Any]:
+def _answers(database: WorkerDatabase) -> list[Any]:
     with database.session() as session:
         return list(session.execute(select(outbox).order_by(outbox.c.id)))
 
 
-def test_an_invoice_and_its_invoice_created_message_commit_together(invoice_db: InvoiceDatabase) -> None:
+def test_an_invoice_and_its_invoice_created_message_commit_together(
+    invoice_db: WorkerDatabase, create_invoice: Any
+) -> None:
     event, message_id = order_placed_event(quantity=3, unit_amount=999), uuid.uuid4()
 
-    with invoice_db.session() as session:
-        create_invoice(session, message_id, event)
+    create_invoice(message_id, event)
 
     [invoice] = _invoices(invoice_db)
     [row] = _answers(invoice_db)
@@ -104,35 +134,32 @@ def test_an_invoice_and_its_invoice_created_message_commit_together(invoice_db: 
     assert row.published_at is None
 
 
-def test_a_rolled_back_invoice_leaves_no_invoice_created_message(invoice_db: InvoiceDatabase) -> None:
+def test_a_rolled_back_invoice_leaves_no_invoice_created_message(
+    invoice_db: WorkerDatabase, create_invoice: Any
+) -> None:
     seen_in_transaction: list[int] = []
 
     def failing_receiver(sender: Any, *, session: Session, **_: Any) -> None:
         seen_in_transaction.append(session.scalar(select(func.count()).select_from(outbox)) or 0)
         raise RuntimeError("a receiver failed before commit")
 
-    with (
-        invoice_created.connected_to(failing_receiver),
-        invoice_db.session() as session,
-        pytest.raises(RuntimeError),
-    ):
-        create_invoice(session, uuid.uuid4(), order_placed_event())
+    with invoice_created.connected_to(failing_receiver), pytest.raises(RuntimeError):
+        create_invoice(uuid.uuid4(), order_placed_event())
 
     assert seen_in_transaction == [1], "the answer was written inside the invoice's transaction"
     assert _invoices(invoice_db) == []
     assert _answers(invoice_db) == []
-    with invoice_db.session() as session:
-        assert session.scalar(select(func.count()).select_from(ProcessedMessage)) == 0
+    assert _processed(invoice_db) == 0
 
 
-def test_a_redriven_order_placed_is_answered_again_with_the_same_invoice(invoice_db: InvoiceDatabase) -> None:
+def test_a_redriven_order_placed_is_answered_again_with_the_same_invoice(
+    invoice_db: WorkerDatabase, create_invoice: Any
+) -> None:
     """The order side re-drives with the same message_id when the first answer was lost."""
     event, message_id = order_placed_event(), uuid.uuid4()
-    with invoice_db.session() as session:
-        create_invoice(session, message_id, event)
+    create_invoice(message_id, event)
 
-    with invoice_db.session() as session:
-        outcome = create_invoice(session, message_id, event)
+    outcome = create_invoice(message_id, event)
 
     assert outcome is Outcome.DUPLICATE_MESSAGE
     [invoice] = _invoices(invoice_db)
@@ -144,14 +171,13 @@ def test_a_redriven_order_placed_is_answered_again_with_the_same_invoice(invoice
 
 
 def test_another_order_placed_for_an_invoiced_order_is_answered_with_the_first_invoice(
-    invoice_db: InvoiceDatabase,
+    invoice_db: WorkerDatabase,
+    create_invoice: Any,
 ) -> None:
     event, first_id, second_id = order_placed_event(), uuid.uuid4(), uuid.uuid4()
-    with invoice_db.session() as session:
-        create_invoice(session, first_id, event)
+    create_invoice(first_id, event)
 
-    with invoice_db.session() as session:
-        outcome = create_invoice(session, second_id, event)
+    outcome = create_invoice(second_id, event)
 
     assert outcome is Outcome.ALREADY_INVOICED
     [invoice] = _invoices(invoice_db)
@@ -163,12 +189,12 @@ def test_another_order_placed_for_an_invoiced_order_is_answered_with_the_first_i
 
 
 def test_connecting_the_receivers_again_still_writes_one_answer_per_invoice(
-    invoice_db: InvoiceDatabase,
+    invoice_db: WorkerDatabase,
+    create_invoice: Any,
 ) -> None:
     connect_receivers()
     connect_receivers()
 
-    with invoice_db.session() as session:
-        create_invoice(session, uuid.uuid4(), order_placed_event())
+    create_invoice(uuid.uuid4(), order_placed_event())
 
     assert len(_answers(invoice_db)) == 1

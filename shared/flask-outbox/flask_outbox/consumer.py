@@ -96,10 +96,11 @@ class Handler(Generic[M]):
 
     ``parse`` reads a payload into the contract (raising pydantic's ``ValidationError``, or one of
     ``permanent``, for one that can never apply). ``apply`` makes the effect in the session's
-    transaction and returns an outcome name; it never commits, and raises ``InvalidMessage`` (or one of ``permanent``) for a message that
-    can never apply. ``apply_batch`` (optional) does the same for many fresh messages at once and
-    returns an outcome per message, ``None`` for one it leaves to ``apply``. ``on_duplicate``
-    (optional) runs, in a transaction of its own, for a message the inbox already holds.
+    transaction and returns an outcome name; it never commits, and raises ``InvalidMessage`` (or one
+    of ``permanent``) for a message that can never apply. ``apply_batch`` (optional) does the same
+    for many fresh messages at once and returns an outcome per message, ``None`` for one it leaves to
+    ``apply``. ``on_duplicate`` (optional) runs, in a transaction of its own, for a message the
+    inbox already holds.
     """
 
     topic: str
@@ -276,8 +277,9 @@ class Consumer(Generic[M]):
         Returns an outcome per item; ``None`` for one left to the single task (unreadable, or one the
         handler's batch path did not apply: nothing of it is written). Any exception means nothing of
         the transaction committed; the caller splits the batch. Duplicates get ``on_duplicate`` each
-        in a transaction of its own after the commit. No delivery is counted: a batch that kills its
-        worker comes back flagged as redelivered and is split, each message counted from there.
+        in a transaction of its own after the commit, and each is counted as a copy (``_count_copy``).
+        No other delivery is counted: a batch that kills its worker comes back flagged as redelivered
+        and is split, each message counted from there.
         """
         deliveries = [self._read(item) for item in items]
         readable = [delivery for delivery in deliveries if delivery is not None]
@@ -295,6 +297,7 @@ class Consumer(Generic[M]):
                 if delivery.message_id not in fresh_ids:
                     outcomes[delivery.message_id] = DUPLICATE
                     self._duplicate_after_batch(items, delivery)
+                    self._count_copy(delivery.message_id)  # a batch is a first delivery: a copy counts
         return [
             outcomes.get(item.message_id) if delivery else None
             for item, delivery in zip(items, deliveries, strict=True)

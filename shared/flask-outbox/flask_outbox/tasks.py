@@ -49,8 +49,9 @@ def register_tasks(
     policy, event = consumer.policy, consumer.handler.topic
 
     # max_retries=None: the bounds live in DeliveryPolicy, which may keep a message at the longest backoff
-    # rather than let Celery drop it.
-    @app.task(name=consumer.task_name, bind=True, acks_late=True, max_retries=None)  # type: ignore[untyped-decorator]  # celery ships no type hints
+    # rather than let Celery drop it. shared=False: the task is this app's alone; a shared task (Celery's
+    # default) is added to every app in the process, so a second worker's route would reach this consumer.
+    @app.task(name=consumer.task_name, bind=True, acks_late=True, max_retries=None, shared=False)  # type: ignore[untyped-decorator]  # celery ships no type hints
     def single(self: Task, payload: Any) -> str:
         structlog.contextvars.bind_contextvars(message_id=self.request.id, **_context(payload))
         try:
@@ -77,7 +78,7 @@ def register_tasks(
     if batch_task is None:
         return
 
-    @app.task(name=batch_task, bind=True, acks_late=True, max_retries=None)  # type: ignore[untyped-decorator]  # celery ships no type hints
+    @app.task(name=batch_task, bind=True, acks_late=True, max_retries=None, shared=False)  # type: ignore[untyped-decorator]  # celery ships no type hints
     def batch(self: Task, messages: Any) -> list[str]:
         """Apply several messages in one transaction on their first delivery, or split them.
 
