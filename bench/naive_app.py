@@ -61,7 +61,7 @@ class OrderLine(db.Model):  # type: ignore[name-defined,misc]
 def create_app() -> Flask:
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["NAIVE_ORDERS_DATABASE_URL"]
-    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_size": int(os.environ.get("DATABASE_POOL_SIZE", "5"))}
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_size": int(os.environ.get("API_POOL_SIZE", "5"))}
     db.init_app(app)
 
     @app.post("/orders")

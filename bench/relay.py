@@ -235,7 +235,7 @@ def product(url: str, client: redis.Redis, prefix: str, processes: int, tag: str
     LOGS.mkdir(parents=True, exist_ok=True)
     env = pipeline_env(
         orders_url=url, invoices_url=url, broker_url=REDIS_URL, var_dir=LOGS / "var", queue_prefix=prefix,
-        LOG_LEVEL="WARNING", RELAY_POLL_INTERVAL="1.0", RELAY_REBALANCE_INTERVAL="0.5",
+        LOG_LEVEL="WARNING", RELAY_POLL_INTERVAL="1.0",
     )  # fmt: skip
     relays = [relay_service(env, LOGS, name=f"{tag}-{n}").start() for n in range(processes)]
     engine = create_db_engine(url)

@@ -179,7 +179,7 @@ class StackFactory:
             WORKER_METRICS_PORT="0",
             BENCH_API_KEY=API_KEY,
             LOG_LEVEL=self.knobs.log_level,
-            DATABASE_POOL_SIZE=str(self.knobs.gunicorn_threads),
+            API_POOL_SIZE=str(self.knobs.gunicorn_threads),
             RELAY_BATCH_SIZE=str(self.knobs.relay_batch_size),
             # On, and counting in Redis, but far above the load: the limiter's cost, never its 429s.
             RATE_LIMIT=os.environ.get("BENCH_RATE_LIMIT", "1000000 per second"),

@@ -54,9 +54,11 @@ from order_service.receivers import connect_receivers
 from order_service.schemas import Problem
 from shared.config import Settings
 
-__all__ = ["MIGRATIONS", "create_app"]
+__all__ = ["MAX_REQUEST_BYTES", "MIGRATIONS", "create_app"]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MAX_REQUEST_BYTES = 64 * 1024
+"""The largest request body: an order is far smaller; anything bigger is refused (413) before it is read."""
 
 _SECURITY_SCHEMES: dict[str, SecurityScheme | dict[str, Any]] = {
     "bearerAuth": {"type": "http", "scheme": "bearer", "description": "An API key"}
@@ -111,12 +113,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         SQLALCHEMY_DATABASE_URI=settings.orders_database_url,
         SQLALCHEMY_ENGINE_OPTIONS=engine_options(
             settings.orders_database_url,
-            settings.database_pool_size,
-            statement_timeout_ms=settings.api_statement_timeout_ms,  # API engine only: a 503, not a hang
-            pool_timeout=settings.api_pool_timeout_seconds,
+            settings.api_pool_size,
+            statement_timeout_ms=int(settings.api_timeout_seconds * 1000),  # API engine only: a 503
+            pool_timeout=settings.api_timeout_seconds,
             ping_only_after_idle=True,  # a round trip per request saved; a dropped connection is a 503
         ),
-        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
     )
     SETTINGS.init_app(app, settings)
     init_observability(app, settings)  # first: times every request; traces engines made from now on

@@ -14,7 +14,7 @@ from flask_outbox.db import utcnow
 from sqlalchemy import select
 
 from order_service import auth, idempotency
-from order_service.extensions import SETTINGS, db
+from order_service.extensions import db
 from order_service.models import ApiKey
 
 __all__ = ["api_keys_cli", "idempotency_cli", "init_cli"]
@@ -53,12 +53,14 @@ def _digest_key(key: str) -> None:
 
 @idempotency_cli.command("prune")
 @click.option(
-    "--batch", type=click.IntRange(min=1), default=None, help="Rows per DELETE (IDEMPOTENCY_PRUNE_BATCH)"
+    "--batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help=f"Rows per DELETE (default {idempotency.PRUNE_BATCH})",
 )
 def _prune_keys(batch: int | None) -> None:
     """Delete every expired key now, in bounded batches (one short transaction each)."""
-    settings = SETTINGS.get()
-    removed, batches = idempotency.prune_all(db.engine, batch=batch or settings.idempotency_prune_batch)
+    removed, batches = idempotency.prune_all(db.engine, batch=batch or idempotency.PRUNE_BATCH)
     click.echo(f"pruned {removed} expired idempotency keys in {batches} batches")
 
 

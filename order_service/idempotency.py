@@ -10,7 +10,7 @@ order whose key still looks unanswered. The order's unit of work stays untouched
 write other than expiry is conditional on ``response_status IS NULL`` (and on the writer's lock token),
 checked by the database in the same statement, not by an earlier read.
 
-- A claim whose request died (process crash) can be taken over after ``IDEMPOTENCY_LOCK_SECONDS``.
+- A claim whose request died (process crash) can be taken over after ``LOCK_SECONDS``.
   The takeover changes the lock token, so a late original fails its conditional update and rolls back.
   If the original commits its answer while the takeover is under way, the takeover matches no row
   (on Postgres its UPDATE waits for the original's row lock, then re-checks the committed row) and
@@ -19,8 +19,8 @@ checked by the database in the same statement, not by an earlier read.
   (the acknowledgement was lost), and its stored 201 must then stay for the retry to replay.
 
 **Pruning** expired keys is never one unbounded DELETE in a live request: each ``prune`` deletes at
-most ``IDEMPOTENCY_PRUNE_BATCH`` rows in its own short transaction. Requests schedule one batch per
-``IDEMPOTENCY_PRUNE_INTERVAL`` per process, run after their response is sent; the CLI
+most ``PRUNE_BATCH`` rows in its own short transaction. Requests schedule one batch per
+``PRUNE_INTERVAL`` per process, run after their response is sent; the CLI
 ``flask --app order_service idempotency-keys prune`` (``cli``) drains any backlog batch by batch (cron
 it if keys expire faster than that pace).
 
@@ -56,6 +56,10 @@ from order_service.signals import order_placed
 from shared.config import Settings
 
 __all__ = [
+    "KEY_TTL_SECONDS",
+    "LOCK_SECONDS",
+    "PRUNE_BATCH",
+    "PRUNE_INTERVAL",
     "Claim",
     "KeyInFlight",
     "KeyReused",
@@ -73,6 +77,16 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+KEY_TTL_SECONDS = 24 * 3600.0
+"""How long a key's answer is replayed: the contract's day (a client retries within it, as with Stripe's)."""
+LOCK_SECONDS = 60.0
+"""A claim older than this is a dead request's and may be taken over: far above any live request
+(the API's own timeouts are seconds), far below a client's patience."""
+PRUNE_INTERVAL = 300.0
+"""Seconds between the bounded prunes each API process runs after a response."""
+PRUNE_BATCH = 1_000
+"""Expired keys per DELETE; a request prunes one batch in passing, the CLI loops."""
 
 
 _table = IdempotencyKey.__table__
@@ -138,7 +152,7 @@ def claim(
         "lock_token": token,
         "locked_at": now,
         "created_at": now,
-        "expires_at": now + timedelta(seconds=settings.idempotency_key_ttl_seconds),
+        "expires_at": now + timedelta(seconds=KEY_TTL_SECONDS),
     }
     for _attempt in range(3):
         row_id = _insert(engine, values)
@@ -157,7 +171,7 @@ def claim(
                 raise KeyReused(key)
             if row.response_status is not None:
                 return Replay(row.response_status, row.response_body or "")
-            if row.locked_at > now - timedelta(seconds=settings.idempotency_lock_seconds):
+            if row.locked_at > now - timedelta(seconds=LOCK_SECONDS):
                 raise KeyInFlight(key)
             if _take_over(conn, row.id, row.lock_token, token, now):
                 log.warning("idempotency.stale_claim_taken_over", client=client_id, key_row=row.id)
@@ -308,5 +322,5 @@ def prune_when_due(app: Flask, engine: Engine) -> None:
 
 
 def init_idempotency(app: Flask, settings: Settings) -> None:
-    _PRUNER.init_app(app, _Pruner(settings.idempotency_prune_interval, settings.idempotency_prune_batch))
+    _PRUNER.init_app(app, _Pruner(PRUNE_INTERVAL, PRUNE_BATCH))
     order_placed.connect(record_response, weak=False)  # after the outbox receiver; connecting is idempotent

@@ -1,65 +1,87 @@
-"""The services' settings: the pipeline's (``flask_outbox.OutboxSettings``) plus databases and HTTP."""
+"""The services' settings: the pipeline's (``flask_outbox.OutboxSettings``) plus databases and the API.
+
+``Settings`` is what every entry point builds; each field belongs to the part that reads it
+(``ApiSettings``: the HTTP API; ``Settings`` itself: the services' databases). The table in
+``docs/configuration.md`` is rendered from these classes: ``python tools/settings_table.py``.
+"""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from flask_outbox import OutboxSettings
+from flask_outbox.settings import PipelineSettings, markdown_table
 from pydantic import Field
 
-__all__ = ["Settings"]
+__all__ = ["ApiSettings", "Settings", "settings_markdown"]
 
 
-class Settings(OutboxSettings):
-    """Process configuration. Build it in entry points only and pass it in everywhere else."""
+class ApiSettings(PipelineSettings):
+    """The order API (gunicorn ``order_service.wsgi``): keys, limits, its database pool.
 
-    orders_database_url: str = Field(default="", validation_alias="ORDERS_DATABASE_URL")
-    invoices_database_url: str = Field(default="", validation_alias="INVOICES_DATABASE_URL")
-    max_request_bytes: int = Field(default=64 * 1024, validation_alias="MAX_REQUEST_BYTES")
-    database_pool_size: int = Field(default=5, validation_alias="DATABASE_POOL_SIZE")
+    Constants, not settings (in the modules that use them): the largest request body
+    (``order_service.MAX_REQUEST_BYTES``), the Idempotency-Key time to live and claim takeover, the
+    idempotency prune period and batch (``order_service.idempotency``); the rate limiter counts in
+    Redis when the broker is Redis (``BROKER_URL``), else in the process.
+    """
+
+    PART: ClassVar[str] = "api"
 
     api_keys: str = Field(
         default="",
         validation_alias="API_KEYS",
         description="Comma-separated API keys: raw keys, or 'sha256:<hex digest>' to keep secrets out of env",
     )
-    secret_key: str = Field(
-        default="",
-        validation_alias="SECRET_KEY",
-        description="Signs the pipeline page's session cookie; default: one generated into var/secret-key",
+    rate_limit: str = Field(
+        default="600 per minute",
+        validation_alias="RATE_LIMIT",
+        description="Requests per API key (limits syntax, e.g. '600 per minute')",
     )
-    rate_limit: str = Field(default="600 per minute", validation_alias="RATE_LIMIT")
     auth_failure_rate_limit: str = Field(
         default="60 per minute",
         validation_alias="AUTH_FAILURE_RATE_LIMIT",
         description="Requests without a valid API key per client address; checked before the key lookup",
     )
-    api_statement_timeout_ms: int = Field(
-        default=5000,
-        ge=0,
-        validation_alias="API_STATEMENT_TIMEOUT_MS",
-        description="Postgres statement_timeout on the API's connections (0: none); a timeout is a 503",
+    secret_key: str = Field(
+        default="",
+        validation_alias="SECRET_KEY",
+        description="Signs the pipeline page's session cookie; default: one generated into var/secret-key",
     )
-    api_pool_timeout_seconds: float = Field(
+    api_timeout_seconds: float = Field(
         default=5.0,
         gt=0,
-        validation_alias="API_POOL_TIMEOUT_SECONDS",
-        description="How long an API request waits for a pooled database connection before a 503",
+        validation_alias="API_TIMEOUT_SECONDS",
+        description="Longest a request waits for a pooled database connection, and longest one SQL statement "
+        "runs (Postgres statement_timeout); either is a 503",
     )
-    rate_limit_storage_url: str = Field(
-        default="", validation_alias="RATE_LIMIT_STORAGE_URL", description="Default: BROKER_URL if Redis"
-    )
-    idempotency_key_ttl_seconds: float = Field(
-        default=24 * 3600, gt=0, validation_alias="IDEMPOTENCY_KEY_TTL_SECONDS"
-    )
-    idempotency_lock_seconds: float = Field(default=60.0, gt=0, validation_alias="IDEMPOTENCY_LOCK_SECONDS")
-    idempotency_prune_interval: float = Field(
-        default=300.0, gt=0, validation_alias="IDEMPOTENCY_PRUNE_INTERVAL"
-    )
-    idempotency_prune_batch: int = Field(
-        default=1_000,
+    api_pool_size: int = Field(
+        default=5,
         ge=1,
-        le=100_000,
-        validation_alias="IDEMPOTENCY_PRUNE_BATCH",
-        description="Expired keys per DELETE; a request prunes one batch in passing, the CLI loops",
+        validation_alias="API_POOL_SIZE",
+        description="Database connections per API process (about its gunicorn threads)",
+    )
+
+    @property
+    def rate_limit_storage(self) -> str:
+        """Where rate-limit counters live: shared Redis when the broker is Redis, else this process."""
+        return self.broker_url if self.uses_redis_broker else "memory://"
+
+
+class Settings(OutboxSettings, ApiSettings):
+    """Process configuration. Build it in entry points only and pass it in everywhere else."""
+
+    PART: ClassVar[str] = "services"
+
+    orders_database_url: str = Field(
+        default="",
+        validation_alias="ORDERS_DATABASE_URL",
+        description="The order API's, order relay's and order consumer's database; "
+        "default: SQLite under VAR_DIR",
+    )
+    invoices_database_url: str = Field(
+        default="",
+        validation_alias="INVOICES_DATABASE_URL",
+        description="The invoice worker's and invoice relay's database; default: SQLite under VAR_DIR",
     )
 
     def model_post_init(self, _context: object) -> None:
@@ -74,15 +96,13 @@ class Settings(OutboxSettings):
             if not getattr(self, name):
                 object.__setattr__(self, name, value)
 
-    @property
-    def rate_limit_storage(self) -> str:
-        """Where rate-limit counters live: shared Redis when the broker is Redis, else this process."""
-        if self.rate_limit_storage_url:
-            return self.rate_limit_storage_url
-        return self.broker_url if self.uses_redis_broker else "memory://"
-
     def ensure_var_dir(self) -> None:
         """Create the folders the embedded mode writes to."""
         if self.orders_database_url.startswith("sqlite") or self.uses_embedded_broker:
             self.var_dir.mkdir(parents=True, exist_ok=True)
         super().ensure_var_dir()
+
+
+def settings_markdown() -> str:
+    """The table of every setting the services read (``docs/configuration.md``, between its markers)."""
+    return markdown_table(Settings)

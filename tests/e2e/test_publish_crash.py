@@ -18,6 +18,7 @@ import pytest
 import redis
 from flask import Flask
 from flask_outbox.partitions import LockKeys, relay_holdings
+from flask_outbox.relay import RelayPolicy
 from sqlalchemy import Engine, func, select, text
 
 from harness.outbox import queued_messages
@@ -129,7 +130,7 @@ def test_relay_sigkilled_between_publish_and_mark_republishes_and_the_worker_inv
         assert pid is not None
         assert queued_messages(redis_client, queue) == BATCH, "the broker holds the published batch"
         assert _rows_locked_by_others(orders_engine) == BATCH, "the relay holds its claimed rows"
-        assert _partitions_held(orders_engine, pid) == tuple(range(pg_settings.relay_partitions))
+        assert _partitions_held(orders_engine, pid) == tuple(range(RelayPolicy().partitions))
         doomed.kill()
         assert doomed.process is not None
         assert doomed.process.returncode == -9

@@ -28,7 +28,6 @@ def relay_env(pg_settings: Settings) -> dict[str, str]:
     return settings_env(
         pg_settings,
         RELAY_BATCH_SIZE="200",
-        RELAY_REBALANCE_INTERVAL="0.2",
         LOG_LEVEL="WARNING",
     )
 

@@ -43,12 +43,12 @@ def _app(settings: Settings, **changes: object) -> Iterator[Flask]:
 @pytest.fixture
 def small_pool_app(pg_settings: Settings) -> Iterator[Flask]:
     """Two connections at most (pool 1 + overflow 1), and a short wait for one."""
-    yield from _app(pg_settings, database_pool_size=1, api_pool_timeout_seconds=0.5)
+    yield from _app(pg_settings, api_pool_size=1, api_timeout_seconds=0.5)
 
 
 @pytest.fixture
 def short_timeout_app(pg_settings: Settings) -> Iterator[Flask]:
-    yield from _app(pg_settings, api_statement_timeout_ms=300)
+    yield from _app(pg_settings, api_timeout_seconds=0.3)
 
 
 def _assert_503(response: object) -> None:

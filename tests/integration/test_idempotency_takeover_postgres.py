@@ -169,7 +169,7 @@ def _before_takeover(app: Flask, gate: Gate) -> Callable[[], None]:
 
 
 def _age_claims(probe: Engine) -> None:
-    """Make every claim older than IDEMPOTENCY_LOCK_SECONDS, as if its request had stalled."""
+    """Make every claim older than idempotency.LOCK_SECONDS, as if its request had stalled."""
     with probe.begin() as conn:
         conn.execute(text("UPDATE idempotency_keys SET locked_at = locked_at - interval '1 hour'"))
 

@@ -145,7 +145,7 @@ def test_an_expired_key_starts_afresh_and_expired_keys_are_pruned(
 
 def test_keys_expire_after_the_configured_time(app: Flask, client: FlaskClient) -> None:
     client.post("/orders", json=ORDER, headers=_key())
-    ttl = SETTINGS.get(app).idempotency_key_ttl_seconds
+    ttl = idempotency.KEY_TTL_SECONDS
 
     with app.app_context():
         assert idempotency.prune(db.engine, batch=100, now=utcnow() + timedelta(seconds=ttl - 60)) == 0

@@ -66,7 +66,6 @@ def test_the_limiter_stores_counters_in_redis_when_the_broker_is_redis() -> None
     settings = Settings(broker_url="redis://127.0.0.1:6379/0")
     assert settings.rate_limit_storage == "redis://127.0.0.1:6379/0"
     assert Settings().rate_limit_storage == "memory://"
-    assert Settings(rate_limit_storage_url="memory://").rate_limit_storage == "memory://"
 
 
 GUESSES = 20

@@ -134,8 +134,9 @@ def test_the_default_body_limit_fits_the_largest_valid_order(client: FlaskClient
     assert client.post("/orders", json={**ORDER, "lines": lines}).status_code == 201
 
 
-def test_the_body_limit_is_configurable(api_settings: Settings) -> None:
-    small = create_app(api_settings.model_copy(update={"max_request_bytes": 100}))
+def test_a_body_over_the_limit_is_a_413_problem(api_settings: Settings) -> None:
+    small = create_app(api_settings)
+    small.config["MAX_CONTENT_LENGTH"] = 100  # below MAX_REQUEST_BYTES: an order exceeds it
 
     response = small.test_client().post("/orders", data=order(), content_type=JSON, headers=AUTH)
 

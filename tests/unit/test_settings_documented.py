@@ -1,19 +1,31 @@
-"""Every setting the environment can set is in the README's configuration (the fixed interface's rule)."""
+"""The settings table of docs/configuration.md is the settings classes rendered, and every setting says
+what it is for (the fixed interface's rule: every variable the environment can set is documented)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from shared.config import Settings
+from flask_outbox.settings import setting_rows
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+from shared.config import Settings, settings_markdown
+
+CONFIGURATION = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
 
 
-def test_every_environment_variable_of_the_settings_is_documented_in_the_readme() -> None:
-    names = [
-        str(field.validation_alias) for field in Settings.model_fields.values() if field.validation_alias
-    ]
-    text = README.read_text()
+def test_the_committed_settings_table_is_the_generated_one() -> None:
+    """Fails when a setting is added, removed or redescribed without ``python tools/settings_table.py``."""
+    block = CONFIGURATION.read_text().partition(BEGIN)[2].partition(END)[0]
 
-    assert len(names) > 40, "the settings are read from their aliases"
-    assert [name for name in names if f"`{name}`" not in text] == []
+    assert settings_markdown() in block, "stale table: run python tools/settings_table.py"
+
+
+def test_every_setting_has_a_description_and_a_part() -> None:
+    rows = list(setting_rows(Settings))
+
+    assert {name for name, *_ in rows} == {str(f.validation_alias) for f in Settings.model_fields.values()}
+    assert [name for name, _default, part, text in rows if not text or not part] == []
+
+
+def test_at_most_thirty_operator_facing_settings() -> None:
+    assert len(Settings.model_fields) <= 30

@@ -20,7 +20,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Generic, TypeVar
@@ -68,19 +67,9 @@ class RelayProgram(Generic[Settings]):
     def policy(self, settings: Settings) -> RelayPolicy:
         return RelayPolicy(
             batch_size=settings.relay_batch_size,
-            max_attempts=settings.relay_max_attempts,
             max_backoff=settings.relay_max_backoff,
-            retention=timedelta(seconds=settings.outbox_retention_seconds),
-            partitions=settings.relay_partitions,
-            rebalance_interval=settings.relay_rebalance_interval,
-            purge_interval=settings.relay_purge_interval,
-            purge_batch=settings.relay_purge_batch,
             expects_answer=self.expects_answer,
             redrive_after=settings.outbox_redrive_after_seconds,
-            redrive_max_interval=settings.outbox_redrive_max_interval,
-            redrive_max=settings.outbox_redrive_max,
-            redrive_interval=settings.relay_redrive_interval,
-            redrive_batch=settings.relay_redrive_batch,
             stall_seconds=settings.relay_stall_seconds,
         )
 

@@ -13,7 +13,7 @@ from flask_outbox.redis_publisher import RedisPipelinePublisher
 from flask_outbox.routes import Route
 from flask_outbox.settings import OutboxSettings as Settings
 
-__all__ = ["CeleryPublisher", "publisher_for"]
+__all__ = ["MESSAGES_PER_TASK", "CeleryPublisher", "publisher_for"]
 
 
 class CeleryPublisher:
@@ -60,11 +60,16 @@ class CeleryPublisher:
         self._app.close()
 
 
+MESSAGES_PER_TASK = 100
+"""Most messages a Redis relay packs into one batch task (``flask_outbox.batches``): enough that a
+backlog costs the workers one task per hundred messages, few enough that one task stays short."""
+
+
 def publisher_for(settings: Settings, routes: Mapping[str, Route], name: str = "outbox_relay") -> Publisher:
     """The pipelined Redis publisher on a Redis broker; ``send_task`` on any other transport."""
     app = publishing_app(settings, name)
     if settings.broker_url.startswith(("redis://", "rediss://")):
         return RedisPipelinePublisher.from_url(
-            app, settings.broker_url, routes, settings.queue_prefix, settings.relay_messages_per_task
+            app, settings.broker_url, routes, settings.queue_prefix, MESSAGES_PER_TASK
         )
     return CeleryPublisher(app, routes, settings.queue_prefix)

@@ -63,6 +63,7 @@ from flask_outbox.health import BacklogCollector, RelayMetrics
 from flask_outbox.logs import CORRELATION_HEADER
 from flask_outbox.messages import BatchOutcome, PendingMessage, Publisher
 from flask_outbox.partitions import LockKeys, PartitionLeases
+from flask_outbox.settings import REDRIVE_MAX, REDRIVE_MAX_INTERVAL_SECONDS
 
 __all__ = ["OutboxRelay", "RelayPolicy"]
 
@@ -85,24 +86,39 @@ def _correlation(batch: list[PendingMessage]) -> dict[str, list[str]]:
 
 @dataclass(frozen=True, slots=True)
 class RelayPolicy:
+    """How a relay works. The settings (``RelaySettings``) fill the first fields; the rest are constants
+    nobody should need to tune, each with its reason (tests and benches may still pass others)."""
+
     batch_size: int = 500
-    max_attempts: int = 20
-    base_backoff: float = 0.5
-    max_backoff: float = 300.0
-    retention: timedelta = timedelta(days=7)
-    partitions: int = 16
-    rebalance_interval: float = 1.0
-    purge_interval: float = 60.0
-    purge_batch: int = 5_000
-    purge_max_batches: int = 20
+    max_backoff: float = 30.0
     expects_answer: frozenset[str] = frozenset()
     """Topics whose rows wait for an acknowledgement; unanswered ones are re-driven (``redrive.py``)."""
-    redrive_after: float = 60.0
-    redrive_max_interval: float = 3600.0
-    redrive_max: int = 20
-    redrive_interval: float = 5.0
-    redrive_batch: int = 5_000
+    redrive_after: float = 90.0
     stall_seconds: float = 30.0
+    max_attempts: int = 20
+    """Failed publishes of a row (not a broker outage: those are transient and never park it) before it
+    is parked for an operator: with the 30 s backoff ceiling, minutes of a message Celery refuses."""
+    base_backoff: float = 0.5
+    """First retry delay of a failed row: a broker blip is over by then."""
+    retention: timedelta = timedelta(days=7)
+    """Published rows kept for inspection (``relay status``, an audit); only disk depends on it."""
+    partitions: int = 16
+    """Partitions of the outbox: enough for a handful of relays to share, few enough that a rebalance
+    is one cheap query. Changing it moves aggregates between partitions: not a knob for a live system."""
+    rebalance_interval: float = 1.0
+    """Seconds between partition rebalances (also the heartbeat live relays judge stalls by)."""
+    purge_interval: float = 60.0
+    """Seconds between purges of published rows past the retention: a minute keeps each purge short."""
+    purge_batch: int = 5_000
+    """Rows per purge DELETE: a short transaction whatever the table's size."""
+    purge_max_batches: int = 20
+    """DELETEs per purge round: the loop gets back to publishing within a second or so."""
+    redrive_max_interval: float = REDRIVE_MAX_INTERVAL_SECONDS
+    redrive_max: int = REDRIVE_MAX
+    redrive_interval: float = 5.0
+    """Seconds between scans for unanswered messages: small against the re-drive delay (90 s)."""
+    redrive_batch: int = 5_000
+    """Most messages one re-drive scan republishes: an outage's worth per scan, in one short transaction."""
 
     def backoff(self, attempts: int) -> timedelta:
         return store.backoff(attempts, self.base_backoff, self.max_backoff)

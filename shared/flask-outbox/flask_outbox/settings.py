@@ -1,106 +1,88 @@
-"""The pipeline's settings: broker, relay, worker and inbox; read from the environment.
+"""The pipeline's settings, one class per part that reads them; from the environment.
 
-Build it in entry points only and pass it in everywhere else. An application subclasses it to add
-its own (its database URLs, its HTTP settings); the defaults are the embedded mode.
+Build them in entry points only and pass them in everywhere else. Every field is an operator-facing
+environment variable (its ``validation_alias``) with a description; the table in
+``docs/configuration.md`` is rendered from these classes (``python -m flask_outbox.settings
+--markdown``). Tuning nobody should need to touch is a named constant (here or in the module that
+uses it), not a setting. Relations between settings are checked at start (``OutboxSettings``'s
+validator): a bad combination refuses to start, naming both variables.
+
+Parts, by environment prefix: ``PipelineSettings`` (broker, queues, logs, traces: every process),
+``RelaySettings`` (``RELAY_*``, ``OUTBOX_*``: the relays), ``ConsumerSettings`` (``WORKER_*``,
+``INBOX_*``, ``BROKER_VISIBILITY_TIMEOUT``: the consuming workers); ``OutboxSettings`` is all of them.
+An application subclasses it to add its own (its database URLs, its HTTP settings); the defaults
+are the embedded mode.
 """
 
 from __future__ import annotations
 
+import argparse
+import inspect
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["OutboxSettings"]
+__all__ = [
+    "LATENESS_BOUND_SECONDS",
+    "REDRIVE_MAX",
+    "REDRIVE_MAX_INTERVAL_SECONDS",
+    "ConsumerSettings",
+    "OutboxSettings",
+    "PipelineSettings",
+    "RelaySettings",
+    "markdown_table",
+    "restore_sweep_seconds",
+    "setting_rows",
+]
+
+LATENESS_BOUND_SECONDS = 120.0
+"""The project's bound: every order is invoiced at most this long after the last fault (the soak's check)."""
+
+REDRIVE_MAX = 20
+"""Re-drives per unanswered message; after that it stays unacknowledged for an operator (``relay status``)."""
+
+REDRIVE_MAX_INTERVAL_SECONDS = 3600.0
+"""Ceiling of the re-drive backoff (``OUTBOX_REDRIVE_AFTER_SECONDS * 2**redrives``): an hour between
+republishes of a message nobody answers is as often as is useful and as seldom as is safe."""
 
 
-class OutboxSettings(BaseSettings):
-    """What the outbox's relay and the inbox's consumer read; the defaults are the embedded mode."""
+def restore_sweep_seconds(visibility_timeout: float) -> float:
+    """How often a consuming worker sweeps Redis for expired unacknowledged tasks: a quarter of the
+    visibility timeout, 1 to 10 s (``flask_outbox.broker.worker_broker_config`` configures it)."""
+    return float(max(1, min(10, int(visibility_timeout) // 4)))
 
+
+class PipelineSettings(BaseSettings):
+    """Every process: where the broker is, the queue names, logs and traces."""
+
+    PART: ClassVar[str] = "pipeline"
     model_config = SettingsConfigDict(frozen=True, env_file=".env", extra="ignore", populate_by_name=True)
 
-    var_dir: Path = Field(default=Path("var"), validation_alias="VAR_DIR")
-    broker_url: str = Field(default="", validation_alias="BROKER_URL")
-    queue_prefix: str = Field(default="", validation_alias="QUEUE_PREFIX")
-
-    log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL")
-    log_format: Literal["console", "json"] = Field(default="console", validation_alias="LOG_FORMAT")
-
-    relay_batch_size: int = Field(default=500, ge=1, le=10_000, validation_alias="RELAY_BATCH_SIZE")
-    relay_poll_interval: float = Field(default=1.0, gt=0, validation_alias="RELAY_POLL_INTERVAL")
-    relay_max_backoff: float = Field(default=300.0, gt=0, validation_alias="RELAY_MAX_BACKOFF")
-    relay_max_attempts: int = Field(default=20, ge=1, validation_alias="RELAY_MAX_ATTEMPTS")
-    relay_partitions: int = Field(default=16, ge=1, le=1024, validation_alias="RELAY_PARTITIONS")
-    relay_rebalance_interval: float = Field(default=1.0, gt=0, validation_alias="RELAY_REBALANCE_INTERVAL")
-    relay_purge_interval: float = Field(default=60.0, gt=0, validation_alias="RELAY_PURGE_INTERVAL")
-    relay_purge_batch: int = Field(default=5_000, ge=1, validation_alias="RELAY_PURGE_BATCH")
-    relay_stall_seconds: float = Field(
-        default=30.0,
-        ge=5,
-        validation_alias="RELAY_STALL_SECONDS",
-        description="A relay making no progress this long is unhealthy; live relays take its partitions",
+    broker_url: str = Field(
+        default="",
+        validation_alias="BROKER_URL",
+        description="The Celery broker: redis:// or rediss:// in production; "
+        "default: a file broker under VAR_DIR",
     )
-    relay_metrics_port: int = Field(
-        default=9101, ge=0, le=65535, validation_alias="RELAY_METRICS_PORT", description="0: a free port"
+    queue_prefix: str = Field(
+        default="",
+        validation_alias="QUEUE_PREFIX",
+        description="Prefix of every queue and Redis key, so several pipelines can share one Redis",
     )
-    outbox_retention_seconds: float = Field(
-        default=7 * 24 * 3600, ge=0, validation_alias="OUTBOX_RETENTION_SECONDS"
+    var_dir: Path = Field(
+        default=Path("var"),
+        validation_alias="VAR_DIR",
+        description="Embedded mode's folder: SQLite files, the file broker, the generated secret key",
     )
-    outbox_redrive_after_seconds: float = Field(
-        default=60.0,
-        gt=0,
-        validation_alias="OUTBOX_REDRIVE_AFTER_SECONDS",
-        description="Republish a message that expects an answer if none came this long after publishing",
-    )
-    outbox_redrive_max_interval: float = Field(
-        default=3600.0,
-        gt=0,
-        validation_alias="OUTBOX_REDRIVE_MAX_INTERVAL",
-        description="Ceiling of the re-drive backoff (redrive_after * 2**redrives)",
-    )
-    outbox_redrive_max: int = Field(
-        default=20,
-        ge=0,
-        validation_alias="OUTBOX_REDRIVE_MAX",
-        description="Re-drives per message; after that it stays unacknowledged for an operator",
-    )
-    relay_redrive_interval: float = Field(default=5.0, gt=0, validation_alias="RELAY_REDRIVE_INTERVAL")
-    relay_redrive_batch: int = Field(default=5_000, ge=1, validation_alias="RELAY_REDRIVE_BATCH")
-    relay_messages_per_task: int = Field(
-        default=100,
-        ge=1,
-        le=1_000,
-        validation_alias="RELAY_MESSAGES_PER_TASK",
-        description="Most messages a Redis relay packs into one batch task (1: one task per message)",
-    )
-
-    worker_max_retries: int = Field(default=8, ge=0, validation_alias="WORKER_MAX_RETRIES")
-    worker_max_deliveries: int = Field(default=5, ge=1, validation_alias="WORKER_MAX_DELIVERIES")
-    worker_retry_backoff: float = Field(default=1.0, gt=0, validation_alias="WORKER_RETRY_BACKOFF")
-    worker_retry_backoff_max: float = Field(default=20.0, gt=0, validation_alias="WORKER_RETRY_BACKOFF_MAX")
-    broker_visibility_timeout: int = Field(
-        default=60,
-        ge=1,
-        validation_alias="BROKER_VISIBILITY_TIMEOUT",
-        description="Seconds before Redis restores an unacknowledged task (a lost worker's reservations)",
-    )
-    inbox_retention_seconds: float = Field(
-        default=30 * 24 * 3600,
-        gt=0,
-        validation_alias="INBOX_RETENTION_SECONDS",
-        description="Keep processed-message ids and delivery counts this long; must exceed the longest "
-        "redelivery window (re-drive cap x re-drive backoff ceiling), checked at the worker's start",
-    )
-    inbox_prune_interval: float = Field(default=300.0, gt=0, validation_alias="INBOX_PRUNE_INTERVAL")
-    inbox_prune_batch: int = Field(default=5_000, ge=1, validation_alias="INBOX_PRUNE_BATCH")
-
-    worker_metrics_port: int = Field(
-        default=9102,
-        ge=0,
-        le=65535,
-        validation_alias="WORKER_METRICS_PORT",
-        description="A Celery worker's /metrics, /healthz and /readyz (0: a free port)",
+    log_level: str = Field(default="INFO", validation_alias="LOG_LEVEL", description="Logging level")
+    log_format: Literal["console", "json"] = Field(
+        default="console",
+        validation_alias="LOG_FORMAT",
+        description="console (readable) or json (one object a line)",
     )
     otel_traces_exporter: Literal["none", "otlp", "console"] = Field(
         default="none",
@@ -138,3 +120,195 @@ class OutboxSettings(BaseSettings):
         """Create the folders the embedded broker writes to."""
         if self.uses_embedded_broker:
             (self.broker_folder / "control").mkdir(parents=True, exist_ok=True)
+
+
+class RelaySettings(PipelineSettings):
+    """The relays (``python -m <service>.relay``): publishing outbox rows, re-driving unanswered ones.
+
+    Constants, not settings (``flask_outbox.relay.RelayPolicy``'s defaults say why): partitions,
+    rebalance and purge periods and batches, re-drive period and batch, the publish attempts before a
+    row is parked, messages per batch task, how long published rows are kept.
+    """
+
+    PART: ClassVar[str] = "relay"
+
+    relay_batch_size: int = Field(
+        default=500,
+        ge=1,
+        le=10_000,
+        validation_alias="RELAY_BATCH_SIZE",
+        description="Most rows one claim takes",
+    )
+    relay_poll_interval: float = Field(
+        default=1.0,
+        gt=0,
+        validation_alias="RELAY_POLL_INTERVAL",
+        description="Seconds between claims when no NOTIFY wakes the relay "
+        "(SQLite; rows whose retry comes due)",
+    )
+    relay_max_backoff: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias="RELAY_MAX_BACKOFF",
+        description="Ceiling of a failed row's retry backoff; with RELAY_STALL_SECONDS "
+        "under the 120 s lateness bound (checked at start)",
+    )
+    relay_stall_seconds: float = Field(
+        default=30.0,
+        ge=5,
+        validation_alias="RELAY_STALL_SECONDS",
+        description="A relay making no progress this long is unhealthy; live relays take its partitions",
+    )
+    relay_metrics_port: int = Field(
+        default=9101,
+        ge=0,
+        le=65535,
+        validation_alias="RELAY_METRICS_PORT",
+        description="A relay's /metrics, /healthz and /readyz (0: a free port)",
+    )
+    outbox_redrive_after_seconds: float = Field(
+        default=90.0,
+        gt=0,
+        validation_alias="OUTBOX_REDRIVE_AFTER_SECONDS",
+        description="Republish a message that expects an answer if none came this long after "
+        "publishing; must exceed BROKER_VISIBILITY_TIMEOUT plus the restore sweep (checked at start)",
+    )
+
+    @property
+    def outbox_redrive_max(self) -> int:
+        """``REDRIVE_MAX`` (a constant since it stopped being a setting)."""
+        return REDRIVE_MAX
+
+    @property
+    def outbox_redrive_max_interval(self) -> float:
+        """``REDRIVE_MAX_INTERVAL_SECONDS`` (a constant since it stopped being a setting)."""
+        return REDRIVE_MAX_INTERVAL_SECONDS
+
+
+class ConsumerSettings(PipelineSettings):
+    """The consuming workers (``celery -A <service> worker``): retries, redeliveries, the inbox."""
+
+    PART: ClassVar[str] = "consumer"
+
+    worker_max_retries: int = Field(default=8, ge=0, validation_alias="WORKER_MAX_RETRIES")
+    worker_max_deliveries: int = Field(default=5, ge=1, validation_alias="WORKER_MAX_DELIVERIES")
+    worker_retry_backoff: float = Field(default=1.0, gt=0, validation_alias="WORKER_RETRY_BACKOFF")
+    worker_retry_backoff_max: float = Field(default=20.0, gt=0, validation_alias="WORKER_RETRY_BACKOFF_MAX")
+    broker_visibility_timeout: int = Field(
+        default=60,
+        ge=1,
+        validation_alias="BROKER_VISIBILITY_TIMEOUT",
+        description="Seconds before Redis restores an unacknowledged task (a lost worker's reservations)",
+    )
+    inbox_retention_seconds: float = Field(
+        default=30 * 24 * 3600,
+        gt=0,
+        validation_alias="INBOX_RETENTION_SECONDS",
+        description="Keep processed-message ids and delivery counts this long; must exceed the longest "
+        "redelivery window (re-drive cap x re-drive backoff ceiling), checked at the worker's start",
+    )
+    inbox_prune_interval: float = Field(default=300.0, gt=0, validation_alias="INBOX_PRUNE_INTERVAL")
+    inbox_prune_batch: int = Field(default=5_000, ge=1, validation_alias="INBOX_PRUNE_BATCH")
+
+    worker_metrics_port: int = Field(
+        default=9102,
+        ge=0,
+        le=65535,
+        validation_alias="WORKER_METRICS_PORT",
+        description="A Celery worker's /metrics, /healthz and /readyz (0: a free port)",
+    )
+
+
+class OutboxSettings(RelaySettings, ConsumerSettings):
+    """Everything the outbox's relay and the inbox's consumer read; the defaults are the embedded mode."""
+
+    PART: ClassVar[str] = "pipeline"
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> OutboxSettings:
+        """Relations between parts' settings, checked when the settings are read (every process's start)."""
+        problems = self.relation_problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def relation_problems(self) -> list[str]:
+        """Each broken relation, in words that name both variables; empty when all hold.
+
+        The third relation, ``INBOX_RETENTION_SECONDS`` against the longest redelivery, is checked at a
+        consuming worker's start (``flask_outbox.retention.check_retention``), where it is reported.
+        """
+        problems = []
+        restored = self.broker_visibility_timeout + restore_sweep_seconds(self.broker_visibility_timeout)
+        if self.outbox_redrive_after_seconds <= restored:
+            problems.append(
+                f"OUTBOX_REDRIVE_AFTER_SECONDS={self.outbox_redrive_after_seconds:g} must exceed "
+                f"BROKER_VISIBILITY_TIMEOUT={self.broker_visibility_timeout:g} plus the restore sweep "
+                f"({restored:g} s): a task a killed worker held comes back by then, and re-driving it "
+                "first only publishes it twice"
+            )
+        if self.relay_max_backoff + self.relay_stall_seconds >= LATENESS_BOUND_SECONDS:
+            problems.append(
+                f"RELAY_MAX_BACKOFF={self.relay_max_backoff:g} plus RELAY_STALL_SECONDS="
+                f"{self.relay_stall_seconds:g} must stay under the {LATENESS_BOUND_SECONDS:g} s "
+                "lateness bound: "
+                "a row that failed during a fault is retried at most the backoff ceiling after it, once a "
+                "live relay holds its partition"
+            )
+        return problems
+
+
+_CONSUMER_DESCRIPTIONS = {
+    "WORKER_MAX_RETRIES": "Retries of a message whose handler failed transiently, before it is dead-lettered",
+    "WORKER_MAX_DELIVERIES": "Deliveries of a message that never completes (a worker dies on it) before it "
+    "is dead-lettered as poison",
+    "WORKER_RETRY_BACKOFF": "First retry delay of a failed task, doubling per retry",
+    "WORKER_RETRY_BACKOFF_MAX": "Ceiling of the retry delay (capped at half BROKER_VISIBILITY_TIMEOUT)",
+    "INBOX_PRUNE_INTERVAL": "Seconds between prunes of expired inbox rows, per worker",
+    "INBOX_PRUNE_BATCH": "Expired inbox rows per DELETE",
+}
+"""The table's words for the consumer's fields that carry no description yet (their fields are the
+consumer's to fold; a field's own description wins)."""
+
+
+def setting_rows(*classes: type[BaseSettings]) -> Iterator[tuple[str, str, str, str]]:
+    """(variable, default, part, description) of every field, each under the class that declares it."""
+    seen: set[str] = set()
+    for cls in classes:
+        for klass in reversed(cls.__mro__):
+            if not (isinstance(klass, type) and issubclass(klass, BaseSettings)):
+                continue
+            own = inspect.get_annotations(klass)
+            for name, field in klass.model_fields.items():
+                alias = str(field.validation_alias)
+                if name not in own or alias in seen:
+                    continue
+                seen.add(alias)
+                default = field.get_default(call_default_factory=True)
+                shown = "(empty)" if default in ("", None) else f"`{default}`"
+                description = field.description or _CONSUMER_DESCRIPTIONS.get(alias, "")
+                yield alias, shown, str(getattr(klass, "PART", "")), description
+
+
+def markdown_table(*classes: type[BaseSettings]) -> str:
+    """The settings table of ``docs/configuration.md``: one row per variable, grouped by part."""
+    rows = sorted(setting_rows(*classes), key=lambda row: (_PART_ORDER.get(row[2], 99), row[0]))
+    lines = ["| variable | default | part | description |", "|---|---|---|---|"]
+    for name, default, part, text in rows:
+        lines.append(f"| `{name}` | {default} | {part} | {text.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+_PART_ORDER = {"pipeline": 0, "services": 1, "api": 2, "relay": 3, "consumer": 4}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flask_outbox.settings", description=__doc__)
+    parser.add_argument("--markdown", action="store_true", help="print the settings table (Markdown)")
+    parser.parse_args(argv)
+    print(markdown_table(OutboxSettings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
