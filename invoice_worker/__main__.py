@@ -37,21 +37,25 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings()
+        if args.command != "migrate":
+            # Imported here: the module builds the worker from the environment, which may be refused.
+            from invoice_worker.celery_app import build_worker
+
+            worker = build_worker(settings)  # the consumer the dead letters are replayed through
+    except ValueError as exc:  # settings whose relations are wrong (e.g. a retention too short), at start
+        print(str(exc), file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     settings.ensure_var_dir()
     if args.command == "migrate":
         upgrade(settings.invoices_database_url)
         return 0
-    from invoice_worker.celery_app import worker  # the consumer the dead letters are replayed through
-
     try:
         if args.command == "invoices":
             return _list_invoices(worker.database, args.limit)
         return run_inbox_command(args, worker)
-    except ValueError as exc:  # a retention shorter than the redelivery window, refused at start
-        print(str(exc), file=sys.stderr)
-        return 2
     finally:
         worker.database.engine.dispose()
 

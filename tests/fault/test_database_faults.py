@@ -92,7 +92,7 @@ def test_invoice_database_outage_is_retried_with_backoff_until_it_returns(
 
     private_postgres.stop()
     place_in_process(cluster, bodies(20, seed=94))
-    worker.wait_for_log("invoice.retry_scheduled", timeout=60)
+    worker.wait_for_log("inbox.retry_scheduled", timeout=60)
     time.sleep(4)  # several rounds of backoff against a database that is not there
     private_postgres.start()
 
@@ -100,7 +100,7 @@ def test_invoice_database_outage_is_retried_with_backoff_until_it_returns(
     report("invoice database outage", verdict)
     assert (len(verdict.lost), len(verdict.doubled)) == (0, 0)
     assert verdict.dead_letters == 0
-    assert worker.logs().count("invoice.database_trouble") >= 20
+    assert worker.logs().count("inbox.database_trouble") >= 20
 
 
 def events(service: Service, name: str) -> list[dict[str, object]]:
@@ -133,12 +133,12 @@ def test_invoice_database_read_only_for_a_while_loses_no_order_with_the_shipped_
         time.sleep(0.3)
 
     def refused() -> set[str]:
-        return {str(e["message_id"]) for e in events(worker, "invoice.database_trouble")}
+        return {str(e["message_id"]) for e in events(worker, "inbox.database_trouble")}
 
     wait_until(
         lambda: len(refused()) >= 30, timeout=30, message="every new message to meet the read-only database"
     )
-    assert all("read-only transaction" in str(e["error"]) for e in events(worker, "invoice.database_trouble"))
+    assert all("read-only transaction" in str(e["error"]) for e in events(worker, "inbox.database_trouble"))
     assert len(cluster.checker.verdict().invoices) == 5  # nothing could be written meanwhile
     time.sleep(max(0.0, 15 - (time.monotonic() - started)))  # the spell lasts 15 s in all
     set_read_only(cluster.databases.invoices_url, False)

@@ -12,7 +12,6 @@ from sqlalchemy import create_engine, make_url, text
 
 from harness.processes import Service
 from harness.waiting import wait_until
-from shared.contracts import ORDER_PLACED
 from tests.fault.faulty_worker import KILLS_ONCE, SLOW
 from tests.fault.harness import Cluster, report
 from tests.fault.orders import bodies, place_in_process
@@ -131,7 +130,7 @@ def test_broker_stopped_while_a_retry_is_published_loses_nothing(persistent_clus
             lock.execute("SELECT pg_terminate_backend(%s)", [pid])
 
         def not_published() -> set[str]:
-            return {str(r["message_id"]) for r in logged(worker, f"{ORDER_PLACED}.retry_not_published")}
+            return {str(r["message_id"]) for r in logged(worker, "inbox.retry_not_published")}
 
         rejected = wait_until(
             lambda: not_published() if len(not_published()) == 2 else None,

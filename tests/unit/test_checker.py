@@ -346,7 +346,7 @@ def test_redrives_and_duplicates_are_reported_not_failed() -> None:
         events={
             "invoice.duplicate_message": 4,
             "invoice.reanswered": 5,
-            "order.invoice_duplicate_message": 2,
+            "inbox.duplicate_message": 6,  # both consumers log it: 4 invoice side + 2 order side
             "order.invoice_recorded:already-invoiced": 3,
         },
     )
@@ -459,13 +459,14 @@ def test_a_delivery_received_and_never_finished_is_interrupted(tmp_path: Path) -
 
 def test_a_batch_received_and_never_settled_interrupts_each_of_its_messages(tmp_path: Path) -> None:
     def batch(event: str, *message_ids: str) -> str:
-        return json.dumps({"event": event, "message_ids": list(message_ids)}) + "\n"
+        line = {"event": event, "topic": "order.placed", "message_ids": list(message_ids)}
+        return json.dumps(line) + "\n"
 
     first, second, third = (f"00000000-0000-4000-8000-00000000001{n}" for n in (1, 2, 3))
     (tmp_path / "worker-0.log").write_text(
-        batch("invoice.batch_received", first, second)
-        + batch("invoice.batch_settled", first, second)
-        + batch("invoice.batch_received", third, second)  # killed after its commit: no settled line
+        batch("inbox.batch_received", first, second)
+        + batch("inbox.batch_settled", first, second)
+        + batch("inbox.batch_received", third, second)  # killed after its commit: no settled line
     )
 
     assert read_logs(tmp_path).interrupted == {third, second}

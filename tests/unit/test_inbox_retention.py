@@ -7,7 +7,6 @@ still changes nothing on either side (each handler keeps its own uniqueness).
 
 from __future__ import annotations
 
-import sys
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -19,7 +18,6 @@ from flask_outbox.db import utcnow
 from flask_outbox.retention import InboxPruner, InboxRetention, check_retention, prune_inbox
 from sqlalchemy import func, insert, select
 
-import invoice_worker
 from invoice_worker.__main__ import main
 from invoice_worker.invoicing import Outcome
 from invoice_worker.models import Invoice, outbox
@@ -176,13 +174,6 @@ def test_each_worker_prunes_in_passing_after_a_delivery(invoice_worker: InboxWor
     assert _counts(invoice_worker) == (1, 1)  # the 2 old rows went; this delivery's stays
 
 
-@pytest.fixture
-def fresh_celery_app(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``python -m invoice_worker`` builds its worker from its own process's environment: import it anew."""
-    monkeypatch.delitem(sys.modules, "invoice_worker.celery_app")
-    monkeypatch.delattr(invoice_worker, "celery_app")
-
-
 def _seed_invoices_db(var_dir: Path, count: int) -> None:
     from tests.unit.conftest import invoice_worker_on, worker_settings
 
@@ -190,7 +181,6 @@ def _seed_invoices_db(var_dir: Path, count: int) -> None:
         _seed(seeded, age=timedelta(days=31), count=count)
 
 
-@pytest.mark.usefixtures("fresh_celery_app")
 def test_prune_command_prints_what_it_deleted(
     sqlite_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -202,13 +192,6 @@ def test_prune_command_prints_what_it_deleted(
     assert capsys.readouterr().out.strip() == "pruned processed_messages=4 message_deliveries=4"
 
 
-@pytest.mark.usefixtures("fresh_celery_app")
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="regression in 729b6ec: invoice_worker.celery_app builds the InboxWorker (which refuses the "
-    "retention) at import, and __main__.main imports it outside its try: a traceback, not exit status 2",
-)
 def test_prune_command_refuses_a_retention_shorter_than_the_redelivery_window(
     sqlite_settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -70,7 +70,7 @@ def register_tasks(
             except Exception as exc:  # a failure no rule classifies: a bug is no reason to lose the message
                 log.exception("inbox.unexpected_error", retries=retries)
                 reason, countdown = exc, policy.backoff(retries + 1)
-            retry_or_requeue(self, reason, countdown, event)
+            retry_or_requeue(self, reason, countdown, "inbox")
         finally:
             structlog.contextvars.clear_contextvars()
             after_delivery()
