@@ -6,13 +6,11 @@ import uuid
 from typing import Any
 
 from flask_outbox import OutboxMessage, add_message
-from flask_outbox.logs import correlation_id
-from flask_outbox.tracing import outbox_headers
 from sqlalchemy.orm import Session
 
 from invoice_worker.models import Invoice, outbox
 from invoice_worker.signals import invoice_created, invoice_requested_again
-from shared.contracts import INVOICE_CREATED, SCHEMA_VERSION_HEADER, InvoiceCreated
+from shared.contracts import INVOICE_CREATED, InvoiceCreated, outbox_headers
 
 __all__ = ["answer_order", "connect_receivers", "invoice_created_message"]
 
@@ -37,22 +35,10 @@ def answer_order(
     ``order.placed`` it re-drives by ``causation_id`` and moves the order forward at most once.
     """
     message = invoice_created_message(invoice, causation_id)
-    add_message(
-        session,
-        outbox,
-        OutboxMessage(
-            topic=INVOICE_CREATED,
-            aggregate_type="order",
-            aggregate_id=message.order_id,
-            payload=message.to_payload(),
-            headers={
-                SCHEMA_VERSION_HEADER: message.schema_version,
-                "order_id": message.order_id,
-                "causation_id": message.causation_id,
-                **outbox_headers(correlation_id()),  # the delivery's id and trace context
-            },
-        ),
+    row = OutboxMessage(
+        INVOICE_CREATED, "order", message.order_id, message.to_payload(), outbox_headers(message)
     )
+    add_message(session, outbox, row)  # with the delivery's correlation id and trace context
 
 
 def connect_receivers() -> None:

@@ -45,7 +45,7 @@ from order_service.auth import init_auth
 from order_service.bodies import check_json_body
 from order_service.cli import init_cli
 from order_service.dashboard import init_dashboard
-from order_service.extensions import SETTINGS, db, discard_broken_sessions, migrate
+from order_service.extensions import SETTINGS, db, discard_broken_sessions, migrate, outbox
 from order_service.idempotency import init_idempotency
 from order_service.observability import init_observability
 from order_service.problems import openapi_validation_error, register_error_handlers
@@ -125,6 +125,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     db.init_app(app)
     discard_broken_sessions(app)
     migrate.init_app(app, db, directory=str(MIGRATIONS))
+    outbox.init_app(app)  # in debug and tests: the unsafe-dispatch guard (flask_outbox.guard)
     with app.app_context():
         install_engine_events(db.engine, ping_only_after_idle=True)
     connect_receivers()

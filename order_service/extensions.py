@@ -12,13 +12,14 @@ from typing import Generic, TypeVar, cast
 import structlog
 from flask import Flask, current_app
 from flask_migrate import Migrate
+from flask_outbox import Outbox
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase
 
 from shared.config import Settings
 
-__all__ = ["SETTINGS", "AppState", "Base", "db", "discard_broken_sessions", "migrate"]
+__all__ = ["SETTINGS", "AppState", "Base", "db", "discard_broken_sessions", "migrate", "outbox"]
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +32,8 @@ class Base(DeclarativeBase):
 # objects without re-reading them.
 db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
 migrate = Migrate()
+outbox = Outbox(db=db, answered=True)
+"""The orders database's outbox: ``order.placed`` rows, answered by ``invoice.created`` (re-driven until)."""
 
 T = TypeVar("T")
 

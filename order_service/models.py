@@ -11,12 +11,13 @@ import uuid
 from datetime import datetime
 from typing import TypedDict
 
-from flask_outbox import define_inbox, define_outbox
+from flask_outbox import define_inbox
 from flask_outbox.db import BigIntPK, UTCDateTime, utcnow
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from order_service.extensions import db
+from order_service.extensions import outbox as outbox_extension
 
 __all__ = [
     "INVOICED",
@@ -117,7 +118,7 @@ class IdempotencyKey(db.Model):  # type: ignore[name-defined,misc]
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
-outbox = define_outbox(db.metadata, answered=True)
+outbox = outbox_extension.table
 """``order.placed`` expects ``invoice.created``: the consumer acknowledges the row, the relay re-drives it."""
 
 Index(

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask_outbox import OutboxMessage, add_message
-from flask_outbox.logs import correlation_id
-from flask_outbox.tracing import outbox_headers
-from sqlalchemy.orm import Session
-
-from order_service.models import Order, line_fields, outbox
+from order_service.extensions import outbox
+from order_service.models import Order, line_fields
 from order_service.signals import order_placed
-from shared.contracts import ORDER_PLACED, SCHEMA_VERSION_HEADER, OrderPlaced, OrderPlacedLine
+from shared.contracts import ORDER_PLACED, OrderPlaced, OrderPlacedLine, outbox_headers
 
 __all__ = ["connect_receivers", "order_placed_message", "request_invoice"]
 
@@ -27,23 +23,16 @@ def order_placed_message(order: Order) -> OrderPlaced:
     )
 
 
-def request_invoice(sender: Any, *, order: Order, session: Session, **_: Any) -> None:
-    """Queue ``order.placed`` for the invoice worker, committed together with the order."""
+def request_invoice(sender: Any, *, order: Order, **_: Any) -> None:
+    """Queue ``order.placed`` for the invoice worker in the order's transaction (``db.session``)."""
     message = order_placed_message(order)
-    add_message(
-        session,
-        outbox,
-        OutboxMessage(
-            topic=ORDER_PLACED,
-            aggregate_type="order",
-            aggregate_id=message.order_id,
-            payload=message.to_payload(),
-            headers={
-                SCHEMA_VERSION_HEADER: message.schema_version,
-                "order_id": message.order_id,
-                **outbox_headers(correlation_id()),  # the request's id and trace context
-            },
-        ),
+    headers = outbox_headers(message)  # and the request's correlation id and trace context
+    outbox.add(
+        ORDER_PLACED,
+        message.to_payload(),
+        aggregate_type="order",
+        aggregate_id=message.order_id,
+        headers=headers,
     )
 
 

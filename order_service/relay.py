@@ -7,17 +7,14 @@ Publishes the orders database's outbox (``order.placed``); ``order.placed`` expe
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 
-from flask_outbox.program import RelayProgram
-from flask_outbox.relay import OutboxRelay, RelayPolicy
-from sqlalchemy import Engine
+from flask_outbox import RelayProgram
 
 from order_service.models import outbox
 from shared.config import Settings
 from shared.contracts import ORDER_PLACED, ROUTES
 
-__all__ = ["PROGRAM", "build_relay", "main", "relay_policy"]
+__all__ = ["PROGRAM", "build_relay", "main"]
 
 PROGRAM: RelayProgram[Settings] = RelayProgram(
     prog="python -m order_service.relay",
@@ -29,18 +26,8 @@ PROGRAM: RelayProgram[Settings] = RelayProgram(
     expects_answer=frozenset({ORDER_PLACED}),  # answered by invoice.created (order_service.worker)
 )
 
-
-def relay_policy(settings: Settings) -> RelayPolicy:
-    return PROGRAM.policy(settings)
-
-
-def build_relay(settings: Settings, engine: Engine) -> OutboxRelay:
-    return PROGRAM.build(settings, engine)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return PROGRAM.main(argv)
-
+build_relay = PROGRAM.build
+main = PROGRAM.main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,6 +21,7 @@ __all__ = [
     "OrderPlacedLine",
     "Route",
     "UnsupportedSchemaVersion",
+    "outbox_headers",
     "parse_invoice_created",
     "parse_order_placed",
 ]
@@ -109,6 +110,14 @@ class InvoiceCreated(BaseModel):
     def to_payload(self) -> dict[str, Any]:
         """Plain JSON types only: what goes into the outbox and over the broker."""
         return self.model_dump(mode="json")
+
+
+def outbox_headers(message: OrderPlaced | InvoiceCreated) -> dict[str, Any]:
+    """What an outbox row of ``message`` carries besides its payload: its version and its order."""
+    headers: dict[str, Any] = {SCHEMA_VERSION_HEADER: message.schema_version, "order_id": message.order_id}
+    if isinstance(message, InvoiceCreated):
+        headers["causation_id"] = message.causation_id
+    return headers
 
 
 class UnsupportedSchemaVersion(ValueError):

@@ -111,6 +111,9 @@ class CountingPublisher:
         self.inner = inner
         self.batches: list[int] = []
 
+    def waiting(self) -> int:
+        return 0
+
     def publish(self, messages: list[PendingMessage]) -> BatchOutcome:
         self.batches.append(len(messages))
         return self.inner.publish(messages)

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from harness.outbox import consumed, order_payload
 from order_service.models import outbox
-from order_service.relay import build_relay, relay_policy
+from order_service.relay import PROGRAM, build_relay
 from shared.config import Settings
 from shared.contracts import ROUTES
 
@@ -41,7 +41,7 @@ def _behind() -> datetime:
 def relay_behind(pg_settings: Settings, orders_engine: Engine) -> Iterator[OutboxRelay]:
     """A relay on a host whose clock runs an hour behind (the relay's own clock is injectable)."""
     publisher = publisher_for(pg_settings, ROUTES, "order_relay")
-    relay = OutboxRelay(orders_engine, outbox, publisher, relay_policy(pg_settings), clock=_behind)
+    relay = OutboxRelay(orders_engine, outbox, publisher, PROGRAM.policy(pg_settings), clock=_behind)
     yield relay
     relay.disconnect()
     publisher.close()
@@ -96,6 +96,9 @@ class RefusesOnce:
     def __init__(self) -> None:
         self.calls = 0
 
+    def waiting(self) -> int:
+        return 0
+
     def publish(self, messages: list[PendingMessage]) -> BatchOutcome:
         self.calls += 1
         if self.calls == 1:
@@ -111,7 +114,7 @@ def test_backoff_and_publication_are_stamped_by_the_database_clock(
 ) -> None:
     """A relay an hour ahead would otherwise put a failed row an hour into backoff."""
     _write(orders_engine, "stamped")
-    relay = OutboxRelay(orders_engine, outbox, RefusesOnce(), relay_policy(pg_settings), clock=_ahead)
+    relay = OutboxRelay(orders_engine, outbox, RefusesOnce(), PROGRAM.policy(pg_settings), clock=_ahead)
     try:
         with orders_engine.connect() as conn:
             before = conn.execute(text("SELECT now()")).scalar_one()

@@ -74,6 +74,9 @@ class FailsFirstBatch:
         self.inner = inner
         self.calls = 0
 
+    def waiting(self) -> int:
+        return 0
+
     def publish(self, messages: list[PendingMessage]) -> BatchOutcome:
         self.calls += 1
         if self.calls == 1:

@@ -142,3 +142,20 @@ def test_unroutable_message_is_parked_holds_back_its_aggregate_and_can_be_retrie
     with orders_engine.connect() as conn:
         retried = conn.execute(select(outbox).where(outbox.c.message_id == first["message_id"])).one()
     assert (retried.parked_at, retried.attempts) == (None, 0)
+
+
+def test_waiting_counts_the_tasks_no_worker_has_taken_from_the_routes_queues(
+    pg_settings: Settings, orders_engine: Engine, redis_client: redis.Redis
+) -> None:
+    """What the relay's flow control reads (``OutboxRelay._hold``): the queue's length, per route."""
+    relay = build_relay(pg_settings, orders_engine)
+    try:
+        assert relay.publisher.waiting() == 0
+        insert_rows(orders_engine, outbox_rows(3, 3))
+        assert relay.drain() == 3
+        assert relay.publisher.waiting() == 1, "three messages, one batch task"
+        redis_client.rpop(pg_settings.queue("invoices"))  # a worker takes it
+        assert relay.publisher.waiting() == 0
+    finally:
+        relay.disconnect()
+        relay.publisher.close()

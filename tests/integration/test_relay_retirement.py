@@ -20,13 +20,16 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from order_service.models import outbox
-from order_service.relay import relay_policy
+from order_service.relay import PROGRAM
 from shared.config import Settings
 
 STALL = 2.0
 
 
 class NoPublisher:
+    def waiting(self) -> int:
+        return 0
+
     def publish(self, messages: list[PendingMessage]) -> BatchOutcome:
         raise AssertionError("these tests only rebalance")
 
@@ -36,7 +39,7 @@ class NoPublisher:
 
 @pytest.fixture
 def pair(pg_settings: Settings, orders_engine: Engine) -> Iterator[tuple[OutboxRelay, OutboxRelay]]:
-    policy = replace(relay_policy(pg_settings), stall_seconds=STALL)
+    policy = replace(PROGRAM.policy(pg_settings), stall_seconds=STALL)
     made = (
         OutboxRelay(orders_engine, outbox, NoPublisher(), policy),
         OutboxRelay(orders_engine, outbox, NoPublisher(), policy),
@@ -119,7 +122,7 @@ def test_lone_relay_stopped_mid_batch_loses_its_session_after_the_bound(
 ) -> None:
     """No live peer to retire it: ``idle_in_transaction_session_timeout`` ends its open batch."""
     relay = OutboxRelay(
-        orders_engine, outbox, NoPublisher(), replace(relay_policy(pg_settings), stall_seconds=STALL)
+        orders_engine, outbox, NoPublisher(), replace(PROGRAM.policy(pg_settings), stall_seconds=STALL)
     )
     try:
         relay.rebalance(force=True)

@@ -139,6 +139,9 @@ class RecordingPublisher:
     def __init__(self) -> None:
         self.sent: list[uuid.UUID] = []
 
+    def waiting(self) -> int:
+        return 0
+
     def publish(self, messages: list[PendingMessage]) -> BatchOutcome:
         self.sent += [m.message_id for m in messages]
         return BatchOutcome(published=[m.id for m in messages])

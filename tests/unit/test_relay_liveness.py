@@ -36,6 +36,9 @@ class FlakyPublisher:
         self.entered = threading.Event()
         self.published: list[int] = []
 
+    def waiting(self) -> int:
+        return 0
+
     def publish(self, messages: list[PendingMessage]) -> BatchOutcome:
         self.calls += 1
         self.entered.set()

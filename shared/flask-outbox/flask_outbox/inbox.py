@@ -16,7 +16,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy import Column, Index, Integer, MetaData, String, Table, Text, Uuid, exists, select, update
+from sqlalchemy import (
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TextClause,
+    Uuid,
+    exists,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -45,46 +59,55 @@ class InboxTables:
         A dead letter of the same message (parked too early, e.g. redelivered while a slow first
         delivery still ran) is settled in the same transaction.
         """
-        now = database_clock(session.get_bind().dialect)
-        statement = (
-            self._insert(session, self.processed)
-            .values(message_id=message_id, topic=topic, processed_at=now)
-            .on_conflict_do_nothing(index_elements=["message_id"])
-            .returning(self.processed.c.message_id)
-        )
-        # RETURNING, not rowcount: an ORM-session INSERT reports rowcount -1 on psycopg.
-        if session.execute(statement).scalar_one_or_none() is None:
-            return False
-        self._settle(session, [message_id])
-        return True
+        return bool(self.record_many(session, [message_id], topic))
 
     def record_many(self, session: Session, message_ids: Sequence[uuid.UUID], topic: str) -> set[uuid.UUID]:
-        """``record`` for many messages in one statement; returns the ids recorded now (the fresh ones)."""
+        """``record`` for many messages in one round trip; returns the ids recorded now (the fresh ones)."""
         if not message_ids:
             return set()
+        if is_postgres(session.get_bind().dialect):
+            rows = session.execute(
+                self._record_postgres(), {"ids": [str(mid) for mid in message_ids], "topic": topic}
+            )
+            return {uuid.UUID(str(mid)) for mid in rows.scalars()}
         now = database_clock(session.get_bind().dialect)
         statement = (
-            self._insert(session, self.processed)
+            sqlite.insert(self.processed)
             .values([{"message_id": mid, "topic": topic, "processed_at": now} for mid in message_ids])
             .on_conflict_do_nothing(index_elements=["message_id"])
             .returning(self.processed.c.message_id)
         )
+        # RETURNING, not rowcount: an ORM-session INSERT reports rowcount -1 on psycopg.
         fresh = set(session.execute(statement).scalars())
         if fresh:
-            self._settle(session, list(fresh))
+            session.execute(
+                update(self.dead_letters)
+                .where(self.dead_letters.c.message_id.in_(fresh), self.dead_letters.c.replayed_at.is_(None))
+                .values(replayed_at=now)
+            )
         return fresh
+
+    def _record_postgres(self) -> TextClause:
+        """Postgres: the inbox rows and the settled dead letters in one statement, one round trip."""
+        return text(
+            f"""
+            WITH inbox AS (
+                INSERT INTO {self.processed.name} (message_id, topic, processed_at)
+                SELECT CAST(id AS uuid), :topic, statement_timestamp() FROM unnest(CAST(:ids AS text[])) AS id
+                ON CONFLICT (message_id) DO NOTHING
+                RETURNING message_id
+            ), settled AS (
+                UPDATE {self.dead_letters.name} SET replayed_at = statement_timestamp()
+                WHERE replayed_at IS NULL AND message_id IN (SELECT message_id FROM inbox)
+            )
+            SELECT message_id FROM inbox
+            """  # noqa: S608 - the interpolated names are this inbox's own tables, never input
+        )
 
     def forget(self, session: Session, message_ids: Sequence[uuid.UUID]) -> None:
         """Take back ``record_many`` for messages the batch did not apply (left to the single task)."""
         if message_ids:
             session.execute(self.processed.delete().where(self.processed.c.message_id.in_(message_ids)))
-
-    def _settle(self, session: Session, message_ids: list[uuid.UUID]) -> None:
-        session.execute(
-            update(self.dead_letters)
-            .where(self.dead_letters.c.message_id.in_(message_ids), self.dead_letters.c.replayed_at.is_(None))
-            .values(replayed_at=database_clock(session.get_bind().dialect))
-        )
 
     def is_processed(self, session: Session, message_id: uuid.UUID) -> bool:
         return bool(session.scalar(select(exists().where(self.processed.c.message_id == message_id))))

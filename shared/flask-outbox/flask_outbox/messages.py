@@ -45,6 +45,10 @@ class Publisher(Protocol):
 
     def publish(self, messages: list[PendingMessage]) -> BatchOutcome: ...
 
+    def waiting(self) -> int:
+        """Tasks in this publisher's queues that no worker has taken yet (0 where it cannot tell)."""
+        ...
+
     def close(self) -> None: ...
 
 

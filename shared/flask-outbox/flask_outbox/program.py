@@ -63,6 +63,8 @@ class RelayProgram(Generic[Settings]):
     routes: Mapping[str, Route]
     publisher_name: str
     expects_answer: frozenset[str] = frozenset()
+    gather: float = 0.0
+    """``RelayPolicy.gather``: 0 for messages someone waits on; a fraction of a second for answers."""
 
     def policy(self, settings: Settings) -> RelayPolicy:
         return RelayPolicy(
@@ -71,6 +73,7 @@ class RelayProgram(Generic[Settings]):
             expects_answer=self.expects_answer,
             redrive_after=settings.outbox_redrive_after_seconds,
             stall_seconds=settings.relay_stall_seconds,
+            gather=self.gather,
         )
 
     def build(self, settings: Settings, engine: Engine) -> OutboxRelay:

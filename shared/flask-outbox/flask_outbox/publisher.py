@@ -56,6 +56,10 @@ class CeleryPublisher:
             outcome.transient.update(m.id for m, _ in sendable if m.id not in done)
         return outcome
 
+    def waiting(self) -> int:
+        """Not known on this transport: the relay never holds back here."""
+        return 0
+
     def close(self) -> None:
         self._app.close()
 

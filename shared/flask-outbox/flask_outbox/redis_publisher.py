@@ -180,6 +180,14 @@ class RedisPipelinePublisher:
         outcome.published.extend(message.id for message, _ in sendable)
         return outcome
 
+    def waiting(self) -> int:
+        """Tasks waiting in the routes' queues, not yet taken by a worker (one pipelined ``LLEN`` each)."""
+        queues = sorted({f"{self._queue_prefix}{route.queue}" for route in self._routes.values()})
+        with self._client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.llen(queue)
+            return sum(int(length) for length in pipe.execute())
+
     def close(self) -> None:
         self._client.close()
         self._app.close()

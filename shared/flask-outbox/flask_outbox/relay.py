@@ -58,6 +58,7 @@ from sqlalchemy.exc import DBAPIError
 
 from flask_outbox import redrive, status, store
 from flask_outbox.backoff import jittered_backoff
+from flask_outbox.broker import BROKER_ERRORS
 from flask_outbox.db import is_postgres, utcnow
 from flask_outbox.health import BacklogCollector, RelayMetrics
 from flask_outbox.logs import CORRELATION_HEADER
@@ -72,6 +73,10 @@ log = structlog.get_logger(__name__)
 _LOOP_BACKOFF_MAX = 30.0
 """Longest pause between attempts after the loop failed (a database or broker outage, a bug)."""
 
+
+_HOLD_TICK = 0.005
+"""How often a relay holding back looks at its queues again: the most a held row waits past the moment
+a worker takes the last waiting task."""
 
 _LOGGED_IDS = 20
 """Message and correlation ids named in one ``outbox.batch_relayed`` line (the counts are complete)."""
@@ -118,6 +123,9 @@ class RelayPolicy:
     redrive_interval: float = 5.0
     """Seconds between scans for unanswered messages: small against the re-drive delay (90 s)."""
     redrive_batch: int = 5_000
+    gather: float = 0.0
+    """Seconds to wait after a batch that published, so the next claim takes what arrived meanwhile: for
+    messages nobody waits on (answers), one consumer task per busy moment instead of one per message."""
     """Most messages one re-drive scan republishes: an outage's worth per scan, in one short transaction."""
 
     def backoff(self, attempts: int) -> timedelta:
@@ -358,6 +366,9 @@ class OutboxRelay:
         try:
             while not stop.is_set():
                 try:
+                    if self._workers_behind():
+                        self._hold(stop)
+                        continue
                     outcome = self.relay_batch()
                     self._purge_when_due()
                     self._redrive_when_due()
@@ -369,7 +380,9 @@ class OutboxRelay:
                             partitions=sorted(self._partitions or ()),
                         )
                         failures = 0
-                    if outcome.failed or len(outcome.published) < self.policy.batch_size:
+                    if outcome.published and not outcome.failed and self.policy.gather:
+                        stop.wait(self.policy.gather)  # then claim again: no notification needed
+                    elif outcome.failed or len(outcome.published) < self.policy.batch_size:
                         wait()
                         self.metrics.progressed()
                 except Exception as exc:  # the loop must outlive any one failure, whatever it is
@@ -377,6 +390,28 @@ class OutboxRelay:
                     self._back_off(exc, failures, stop)
         finally:
             self.disconnect()
+
+    def _workers_behind(self) -> bool:
+        """Whether tasks published earlier still wait in a queue for a worker (a broker fault says no:
+        the claim that follows meets it and backs off as usual)."""
+        try:
+            return self.publisher.waiting() > 0
+        except BROKER_ERRORS:
+            return False
+
+    def _hold(self, stop: threading.Event) -> None:
+        """Leave due rows in the outbox while the workers are behind (flow control, not a timer).
+
+        A message published now would only wait behind the tasks already queued, one task each; held
+        here, the rows that arrive meanwhile go out together once a worker takes the last waiting task,
+        as one batch task (``flask_outbox.batches``), so a busy worker pays its per-task cost once per
+        batch. An idle pipeline never holds: its queue is empty when a row arrives.
+        """
+        self.rebalance()
+        self._purge_when_due()
+        self._redrive_when_due()
+        self.metrics.progressed()
+        stop.wait(_HOLD_TICK)
 
     def _record_progress(self, outcome: BatchOutcome) -> None:
         self.metrics.published.inc(len(outcome.published))

@@ -12,7 +12,9 @@ from sqlalchemy import Insert, Table, func, insert
 from sqlalchemy.orm import Session
 
 from flask_outbox.db import UTCDateTime, is_postgres, utcnow
+from flask_outbox.logs import correlation_id
 from flask_outbox.table import BUCKETS, NOTIFY_CHANNEL
+from flask_outbox.tracing import outbox_headers
 
 __all__ = ["NOTIFY_CHANNEL", "OutboxMessage", "add_message", "bucket_of"]
 
@@ -51,7 +53,8 @@ def _insert(outbox: Table, database_clock: bool) -> Insert:
 
 def add_message(session: Session, outbox: Table, message: OutboxMessage) -> None:
     """Insert ``message`` in the session's transaction, due at once; never commits. The writer never
-    talks to the broker: the relay publishes the row once it has committed.
+    talks to the broker: the relay publishes the row once it has committed. The current correlation id
+    and trace context go with it in its headers (the message's own headers win).
 
     On Postgres the outbox's statement trigger (``notify_trigger_ddl``) queues a NOTIFY within
     this INSERT, which the server delivers only if and when the transaction commits: relays wake
@@ -65,7 +68,7 @@ def add_message(session: Session, outbox: Table, message: OutboxMessage) -> None
         "aggregate_id": message.aggregate_id,
         "bucket": bucket_of(message.aggregate_id),
         "payload": message.payload,
-        "headers": message.headers,
+        "headers": {**outbox_headers(correlation_id()), **message.headers},
         "attempts": 0,
     }
     postgres = is_postgres(conn.dialect)

@@ -1,0 +1,99 @@
+"""The relay holds due rows while earlier tasks still wait for a worker, then sends them as one batch.
+
+SQLite relays in a thread with a publisher whose queue length the test sets; the real Redis
+``LLEN`` behind ``waiting()`` is covered in tests/integration/test_relay_publishing.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask_outbox.db import create_db_engine
+from flask_outbox.messages import BatchOutcome, PendingMessage
+from flask_outbox.relay import OutboxRelay, RelayPolicy
+from flask_outbox.wakeup import PollingWaiter
+from sqlalchemy import Engine, func, select
+
+from harness.outbox import insert_rows, outbox_rows
+from harness.waiting import wait_until
+from order_service.models import outbox
+
+
+class QueuePublisher:
+    """Records each publish call; ``queued`` is what its queue holds that no worker took yet."""
+
+    def __init__(self) -> None:
+        self.queued = 0
+        self.looks = 0
+        self.batches: list[list[int]] = []
+
+    def waiting(self) -> int:
+        self.looks += 1
+        return self.queued
+
+    def publish(self, messages: list[PendingMessage]) -> BatchOutcome:
+        self.batches.append([m.id for m in messages])
+        return BatchOutcome(published=[m.id for m in messages])
+
+    def close(self) -> None:
+        """Nothing held."""
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    made = create_db_engine(f"sqlite:///{tmp_path / 'orders.sqlite3'}")
+    outbox.metadata.create_all(made, tables=[outbox])
+    yield made
+    made.dispose()
+
+
+def unpublished(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.scalar(select(func.count()).where(outbox.c.published_at.is_(None))) or 0)
+
+
+def test_rows_wait_while_the_queue_is_behind_and_leave_together_once_it_is_taken(engine: Engine) -> None:
+    publisher = QueuePublisher()
+    relay = OutboxRelay(engine, outbox, publisher, RelayPolicy())
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop, PollingWaiter(stop, 0.02).wait), daemon=True)
+    thread.start()
+    try:
+        insert_rows(engine, outbox_rows(1, 1))
+        wait_until(lambda: publisher.batches, timeout=10, message="an idle pipeline publishes at once")
+        publisher.queued = 1  # that task waits: every worker is busy
+        for _ in range(3):
+            insert_rows(engine, outbox_rows(2, 2))
+        held, looks = [*publisher.batches], publisher.looks
+        # The relay has looked at the queue again and again meanwhile, and held every time.
+        wait_until(lambda: publisher.looks > looks + 10, timeout=5, message="the relay kept looking")
+        assert unpublished(engine) == 6
+        assert publisher.batches == held, "published while the queue was behind"
+        publisher.queued = 0  # a worker took it
+        wait_until(lambda: unpublished(engine) == 0, timeout=10, message="the held rows published")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert [len(batch) for batch in publisher.batches] == [1, 6]
+
+
+def test_a_broker_that_cannot_say_its_queue_length_does_not_stop_the_relay(engine: Engine) -> None:
+    class Unreachable(QueuePublisher):
+        def waiting(self) -> int:
+            raise ConnectionError("broker unreachable")
+
+    publisher = Unreachable()
+    relay = OutboxRelay(engine, outbox, publisher, RelayPolicy())
+    insert_rows(engine, outbox_rows(3, 3))
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop, PollingWaiter(stop, 0.02).wait), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: unpublished(engine) == 0, timeout=10, message="published all the same")
+    finally:
+        stop.set()
+        thread.join(10)
