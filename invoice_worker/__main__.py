@@ -6,8 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from flask_outbox import WorkerDatabase, add_inbox_commands, run_inbox_command
-from flask_outbox.logs import configure_logging
+from flask_outbox import WorkerDatabase, add_inbox_commands, configure_logging, run_inbox_command
 from sqlalchemy import select
 
 from invoice_worker.migrations_cli import upgrade

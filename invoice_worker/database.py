@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask_outbox.worker_db import WorkerDatabase
+from flask_outbox import WorkerDatabase
 
 from shared.config import Settings
 

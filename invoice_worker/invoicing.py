@@ -17,8 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from flask_outbox import DUPLICATE, Delivery, Handler
-from flask_outbox.db import UTCDateTime, database_clock, is_postgres
+from flask_outbox import DUPLICATE, Delivery, Handler, UTCDateTime, database_clock, is_postgres
 from sqlalchemy import TextClause, bindparam, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB

@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask_outbox.db import utcnow
-from flask_outbox.worker_metrics import OnOutcome
+from flask_outbox import OnOutcome, utcnow
 from prometheus_client import Counter, Histogram
 
 from invoice_worker.invoicing import Outcome

@@ -6,8 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from flask_outbox import define_inbox, define_outbox
-from flask_outbox.db import BigIntPK, JSONDocument, UTCDateTime, utcnow
+from flask_outbox import BigIntPK, JSONDocument, UTCDateTime, define_inbox, define_outbox, utcnow
 from sqlalchemy import BigInteger, String, Uuid
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 

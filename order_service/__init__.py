@@ -37,7 +37,7 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_openapi3.models.info import Info
 from flask_openapi3.models.security_scheme import SecurityScheme
 from flask_openapi3.openapi import OpenAPI
-from flask_outbox.db import engine_options, install_engine_events
+from flask_outbox import engine_options, install_engine_events
 from itsdangerous import URLSafeTimedSerializer
 
 from order_service.api import bp, health

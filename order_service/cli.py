@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 from flask import Flask
 from flask.cli import AppGroup
-from flask_outbox.db import utcnow
+from flask_outbox import utcnow
 from sqlalchemy import select
 
 from order_service import auth, idempotency

@@ -45,7 +45,7 @@ from typing import Any
 
 import structlog
 from flask import Flask, Response, after_this_request
-from flask_outbox.db import utcnow
+from flask_outbox import utcnow
 from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session

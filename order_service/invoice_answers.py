@@ -18,8 +18,15 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import structlog
-from flask_outbox import DUPLICATE, Delivery, Handler, InvalidMessage
-from flask_outbox.db import UTCDateTime, database_clock, is_postgres
+from flask_outbox import (
+    DUPLICATE,
+    Delivery,
+    Handler,
+    InvalidMessage,
+    UTCDateTime,
+    database_clock,
+    is_postgres,
+)
 from sqlalchemy import CursorResult, Result, TextClause, bindparam, select, text, update
 from sqlalchemy.orm import Session
 

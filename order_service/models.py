@@ -11,8 +11,7 @@ import uuid
 from datetime import datetime
 from typing import TypedDict
 
-from flask_outbox import define_inbox
-from flask_outbox.db import BigIntPK, UTCDateTime, utcnow
+from flask_outbox import BigIntPK, UTCDateTime, define_inbox, utcnow
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 

@@ -15,9 +15,14 @@ import time
 
 import structlog
 from flask import Flask, Response, g, request
-from flask_outbox import tracing
-from flask_outbox.logs import bind_correlation, valid_correlation_id
-from flask_outbox.metrics import CONTENT_TYPE_LATEST, exposition
+from flask_outbox import (
+    CONTENT_TYPE_LATEST,
+    bind_correlation,
+    configure_tracing,
+    exposition,
+    instrument_flask,
+    valid_correlation_id,
+)
 from prometheus_client import Counter, Histogram
 
 from order_service.metrics import ApiMetrics, api_metrics
@@ -80,8 +85,8 @@ def metrics_view() -> Response:
 def init_observability(app: Flask, settings: Settings) -> None:
     """Register first, so every request (a 401 and a 429 too) is timed and carries its id."""
     service = settings.otel_service_name or "order-api"
-    if tracing.configure_tracing(service, settings.otel_traces_exporter):
-        tracing.instrument_flask(app)
+    if configure_tracing(service, settings.otel_traces_exporter):
+        instrument_flask(app)
     api_metrics()  # made now: after the entry point chose the metrics mode, before any request
     app.before_request(_start)
     app.after_request(_finish)

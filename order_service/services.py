@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 
 import structlog
-from flask_outbox.db import UTCDateTime, is_postgres, utcnow
+from flask_outbox import UTCDateTime, is_postgres, utcnow
 from sqlalchemy import Connection, Uuid, bindparam, insert, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session

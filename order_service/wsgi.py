@@ -6,11 +6,10 @@ gunicorn worker's counts add up in each scrape (``flask_outbox.metrics``).
 
 from __future__ import annotations
 
-from flask_outbox.metrics import enable_multiprocess
+from flask_outbox import configure_logging, enable_multiprocess
 
 enable_multiprocess("api")
 
-from flask_outbox.logs import configure_logging  # noqa: E402
 
 from order_service import create_app  # noqa: E402 - after the metrics mode is chosen
 from shared.config import Settings  # noqa: E402

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from flask_outbox import OutboxSettings
-from flask_outbox.settings import PipelineSettings, markdown_table
+from flask_outbox import OutboxSettings, PipelineSettings, markdown_table
 from pydantic import Field
 
 __all__ = ["ApiSettings", "Settings", "settings_markdown"]
