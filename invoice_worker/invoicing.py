@@ -11,13 +11,12 @@ re-drives while it has not heard back, and the invoice, not the broker, is what 
 from __future__ import annotations
 
 import enum
-import json
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from flask_outbox import DUPLICATE, Delivery, Handler, UTCDateTime, database_clock, is_postgres
+from flask_outbox import DUPLICATE, Delivery, Handler, UTCDateTime, batch_json, database_clock, is_postgres
 from sqlalchemy import TextClause, bindparam, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
@@ -169,24 +168,6 @@ def apply(session: Session, delivery: Delivery[OrderPlaced]) -> str:
     return _created(session, invoice, message_id, event.order_id)
 
 
-def _batch_rows(batch: Sequence[Delivery[OrderPlaced]]) -> str:
-    return json.dumps(
-        [
-            {
-                "position": position,
-                "message_id": str(delivery.message_id),
-                "order_id": delivery.message.order_id,
-                "customer_id": delivery.message.customer_id,
-                "currency": delivery.message.currency,
-                "amount_total": delivery.message.amount_total,
-                "lines": [line.model_dump(mode="json") for line in delivery.message.lines],
-                "placed_at": delivery.message.placed_at.isoformat(),
-            }
-            for position, delivery in enumerate(batch)
-        ]
-    )
-
-
 def apply_batch(session: Session, batch: Sequence[Delivery[OrderPlaced]]) -> list[str | None]:
     """``apply`` for many messages in one statement (Postgres); elsewhere one message at a time."""
     if not is_postgres(session.get_bind().dialect):
@@ -195,7 +176,7 @@ def apply_batch(session: Session, batch: Sequence[Delivery[OrderPlaced]]) -> lis
             with delivery.context():
                 applied.append(apply(session, delivery))
         return applied
-    rows = session.execute(_INVOICES_IN_ONE_STATEMENT, {"batch": _batch_rows(batch)}).all()
+    rows = session.execute(_INVOICES_IN_ONE_STATEMENT, {"batch": batch_json(batch)}).all()
     outcomes: list[str | None] = []
     for delivery, row in zip(batch, rows, strict=True):
         order_id = delivery.message.order_id

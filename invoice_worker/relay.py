@@ -8,21 +8,15 @@ from __future__ import annotations
 
 import sys
 
-from flask_outbox import RelayProgram
-
 from invoice_worker.models import outbox
-from shared.config import Settings
-from shared.contracts import ROUTES
+from shared.relays import relay_program
 
 __all__ = ["PROGRAM", "build_relay", "main"]
 
-PROGRAM: RelayProgram[Settings] = RelayProgram(
-    prog="python -m invoice_worker.relay",
-    table=outbox,
-    settings=Settings,
-    database_url=lambda settings: settings.invoices_database_url,
-    routes=ROUTES,
-    publisher_name="invoice_relay",
+PROGRAM = relay_program(
+    "invoice_worker",
+    outbox,
+    lambda settings: settings.invoices_database_url,
     # Nobody waits on an answer (the invoice exists already): a fifth of a second turns one order-consumer
     # task per answer into one per busy moment.
     gather=0.2,

@@ -12,7 +12,6 @@ another number is logged, not applied.
 from __future__ import annotations
 
 import enum
-import json
 import uuid
 from collections.abc import Sequence
 from typing import Any, cast
@@ -24,6 +23,7 @@ from flask_outbox import (
     Handler,
     InvalidMessage,
     UTCDateTime,
+    batch_json,
     database_clock,
     is_postgres,
 )
@@ -202,22 +202,6 @@ def _applicable(event: InvoiceCreated) -> bool:
     return True
 
 
-def _batch_rows(batch: Sequence[Delivery[InvoiceCreated]]) -> str:
-    return json.dumps(
-        [
-            {
-                "position": position,
-                "message_id": str(delivery.message_id),
-                "order_id": delivery.message.order_id,
-                "invoice_number": delivery.message.invoice_number,
-                "invoiced_at": delivery.message.invoiced_at.isoformat(),
-                "causation_id": delivery.message.causation_id,
-            }
-            for position, delivery in enumerate(batch)
-        ]
-    )
-
-
 def apply_batch(session: Session, batch: Sequence[Delivery[InvoiceCreated]]) -> list[str | None]:
     """``apply`` for many answers in one statement (Postgres); ``None`` for one that cannot apply here.
 
@@ -228,7 +212,7 @@ def apply_batch(session: Session, batch: Sequence[Delivery[InvoiceCreated]]) -> 
         return singles
     applicable = [delivery for delivery in batch if _applicable(delivery.message)]
     rows = iter(
-        session.execute(_APPLY_BATCH_IN_ONE_STATEMENT, {"batch": _batch_rows(applicable)}).all()
+        session.execute(_APPLY_BATCH_IN_ONE_STATEMENT, {"batch": batch_json(applicable)}).all()
         if applicable
         else []
     )

@@ -8,21 +8,16 @@ from __future__ import annotations
 
 import sys
 
-from flask_outbox import RelayProgram
-
 from order_service.models import outbox
-from shared.config import Settings
-from shared.contracts import ORDER_PLACED, ROUTES
+from shared.contracts import ORDER_PLACED
+from shared.relays import relay_program
 
 __all__ = ["PROGRAM", "build_relay", "main"]
 
-PROGRAM: RelayProgram[Settings] = RelayProgram(
-    prog="python -m order_service.relay",
-    table=outbox,
-    settings=Settings,
-    database_url=lambda settings: settings.orders_database_url,
-    routes=ROUTES,
-    publisher_name="order_relay",
+PROGRAM = relay_program(
+    "order_service",
+    outbox,
+    lambda settings: settings.orders_database_url,
     expects_answer=frozenset({ORDER_PLACED}),  # answered by invoice.created (order_service.worker)
 )
 

@@ -9,7 +9,15 @@ one class per part. The rest is what the application's own processes share with 
 portable column types and clocks, logging with correlation ids, tracing, Prometheus metrics.
 """
 
-from flask_outbox.consumer import DEAD_LETTERED, DUPLICATE, Delivery, DeliveryPolicy, Handler, InvalidMessage
+from flask_outbox.consumer import (
+    DEAD_LETTERED,
+    DUPLICATE,
+    Delivery,
+    DeliveryPolicy,
+    Handler,
+    InvalidMessage,
+    batch_json,
+)
 from flask_outbox.db import (
     BigIntPK,
     JSONDocument,
@@ -67,6 +75,7 @@ __all__ = [  # noqa: RUF022 - grouped by part, not sorted
     "OnOutcome",
     "WorkerDatabase",
     "add_inbox_commands",
+    "batch_json",
     "define_inbox",
     "inbox_commands",
     "run_inbox_command",

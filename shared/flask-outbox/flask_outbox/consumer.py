@@ -15,6 +15,7 @@ never dropped.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -44,6 +45,7 @@ __all__ = [
     "Handler",
     "InvalidMessage",
     "RetryLater",
+    "batch_json",
 ]
 
 log = structlog.get_logger(__name__)
@@ -159,6 +161,17 @@ class DeliveryPolicy:
 
     def backoff(self, attempt: int) -> float:
         return jittered_backoff(attempt, self.backoff_base, self.backoff_max)
+
+
+def batch_json(batch: Sequence[Delivery[Any]]) -> str:
+    """A batch as one JSON array for a set-based statement (Postgres ``jsonb_to_recordset``): each
+    message's payload, with its ``position`` in the batch and its ``message_id``."""
+    return json.dumps(
+        [
+            {**delivery.payload, "position": position, "message_id": str(delivery.message_id)}
+            for position, delivery in enumerate(batch)
+        ]
+    )
 
 
 def describe(exc: BaseException) -> str:

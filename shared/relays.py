@@ -1,0 +1,29 @@
+"""The services' relay programs: ``flask_outbox.RelayProgram`` with their settings and routes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flask_outbox import RelayProgram
+from sqlalchemy import Table
+
+from shared.config import Settings
+from shared.contracts import ROUTES
+
+__all__ = ["relay_program"]
+
+
+def relay_program(
+    service: str, table: Table, database_url: Callable[[Settings], str], **options: Any
+) -> RelayProgram[Settings]:
+    """``python -m <service>.relay``: the outbox ``table`` of the database ``database_url`` names."""
+    return RelayProgram(
+        prog=f"python -m {service}.relay",
+        table=table,
+        settings=Settings,
+        database_url=database_url,
+        routes=ROUTES,
+        publisher_name=f"{service.split('_', maxsplit=1)[0]}_relay",
+        **options,
+    )
