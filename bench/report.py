@@ -137,6 +137,13 @@ def rows(results: dict[str, Any]) -> list[Row]:
     return out
 
 
+def _loads(plan: dict[str, Any]) -> str:
+    """The latency rounds' steady loads as words: "half and a quarter" (older results: half only)."""
+    names = {0.5: "half", 0.25: "a quarter"}
+    fractions = plan.get("latency_fractions") or [0.5]
+    return " and ".join(names.get(float(f), f"{float(f):g}") for f in fractions)
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """The end-to-end figures block: where and when they were measured, the table, CPU by process."""
     source, machine, plan = results["source"], results["machine"], results["plan"]
@@ -146,7 +153,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         START,
         f"Measured by `make bench` at commit `{source['commit'][:7]}` on {tree}: {plan['rounds']} paired "
         f"rounds of {plan['seconds']:g} s at {plan['concurrency']} clients and {plan['latency_seconds']:g} s "
-        f"at half the naive capacity, {machine['cpu_count']} cores, load average "
+        f"at each steady load ({_loads(plan)} of the naive capacity), {machine['cpu_count']} cores, "
+        "load average "
         f"{load_before:.1f} at the start and {load_after:.1f} at the end.",
         "",
         "| " + " | ".join(HEADER) + " |",
