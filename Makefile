@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 LIBRARY := shared/flask-outbox
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LIBRARY)/pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
+# make test's workers (pytest-xdist): groups that must not overlap are in tests/conftest.py; PYTEST_PARALLEL= runs serially.
+PYTEST_PARALLEL ?= -n 3 --dist loadgroup
 
 .PHONY: install migrate run test test-unit lint up down chaos
 
@@ -31,7 +33,7 @@ lint: install
 	$(BIN)/mypy
 
 test: install lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 # The soak runs the shipped defaults and no reconciliation; it fails on lost, doubled, wrong totals or
 # an order invoiced more than 120 s after the last fault. KEEP=1 keeps the processes' logs.

@@ -49,6 +49,9 @@ def pipeline_env(
         PYTHONUNBUFFERED="1",
         API_KEYS=TEST_API_KEY,
         RATE_LIMIT="100000 per minute",
+        # Health/metrics on a free port each: pipelines of parallel tests (pytest -n) share this host.
+        RELAY_METRICS_PORT="0",
+        WORKER_METRICS_PORT="0",
     )
     env.update(extra)
     return env

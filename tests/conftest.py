@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from _pytest.nodeid import NodeId
 from flask_outbox.db import create_db_engine
 from sqlalchemy import Engine
 
@@ -38,6 +39,47 @@ LAYER_MARKERS = {
 }
 """Top-level folder under tests/ → the marker every test in it carries."""
 
+SERIAL_GROUP = "serial"
+"""``make test`` runs ``pytest -n 3 --dist loadgroup``: the tests of one ``xdist_group`` run one after another
+on one worker, every other test goes to whichever worker is free (each isolates itself: its own databases,
+queue prefix, free ports, private servers). One at a time, in ``serial``: the tests whose bounds are the
+shipped timings (a loaded machine must not eat their margin), those with a Postgres cluster of their own
+(initdb), and the browser; so at most two fault tests' process loops run at once (``serial``, ``fault``)."""
+SERIAL_MODULES = (
+    "tests/fault/test_chaos.py",  # the soak: lateness bound on the shipped defaults
+    "tests/fault/test_relay_hang.py",  # the shipped 30 s stall bound
+    "tests/e2e/test_dashboard_browser.py",  # Chromium beside the whole loop
+)
+SERIAL_FIXTURES = frozenset({"private_postgres"})
+"""A test that starts its own Postgres cluster (initdb, restarts under load)."""
+FAULT_GROUP = "fault"
+"""The other fault tests (a private Redis, a loop of processes each): one at a time, beside ``serial``."""
+COMPOSE_GROUP = "compose"
+"""The compose stack (a private dockerd, one stack per module): its tests stay together, on one worker."""
+
+
+def _uses_module_fixture(item: pytest.Item) -> bool:
+    """A module-scoped fixture (a pipeline, a stack, a collection run) is built by every worker running it."""
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.values() if info is not None else ()
+    return any(chain and chain[-1].scope == "module" for chain in defs)
+
+
+def _xdist_group(item: pytest.Item, relative: str) -> str | None:
+    if relative.startswith("tests/compose/"):
+        return COMPOSE_GROUP
+    if (
+        relative in SERIAL_MODULES
+        or (relative.startswith("tests/fault/") and "shipped_defaults" in item.name)
+        or SERIAL_FIXTURES & set(getattr(item, "fixturenames", ()))
+    ):
+        return SERIAL_GROUP
+    if relative.startswith("tests/fault/"):
+        return FAULT_GROUP
+    if _uses_module_fixture(item):
+        return Path(relative).stem  # the module's tests together: its fixture is built once
+    return None
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # The other layers' markers are declared in pyproject.toml; ``unit`` and ``compose`` are only given here.
@@ -56,11 +98,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         marker = LAYER_MARKERS.get(layer)
         if marker is not None:
             item.add_marker(marker)
+        group = _xdist_group(item, item.path.resolve().relative_to(TESTS_ROOT.parent).as_posix())
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+            if getattr(config.option, "loadgroup", False):
+                # What pytest-xdist 3.8 does for ``xdist_group`` (a ``@group`` suffix on the node id) sets
+                # ``item._nodeid``, which pytest 9 no longer reads: without this every group is split up.
+                item._id = NodeId.parse(f"{item.nodeid}@{group}")
 
 
 @pytest.fixture(scope="session")
 def run_id() -> str:
-    return uuid.uuid4().hex[:10]
+    """Names this session's databases; under ``pytest -n`` it ends with the worker's id (gw0, gw1, ...)."""
+    return uuid.uuid4().hex[:8] + os.environ.get("PYTEST_XDIST_WORKER", "")
 
 
 @pytest.fixture(scope="session")

@@ -98,12 +98,15 @@ class PrivatePostgres:
     def init(self) -> PrivatePostgres:
         self.directory.mkdir(parents=True, exist_ok=True)
         command = [_pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]
-        subprocess.run(
+        result = subprocess.run(
             _as_postgres_user(command, self.directory),
-            check=True,
+            check=False,
             capture_output=True,
+            text=True,
             timeout=120,
         )
+        if result.returncode != 0:
+            raise RuntimeError(f"initdb failed ({result.returncode}): {result.stdout}{result.stderr}")
         return self
 
     def start(self) -> PrivatePostgres:
