@@ -122,9 +122,12 @@ def test_broker_stopped_while_a_retry_is_published_loses_nothing(persistent_clus
     cluster.start_relay()
     worker = cluster.start_worker(concurrency=2)
     with deliveries_locked(cluster) as lock:
-        place_in_process(cluster, bodies(10, seed=47))
-        wait_until(lambda: len(lock_waiters(lock)) == 2, timeout=30, message="two deliveries mid-task")
-        wait_until(lambda: unpublished(cluster) == 0, timeout=30, message="every order published")
+        # One order at a time, each published alone (a single-message task), each taken by one of the
+        # worker's two processes: two deliveries mid-task, each of which will want its own retry.
+        for waiters, body in enumerate(bodies(2, seed=47), start=1):
+            place_in_process(cluster, [body])
+            wait_until(lambda: unpublished(cluster) == 0, timeout=30, message="the order published")
+            wait_until(lambda n=waiters: len(lock_waiters(lock)) == n, timeout=30, message="mid-task")
         cluster.redis.stop()
         for pid in lock_waiters(lock):  # the database drops them: each task now wants a retry
             lock.execute("SELECT pg_terminate_backend(%s)", [pid])
@@ -142,7 +145,7 @@ def test_broker_stopped_while_a_retry_is_published_loses_nothing(persistent_clus
         held = unacked_message_ids(redis)
     assert rejected <= held  # neither deleted nor acknowledged: held for the visibility timeout
 
-    verdict = cluster.wait_settled(10, timeout=60)
+    verdict = cluster.wait_settled(2, timeout=60)
     report("redis stopped while retries were published", verdict)
     assert (len(verdict.lost), len(verdict.doubled)) == (0, 0)
     assert verdict.dead_letters == 0
