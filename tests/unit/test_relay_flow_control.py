@@ -64,7 +64,9 @@ def test_rows_wait_while_the_queue_is_behind_and_leave_together_once_it_is_taken
     try:
         insert_rows(engine, outbox_rows(1, 1))
         wait_until(lambda: publisher.batches, timeout=10, message="an idle pipeline publishes at once")
-        publisher.queued = 1  # that task waits: every worker is busy
+        for queued in (2, 1):  # tasks wait, every worker busy; then the queue goes down: they take from it
+            publisher.queued, looks = queued, publisher.looks
+            wait_until(lambda n=looks: publisher.looks > n + 1, timeout=5, message="the relay saw the queue")
         for _ in range(3):
             insert_rows(engine, outbox_rows(2, 2))
         held, looks = [*publisher.batches], publisher.looks
@@ -79,6 +81,24 @@ def test_rows_wait_while_the_queue_is_behind_and_leave_together_once_it_is_taken
         thread.join(10)
     assert not thread.is_alive()
     assert [len(batch) for batch in publisher.batches] == [1, 6]
+
+
+def test_a_queue_nobody_takes_from_does_not_hold_the_relay_back(engine: Engine) -> None:
+    """No worker running (or all stuck): holding would batch nothing, so rows go out as they come."""
+    publisher = QueuePublisher()
+    publisher.queued = 5
+    relay = OutboxRelay(engine, outbox, publisher, RelayPolicy())
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop, PollingWaiter(stop, 0.02).wait), daemon=True)
+    thread.start()
+    try:
+        for _ in range(3):
+            insert_rows(engine, outbox_rows(2, 2))
+            wait_until(lambda: unpublished(engine) == 0, timeout=10, message="published while queued")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert sum(len(batch) for batch in publisher.batches) == 6
 
 
 def test_a_broker_that_cannot_say_its_queue_length_does_not_stop_the_relay(engine: Engine) -> None:

@@ -78,6 +78,9 @@ _HOLD_TICK = 0.005
 """How often a relay holding back looks at its queues again: the most a held row waits past the moment
 a worker takes the last waiting task."""
 
+_TAKEN_WITHIN = 1.0
+"""How recently a queue must have gone down for the relay to hold back for it: workers are taking from it."""
+
 _LOGGED_IDS = 20
 """Message and correlation ids named in one ``outbox.batch_relayed`` line (the counts are complete)."""
 
@@ -170,6 +173,8 @@ class OutboxRelay:
         # The heartbeat that tells live relays from stopped ones: a query at least this often.
         self._rebalance_every = min(self.policy.rebalance_interval, self.policy.stall_seconds / 3)
         self._partitions: frozenset[int] | None = frozenset() if postgres else None
+        self._queued = 0
+        self._taken_at = -_TAKEN_WITHIN  # when the queues were last seen shorter than before
         self._conn: Connection | None = None
         self._next_rebalance = 0.0
         self._next_purge = 0.0
@@ -392,12 +397,21 @@ class OutboxRelay:
             self.disconnect()
 
     def _workers_behind(self) -> bool:
-        """Whether tasks published earlier still wait in a queue for a worker (a broker fault says no:
-        the claim that follows meets it and backs off as usual)."""
+        """Whether tasks published earlier still wait in a queue while workers are taking from it.
+
+        A queue that has not gone down for ``_TAKEN_WITHIN`` has no worker taking from it (none
+        running, or all stuck): holding back would not batch anything, so the relay publishes as
+        usual. A broker fault says no: the claim that follows meets it and backs off as usual.
+        """
         try:
-            return self.publisher.waiting() > 0
+            queued = self.publisher.waiting()
         except BROKER_ERRORS:
             return False
+        now = time.monotonic()
+        if queued < self._queued:
+            self._taken_at = now
+        self._queued = queued
+        return queued > 0 and now - self._taken_at < _TAKEN_WITHIN
 
     def _hold(self, stop: threading.Event) -> None:
         """Leave due rows in the outbox while the workers are behind (flow control, not a timer).
