@@ -13,10 +13,20 @@ from __future__ import annotations
 import enum
 import uuid
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import structlog
-from flask_outbox import DUPLICATE, Delivery, Handler, UTCDateTime, batch_json, database_clock, is_postgres
+from flask_outbox import (
+    DUPLICATE,
+    Delivery,
+    Handler,
+    UTCDateTime,
+    after_commit,
+    batch_json,
+    database_clock,
+    is_postgres,
+)
 from sqlalchemy import TextClause, bindparam, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
@@ -134,12 +144,19 @@ def _insert_portable(session: Session, message_id: uuid.UUID, event: OrderPlaced
 
 def _created(session: Session, invoice: Invoice, message_id: uuid.UUID, order_id: str) -> str:
     invoice_created.send(apply, invoice=invoice, causation_id=message_id, session=session)
-    log.info("invoice.created", message_id=str(message_id), order_id=order_id, number=invoice.number)
+    after_commit(
+        session,
+        partial(
+            log.info, "invoice.created", message_id=str(message_id), order_id=order_id, number=invoice.number
+        ),
+    )
     return Outcome.CREATED.value
 
 
 def _already_invoiced(session: Session, message_id: uuid.UUID, order_id: str) -> str:
-    log.info("invoice.already_exists", message_id=str(message_id), order_id=order_id)
+    after_commit(
+        session, partial(log.info, "invoice.already_exists", message_id=str(message_id), order_id=order_id)
+    )
     _answer(session, message_id, order_id)
     return Outcome.ALREADY_INVOICED.value
 
@@ -191,8 +208,14 @@ def apply_batch(session: Session, batch: Sequence[Delivery[OrderPlaced]]) -> lis
 
 def answer_again(session: Session, delivery: Delivery[OrderPlaced]) -> None:
     """A message the inbox already holds: answer it again with the order's invoice."""
-    log.info(
-        "invoice.duplicate_message", message_id=str(delivery.message_id), order_id=delivery.message.order_id
+    after_commit(
+        session,
+        partial(
+            log.info,
+            "invoice.duplicate_message",
+            message_id=str(delivery.message_id),
+            order_id=delivery.message.order_id,
+        ),
     )
     _answer(session, delivery.message_id, delivery.message.order_id)
 
@@ -206,10 +229,24 @@ def _answer(session: Session, message_id: uuid.UUID, order_id: str) -> None:
     invoice = session.scalars(select(Invoice).where(Invoice.order_id == order_id)).one_or_none()
     if invoice is None:
         # The inbox holds the message but no invoice exists (deleted by hand): nothing to answer with.
-        log.warning("invoice.reanswer_without_invoice", message_id=str(message_id), order_id=order_id)
+        after_commit(
+            session,
+            partial(
+                log.warning, "invoice.reanswer_without_invoice", message_id=str(message_id), order_id=order_id
+            ),
+        )
         return
     invoice_requested_again.send(apply, invoice=invoice, causation_id=message_id, session=session)
-    log.info("invoice.reanswered", message_id=str(message_id), order_id=order_id, number=invoice.number)
+    after_commit(
+        session,
+        partial(
+            log.info,
+            "invoice.reanswered",
+            message_id=str(message_id),
+            order_id=order_id,
+            number=invoice.number,
+        ),
+    )
 
 
 HANDLER: Handler[OrderPlaced] = Handler(

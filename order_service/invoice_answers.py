@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import uuid
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, cast
 
 import structlog
@@ -23,6 +24,7 @@ from flask_outbox import (
     Handler,
     InvalidMessage,
     UTCDateTime,
+    after_commit,
     batch_json,
     database_clock,
     is_postgres,
@@ -129,35 +131,49 @@ def apply(session: Session, delivery: Delivery[InvoiceCreated]) -> str:
         moved, acknowledged = bool(row.moved), bool(row.acknowledged)
     else:
         moved, acknowledged = _apply_portable(session, event, order_id, causation_id)
-    outcome = Outcome.INVOICED
+    outcome, kept = Outcome.INVOICED, event.invoice_number
     if not moved:
         current = session.execute(
             select(Order.status, Order.invoice_number).where(Order.id == order_id)
         ).one_or_none()
         if current is None:
             raise UnknownOrder(f"no order {event.order_id}")
-        outcome = _kept_or_conflict(event, current.invoice_number)
-    _log_recorded(event, outcome, acknowledged)
+        kept = current.invoice_number
+        outcome = _kept_or_conflict(event, kept)
+    _log_recorded(session, event, outcome, acknowledged, kept)
     return outcome.value
 
 
 def _kept_or_conflict(event: InvoiceCreated, kept: str | None) -> Outcome:
-    if kept == event.invoice_number:
-        return Outcome.ALREADY_INVOICED
-    log.warning(
-        "order.invoice_number_conflict", kept=kept, ignored=event.invoice_number, order_id=event.order_id
-    )
-    return Outcome.NUMBER_CONFLICT
+    return Outcome.ALREADY_INVOICED if kept == event.invoice_number else Outcome.NUMBER_CONFLICT
 
 
-def _log_recorded(event: InvoiceCreated, outcome: Outcome, acknowledged: bool) -> None:
-    log.info(
-        "order.invoice_recorded",
-        outcome=outcome.value,
-        invoice_number=event.invoice_number,
-        causation_id=event.causation_id,
-        acknowledged=acknowledged,
-        order_id=event.order_id,
+def _log_recorded(
+    session: Session, event: InvoiceCreated, outcome: Outcome, acknowledged: bool, kept: str | None
+) -> None:
+    """The lines that say what was applied, written once it committed (evidence, not intent)."""
+    if outcome is Outcome.NUMBER_CONFLICT:
+        after_commit(
+            session,
+            partial(
+                log.warning,
+                "order.invoice_number_conflict",
+                kept=kept,
+                ignored=event.invoice_number,
+                order_id=event.order_id,
+            ),
+        )
+    after_commit(
+        session,
+        partial(
+            log.info,
+            "order.invoice_recorded",
+            outcome=outcome.value,
+            invoice_number=event.invoice_number,
+            causation_id=event.causation_id,
+            acknowledged=acknowledged,
+            order_id=event.order_id,
+        ),
     )
 
 
@@ -229,11 +245,9 @@ def apply_batch(session: Session, batch: Sequence[Delivery[InvoiceCreated]]) -> 
             continue
         event = delivery.message
         with delivery.context():
-            if row.moved:
-                outcome = Outcome.INVOICED
-            else:
-                outcome = _kept_or_conflict(event, numbers.get(event.order_id, row.current_number))
-            _log_recorded(event, outcome, bool(row.acknowledged))
+            kept = event.invoice_number if row.moved else numbers.get(event.order_id, row.current_number)
+            outcome = Outcome.INVOICED if row.moved else _kept_or_conflict(event, kept)
+            _log_recorded(session, event, outcome, bool(row.acknowledged), kept)
         outcomes.append(outcome.value)
     return outcomes
 

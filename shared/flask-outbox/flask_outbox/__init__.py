@@ -9,6 +9,7 @@ one class per part. The rest is what the application's own processes share with 
 portable column types and clocks, logging with correlation ids, tracing, Prometheus metrics.
 """
 
+from flask_outbox.committed import after_commit
 from flask_outbox.consumer import (
     DEAD_LETTERED,
     DUPLICATE,
@@ -75,6 +76,7 @@ __all__ = [  # noqa: RUF022 - grouped by part, not sorted
     "OnOutcome",
     "WorkerDatabase",
     "add_inbox_commands",
+    "after_commit",
     "batch_json",
     "define_inbox",
     "inbox_commands",
