@@ -2,8 +2,8 @@
 
 Both tables grow by one row per message. A row may only go once nothing can deliver its message
 again, so ``INBOX_RETENTION_SECONDS`` (default 30 days) must exceed the longest redelivery window:
-the order relay's re-drive (up to ``OUTBOX_REDRIVE_MAX`` republishes, at most
-``OUTBOX_REDRIVE_MAX_INTERVAL`` apart: 20 x 1 h with the defaults) plus the worker's own retries
+the order relay's re-drive (up to ``settings.REDRIVE_MAX`` republishes, at most
+``settings.REDRIVE_MAX_INTERVAL_SECONDS`` apart: 20 x 1 h) plus the worker's own retries
 and broker redeliveries (minutes). ``check_retention`` refuses a shorter setting at start.
 
 Even past it a consumer's effect should not double: its handler keeps its own uniqueness (the
@@ -24,6 +24,7 @@ from sqlalchemy import Connection, Engine, and_, delete, exists, select, text
 
 from flask_outbox.db import database_now, is_postgres
 from flask_outbox.inbox import InboxTables
+from flask_outbox.settings import REDRIVE_MAX, REDRIVE_MAX_INTERVAL_SECONDS
 from flask_outbox.settings import OutboxSettings as Settings
 from flask_outbox.worker_db import WorkerDatabase
 
@@ -61,7 +62,8 @@ def check_retention(settings: Settings) -> None:
     if timedelta(seconds=settings.inbox_retention_seconds) <= window:
         raise ValueError(
             f"INBOX_RETENTION_SECONDS={settings.inbox_retention_seconds:g} must exceed the redelivery window "
-            f"({window.total_seconds():g} s: OUTBOX_REDRIVE_MAX x OUTBOX_REDRIVE_MAX_INTERVAL + retries)"
+            f"({window.total_seconds():g} s: OUTBOX_REDRIVE_AFTER_SECONDS, then {REDRIVE_MAX} re-drives "
+            f"at most {REDRIVE_MAX_INTERVAL_SECONDS:g} s apart, plus the worker's retries)"
         )
 
 
