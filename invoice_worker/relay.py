@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from invoice_worker.models import outbox
+from shared.contracts import INVOICE_CREATED
 from shared.relays import relay_program
 
 __all__ = ["PROGRAM", "build_relay", "main"]
@@ -17,6 +18,7 @@ PROGRAM = relay_program(
     "invoice_worker",
     outbox,
     lambda settings: settings.invoices_database_url,
+    INVOICE_CREATED,
     # Nobody waits on an answer (the invoice exists already): a fifth of a second turns one order-consumer
     # task per answer into one per busy moment.
     gather=0.2,

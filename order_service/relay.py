@@ -18,6 +18,7 @@ PROGRAM = relay_program(
     "order_service",
     outbox,
     lambda settings: settings.orders_database_url,
+    ORDER_PLACED,
     expects_answer=frozenset({ORDER_PLACED}),  # answered by invoice.created (order_service.worker)
 )
 

@@ -15,15 +15,16 @@ __all__ = ["relay_program"]
 
 
 def relay_program(
-    service: str, table: Table, database_url: Callable[[Settings], str], **options: Any
+    service: str, table: Table, database_url: Callable[[Settings], str], topic: str, **options: Any
 ) -> RelayProgram[Settings]:
-    """``python -m <service>.relay``: the outbox ``table`` of the database ``database_url`` names."""
+    """``python -m <service>.relay``: the outbox ``table`` of the database ``database_url`` names, which
+    carries ``topic`` (its route's queue is the one the relay's flow control and re-drive look at)."""
     return RelayProgram(
         prog=f"python -m {service}.relay",
         table=table,
         settings=Settings,
         database_url=database_url,
-        routes=ROUTES,
+        routes={topic: ROUTES[topic]},
         publisher_name=f"{service.split('_', maxsplit=1)[0]}_relay",
         **options,
     )

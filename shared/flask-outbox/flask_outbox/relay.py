@@ -357,9 +357,17 @@ class OutboxRelay:
         return count
 
     def _redrive_when_due(self) -> None:
-        if self.policy.expects_answer and time.monotonic() >= self._next_redrive:
+        """Re-drive on evidence of loss: not while tasks still wait in the queue, where an unanswered
+        message may well be (a copy would only queue behind it and spend a re-drive level)."""
+        if self.policy.expects_answer and time.monotonic() >= self._next_redrive and not self._queued_now():
             self.redrive_unanswered()
             self._next_redrive = time.monotonic() + self.policy.redrive_interval
+
+    def _queued_now(self) -> bool:
+        try:
+            return self.publisher.waiting() > 0
+        except BROKER_ERRORS:
+            return False
 
     def run(self, stop: threading.Event, wait: Callable[[], None]) -> None:
         """Relay until ``stop`` is set; the current batch always finishes (or rolls back) first.
