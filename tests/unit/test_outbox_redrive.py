@@ -211,3 +211,19 @@ def test_retention_never_purges_an_unacknowledged_row_that_expects_an_answer(eng
         left = set(conn.scalars(select(outbox.c.id)))
     assert left == {kept}
     assert not left & set(purged)
+
+
+def test_no_redrive_while_tasks_still_wait_in_the_queue_then_one_once_it_is_empty(engine: Engine) -> None:
+    """Evidence of loss: an unanswered message may still sit in a queue that holds tasks."""
+    unanswered = add_row(engine, published_ago=RULE.delay(0) + 1)
+    relay, publisher = relay_with(engine)
+    publisher.waiting = lambda: 3  # type: ignore[method-assign]  # no worker has taken them yet
+
+    relay._redrive_when_due()
+    assert row(engine, unanswered).redrives == 0
+    assert row(engine, unanswered).published_at is not None
+
+    publisher.waiting = lambda: 0  # type: ignore[method-assign]  # the queue is empty: the message is lost
+    relay._redrive_when_due()
+    assert row(engine, unanswered).redrives == 1
+    assert row(engine, unanswered).published_at is None  # due again: the next claim publishes it
