@@ -14,18 +14,10 @@ from shared.relays import relay_program
 
 __all__ = ["PROGRAM", "build_relay", "main"]
 
-PROGRAM = relay_program(
-    "invoice_worker",
-    outbox,
-    lambda settings: settings.invoices_database_url,
-    INVOICE_CREATED,
-    # Nobody waits on an answer (the invoice exists already): a fifth of a second turns one order-consumer
-    # task per answer into one per busy moment.
-    gather=0.2,
-)
-
-build_relay = PROGRAM.build
-main = PROGRAM.main
+# Nobody waits on an answer (the invoice exists already): gathering answers for a fifth of a second turns
+# one order-consumer task per answer into one per busy moment.
+PROGRAM = relay_program("invoice_worker", outbox, INVOICE_CREATED, "invoices_database_url", gather=0.2)
+build_relay, main = PROGRAM.build, PROGRAM.main
 
 if __name__ == "__main__":
     sys.exit(main())

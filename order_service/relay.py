@@ -14,16 +14,11 @@ from shared.relays import relay_program
 
 __all__ = ["PROGRAM", "build_relay", "main"]
 
+# order.placed is answered by invoice.created (order_service.worker): unanswered ones are re-driven.
 PROGRAM = relay_program(
-    "order_service",
-    outbox,
-    lambda settings: settings.orders_database_url,
-    ORDER_PLACED,
-    expects_answer=frozenset({ORDER_PLACED}),  # answered by invoice.created (order_service.worker)
+    "order_service", outbox, ORDER_PLACED, "orders_database_url", expects_answer=frozenset({ORDER_PLACED})
 )
-
-build_relay = PROGRAM.build
-main = PROGRAM.main
+build_relay, main = PROGRAM.build, PROGRAM.main
 
 if __name__ == "__main__":
     sys.exit(main())

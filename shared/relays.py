@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from flask_outbox import RelayProgram
@@ -15,15 +14,15 @@ __all__ = ["relay_program"]
 
 
 def relay_program(
-    service: str, table: Table, database_url: Callable[[Settings], str], topic: str, **options: Any
+    service: str, table: Table, topic: str, database: str, **options: Any
 ) -> RelayProgram[Settings]:
-    """``python -m <service>.relay``: the outbox ``table`` of the database ``database_url`` names, which
-    carries ``topic`` (its route's queue is the one the relay's flow control and re-drive look at)."""
+    """``python -m <service>.relay``: the outbox ``table`` of the database the setting ``database`` names,
+    which carries ``topic`` (its route's queue is the one the relay's flow control and re-drive look at)."""
     return RelayProgram(
         prog=f"python -m {service}.relay",
         table=table,
         settings=Settings,
-        database_url=database_url,
+        database_url=lambda settings: str(getattr(settings, database)),
         routes={topic: ROUTES[topic]},
         publisher_name=f"{service.split('_', maxsplit=1)[0]}_relay",
         **options,
