@@ -18,7 +18,7 @@ from flask_outbox.db import utcnow
 from flask_outbox.relay import OutboxRelay
 from flask_outbox.wakeup import PollingWaiter, waiter_for
 from flask_outbox.writer import bucket_of
-from sqlalchemy import Engine, insert, text
+from sqlalchemy import Engine, func, insert, select, text
 
 from order_service.models import outbox
 from shared.contracts import ORDER_PLACED, OrderPlaced
@@ -142,3 +142,9 @@ def running_relay(
         waiter.close()
         relay.publisher.close()
     assert not thread.is_alive(), "relay did not stop"
+
+
+def unpublished(engine: Engine) -> int:
+    """Outbox rows not published yet."""
+    with engine.connect() as conn:
+        return int(conn.scalar(select(func.count()).where(outbox.c.published_at.is_(None))) or 0)

@@ -13,7 +13,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from flask_outbox import Handler, InboxTables, InboxWorker, Route
-from sqlalchemy import func, select
+from flask_outbox.db import create_db_engine
+from sqlalchemy import Engine, func, select
 
 from invoice_worker import invoicing
 from invoice_worker import models as invoice_models
@@ -138,3 +139,12 @@ def row_counts(app: Flask) -> Callable[[], dict[str, int]]:
             }
 
     return count
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    """An SQLite database holding the order service's outbox table alone (relay loop tests)."""
+    made = create_db_engine(f"sqlite:///{tmp_path / 'orders.sqlite3'}")
+    outbox.metadata.create_all(made, tables=[outbox])
+    yield made
+    made.dispose()

@@ -7,17 +7,13 @@ SQLite relays in a thread with a publisher whose queue length the test sets; the
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-from flask_outbox.db import create_db_engine
 from flask_outbox.messages import BatchOutcome, PendingMessage
 from flask_outbox.relay import OutboxRelay, RelayPolicy
 from flask_outbox.wakeup import PollingWaiter
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
-from harness.outbox import insert_rows, outbox_rows
+from harness.outbox import insert_rows, outbox_rows, unpublished
 from harness.waiting import wait_until
 from order_service.models import outbox
 
@@ -40,19 +36,6 @@ class QueuePublisher:
 
     def close(self) -> None:
         """Nothing held."""
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    made = create_db_engine(f"sqlite:///{tmp_path / 'orders.sqlite3'}")
-    outbox.metadata.create_all(made, tables=[outbox])
-    yield made
-    made.dispose()
-
-
-def unpublished(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return int(conn.scalar(select(func.count()).where(outbox.c.published_at.is_(None))) or 0)
 
 
 def test_rows_wait_while_the_queue_is_behind_and_leave_together_once_it_is_taken(engine: Engine) -> None:
