@@ -6,11 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 from flask import Flask
+from flask_outbox import WorkerDatabase
 from flask_outbox.consumer import Consumer, DeliveryPolicy
-from flask_outbox.worker_db import WorkerDatabase
 
 from invoice_worker import invoicing
-from invoice_worker.database import InvoiceDatabase
 from invoice_worker.models import inbox as invoice_inbox
 from order_service import create_app, invoice_answers
 from order_service.extensions import db
@@ -28,14 +27,14 @@ def pg_app(pg_settings: Settings) -> Iterator[Flask]:
 
 
 @pytest.fixture
-def pg_invoice_db(pg_settings: Settings) -> Iterator[InvoiceDatabase]:
-    database = InvoiceDatabase(pg_settings)
+def pg_invoice_db(pg_settings: Settings) -> Iterator[WorkerDatabase]:
+    database = WorkerDatabase(pg_settings.invoices_database_url)
     yield database
     database.engine.dispose()
 
 
 @pytest.fixture
-def invoice_consumer(pg_invoice_db: InvoiceDatabase) -> Consumer[OrderPlaced]:
+def invoice_consumer(pg_invoice_db: WorkerDatabase) -> Consumer[OrderPlaced]:
     """The invoice worker's consumer of ``order.placed`` (as ``invoice_worker.celery_app`` registers it)."""
     return Consumer(
         invoicing.HANDLER, pg_invoice_db, invoice_inbox, DeliveryPolicy(), ROUTES[ORDER_PLACED].task

@@ -10,10 +10,10 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+from flask_outbox import WorkerDatabase
 from flask_outbox.consumer import Consumer
 from sqlalchemy import func, select
 
-from invoice_worker.database import InvoiceDatabase
 from invoice_worker.invoicing import Outcome
 from invoice_worker.models import Invoice, inbox, outbox
 from shared.contracts import OrderPlaced, parse_invoice_created
@@ -22,7 +22,7 @@ from tests.support.events import order_placed_event
 ROUNDS = 25
 
 
-def _answered_numbers(database: InvoiceDatabase) -> dict[str, set[str]]:
+def _answered_numbers(database: WorkerDatabase) -> dict[str, set[str]]:
     """order_id -> the invoice numbers its ``invoice.created`` answers carry."""
     numbers: dict[str, set[str]] = {}
     with database.session() as session:
@@ -32,7 +32,7 @@ def _answered_numbers(database: InvoiceDatabase) -> dict[str, set[str]]:
     return numbers
 
 
-def _invoice_numbers(database: InvoiceDatabase) -> dict[str, set[str]]:
+def _invoice_numbers(database: WorkerDatabase) -> dict[str, set[str]]:
     with database.session() as session:
         return {
             order_id: {number}
@@ -41,7 +41,7 @@ def _invoice_numbers(database: InvoiceDatabase) -> dict[str, set[str]]:
 
 
 def test_the_same_message_delivered_concurrently_gives_one_invoice(
-    pg_invoice_db: InvoiceDatabase, invoice_consumer: Consumer[OrderPlaced]
+    pg_invoice_db: WorkerDatabase, invoice_consumer: Consumer[OrderPlaced]
 ) -> None:
     outcomes: list[str] = []
     for _ in range(ROUNDS):
@@ -65,7 +65,7 @@ def test_the_same_message_delivered_concurrently_gives_one_invoice(
 
 
 def test_different_messages_for_one_order_racing_give_one_invoice(
-    pg_invoice_db: InvoiceDatabase, invoice_consumer: Consumer[OrderPlaced]
+    pg_invoice_db: WorkerDatabase, invoice_consumer: Consumer[OrderPlaced]
 ) -> None:
     event = order_placed_event()
     start = threading.Barrier(4)

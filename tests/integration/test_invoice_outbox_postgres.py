@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from flask_outbox import WorkerDatabase
 from flask_outbox.consumer import Consumer
 from flask_outbox.publisher import publisher_for
 from flask_outbox.relay import OutboxRelay, RelayPolicy
@@ -17,7 +18,6 @@ from flask_outbox.table import NOTIFY_CHANNEL
 from sqlalchemy import func, insert, make_url, select, text
 
 from harness.outbox import consumed
-from invoice_worker.database import InvoiceDatabase
 from invoice_worker.models import Invoice, inbox, outbox
 from invoice_worker.signals import invoice_created
 from shared.config import Settings
@@ -33,7 +33,7 @@ def _listener(url: str) -> psycopg.Connection[tuple[object, ...]]:
 
 
 def test_a_committed_invoice_notifies_the_relay_and_a_rolled_back_one_does_not(
-    pg_settings: Settings, pg_invoice_db: InvoiceDatabase, invoice_consumer: Consumer[OrderPlaced]
+    pg_settings: Settings, pg_invoice_db: WorkerDatabase, invoice_consumer: Consumer[OrderPlaced]
 ) -> None:
     def failing_receiver(sender: Any, **_: Any) -> None:
         raise RuntimeError("a receiver failed before commit")
@@ -55,7 +55,7 @@ def test_a_committed_invoice_notifies_the_relay_and_a_rolled_back_one_does_not(
 
 def test_the_shared_relay_publishes_answers_to_the_order_service_queue(
     pg_settings: Settings,
-    pg_invoice_db: InvoiceDatabase,
+    pg_invoice_db: WorkerDatabase,
     invoice_consumer: Consumer[OrderPlaced],
     redis_client: redis.Redis,
 ) -> None:
@@ -90,7 +90,7 @@ def test_the_shared_relay_publishes_answers_to_the_order_service_queue(
         assert rows[event.order_id].published_at is not None
 
 
-def _seed_by_database_clock(database: InvoiceDatabase, age: timedelta, count: int) -> None:
+def _seed_by_database_clock(database: WorkerDatabase, age: timedelta, count: int) -> None:
     with database.engine.begin() as conn:
         stamp = conn.execute(select(func.now())).scalar_one() - age
         ids = [uuid.uuid4() for _ in range(count)]
@@ -107,13 +107,13 @@ def _seed_by_database_clock(database: InvoiceDatabase, age: timedelta, count: in
         )
 
 
-def _inbox_size(database: InvoiceDatabase) -> int:
+def _inbox_size(database: WorkerDatabase) -> int:
     with database.session() as session:
         return session.scalar(select(func.count()).select_from(inbox.processed)) or 0
 
 
 def test_inbox_pruning_takes_turns_and_deletes_only_what_aged_out_by_the_database_clock(
-    pg_invoice_db: InvoiceDatabase,
+    pg_invoice_db: WorkerDatabase,
 ) -> None:
     policy = InboxRetention(retention=timedelta(days=30), batch=100)
     _seed_by_database_clock(pg_invoice_db, timedelta(days=30, minutes=1), 250)

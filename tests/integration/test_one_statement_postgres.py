@@ -12,13 +12,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from flask_outbox import WorkerDatabase
 from flask_outbox.batches import BatchItem
 from flask_outbox.consumer import Consumer
 from flask_outbox.writer import bucket_of
 from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from invoice_worker.database import InvoiceDatabase
 from invoice_worker.invoicing import Outcome
 from invoice_worker.models import Invoice
 from invoice_worker.models import inbox as invoice_inbox
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_invoice_is_numbered_from_its_id_answered_and_settles_an_early_dead_letter(
-    pg_invoice_db: InvoiceDatabase, invoice_consumer: Consumer[OrderPlaced]
+    pg_invoice_db: WorkerDatabase, invoice_consumer: Consumer[OrderPlaced]
 ) -> None:
     event, message_id = order_placed_event(), uuid.uuid4()
     with pg_invoice_db.session() as session:  # parked too early, e.g. redelivered during a slow first run
@@ -63,7 +63,7 @@ def test_invoice_is_numbered_from_its_id_answered_and_settles_an_early_dead_lett
 
 
 def test_duplicate_message_and_second_message_for_an_invoiced_order_write_no_second_invoice(
-    pg_invoice_db: InvoiceDatabase, invoice_consumer: Consumer[OrderPlaced]
+    pg_invoice_db: WorkerDatabase, invoice_consumer: Consumer[OrderPlaced]
 ) -> None:
     event, first, second = order_placed_event(), uuid.uuid4(), uuid.uuid4()
     outcomes = [
@@ -167,7 +167,7 @@ def _item(message_id: uuid.UUID, payload: dict[str, object], correlation: str) -
 
 
 def test_a_batch_invoices_each_new_order_once_and_answers_every_message(
-    pg_invoice_db: InvoiceDatabase, invoice_consumer: Consumer[OrderPlaced]
+    pg_invoice_db: WorkerDatabase, invoice_consumer: Consumer[OrderPlaced]
 ) -> None:
     """One statement for the batch; duplicates, a second message for an order in the same batch, and a
     message for an order invoiced earlier are answered again with the one invoice, never invoiced twice."""

@@ -6,10 +6,10 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from flask_outbox import WorkerDatabase
 from flask_outbox.consumer import Consumer, DeliveryPolicy, RetryLater
 from sqlalchemy import func, select
 
-from invoice_worker.database import InvoiceDatabase
 from invoice_worker.invoicing import HANDLER
 from invoice_worker.models import Invoice, inbox
 from shared.config import Settings
@@ -29,11 +29,11 @@ def read_only_invoices(pg_settings: Settings) -> Iterator[str]:
 
 
 @pytest.fixture
-def consumer(pg_invoice_db: InvoiceDatabase) -> Consumer[OrderPlaced]:
+def consumer(pg_invoice_db: WorkerDatabase) -> Consumer[OrderPlaced]:
     return Consumer(HANDLER, pg_invoice_db, inbox, POLICY, ROUTES[ORDER_PLACED].task)
 
 
-def counts(database: InvoiceDatabase) -> tuple[int, int]:
+def counts(database: WorkerDatabase) -> tuple[int, int]:
     with database.session() as session:
         invoices = session.scalar(select(func.count()).select_from(Invoice)) or 0
         letters = session.scalar(select(func.count()).select_from(inbox.dead_letters)) or 0
@@ -41,7 +41,7 @@ def counts(database: InvoiceDatabase) -> tuple[int, int]:
 
 
 def test_read_only_database_is_retried_past_every_bound_then_invoiced_once_writable(
-    pg_invoice_db: InvoiceDatabase, consumer: Consumer[OrderPlaced], read_only_invoices: str
+    pg_invoice_db: WorkerDatabase, consumer: Consumer[OrderPlaced], read_only_invoices: str
 ) -> None:
     message_id, body = uuid.uuid4(), order_placed_event().to_payload()
     reasons = []

@@ -12,13 +12,12 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from flask_outbox import Handler, InboxTables, InboxWorker, Route
+from flask_outbox import Handler, InboxTables, InboxWorker, Route, WorkerDatabase
 from flask_outbox.db import create_db_engine
 from sqlalchemy import Engine, func, select
 
 from invoice_worker import invoicing
 from invoice_worker import models as invoice_models
-from invoice_worker.database import InvoiceDatabase
 from invoice_worker.models import Base as InvoiceBase
 from order_service import create_app, invoice_answers
 from order_service import models as order_models
@@ -60,8 +59,8 @@ def client(app: Flask) -> FlaskClient:
 
 
 @pytest.fixture
-def invoice_db(sqlite_settings: Settings) -> Iterator[InvoiceDatabase]:
-    database = InvoiceDatabase(sqlite_settings)
+def invoice_db(sqlite_settings: Settings) -> Iterator[WorkerDatabase]:
+    database = WorkerDatabase(sqlite_settings.invoices_database_url)
     InvoiceBase.metadata.create_all(database.engine)
     yield database
     database.engine.dispose()
