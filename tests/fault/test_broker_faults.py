@@ -8,6 +8,7 @@ import httpx
 import redis
 from sqlalchemy import create_engine, text
 
+from harness.outbox import queued_messages
 from harness.waiting import wait_until
 from tests.fault.harness import Cluster, report
 from tests.fault.orders import bodies, place_in_process
@@ -72,9 +73,10 @@ def redriven_rows(cluster: Cluster) -> int:
 
 
 def queued(cluster: Cluster) -> int:
+    """Messages waiting in the invoice queue, each message of a batch task counted."""
     client = redis.Redis.from_url(cluster.redis.url)
     try:
-        return int(client.llen(cluster.queue))
+        return queued_messages(client, cluster.queue)
     finally:
         client.close()
 
@@ -95,7 +97,7 @@ def test_volatile_redis_loss_is_repaired_by_the_redrive_with_no_manual_step(clus
     cluster.wait_settled(5)
     worker.stop()
     place_in_process(cluster, bodies(25, seed=82))
-    wait_until(lambda: queued(cluster) >= 25, timeout=60, message="25 tasks waiting in Redis")
+    wait_until(lambda: queued(cluster) >= 25, timeout=60, message="25 messages waiting in Redis")
     # Published as far as the outbox knows: the relay published them all before Redis loses them.
     wait_until(lambda: cluster.checker.verdict().unpublished == 0, timeout=30, message="rows marked")
 
