@@ -50,8 +50,7 @@ def pipeline_env(
         API_KEYS=TEST_API_KEY,
         RATE_LIMIT="100000 per minute",
         # Health/metrics on a free port each: pipelines of parallel tests (pytest -n) share this host.
-        RELAY_METRICS_PORT="0",
-        WORKER_METRICS_PORT="0",
+        METRICS_PORT="0",
     )
     env.update(extra)
     return env
@@ -128,7 +127,8 @@ class Service:
 
 def api_service(env: dict[str, str], log_dir: Path, port: int, workers: int = 2, threads: int = 4) -> Service:
     command = [
-        str(BIN / "gunicorn"), "order_service.wsgi:app", "--bind", f"127.0.0.1:{port}",
+        str(BIN / "gunicorn"), "-c", "python:order_service.gunicorn_conf", "order_service.wsgi:app",
+        "--bind", f"127.0.0.1:{port}",
         "--workers", str(workers), "--threads", str(threads),
     ]  # fmt: skip
     return Service("api", command, env, log_dir / "api.log")

@@ -1,4 +1,7 @@
-"""Request ids, request metrics, ``GET /metrics`` and tracing for the API, wired by ``init_observability``.
+"""Request ids, request metrics and tracing for the API, wired by ``init_observability``.
+
+The metrics are scraped from the gunicorn master on ``METRICS_PORT`` (``order_service.gunicorn_conf``),
+not from the public port.
 
 Every request gets a correlation id: the client's ``X-Request-ID`` if it is a sane token, else a
 new one. It is bound to the request's log lines (``correlation_id``), returned in the response's
@@ -15,14 +18,7 @@ import time
 
 import structlog
 from flask import Flask, Response, g, request
-from flask_outbox import (
-    CONTENT_TYPE_LATEST,
-    bind_correlation,
-    configure_tracing,
-    exposition,
-    instrument_flask,
-    valid_correlation_id,
-)
+from flask_outbox import bind_correlation, configure_tracing, instrument_flask, valid_correlation_id
 from prometheus_client import Counter, Histogram
 
 from order_service.metrics import ApiMetrics, api_metrics
@@ -77,11 +73,6 @@ def _forget(_exc: BaseException | None) -> None:
     structlog.contextvars.clear_contextvars()
 
 
-def metrics_view() -> Response:
-    """Prometheus text format; not behind the API keys (scrapers), and cheap: no database access."""
-    return Response(exposition(api_metrics().registry), mimetype=None, content_type=CONTENT_TYPE_LATEST)
-
-
 def init_observability(app: Flask, settings: Settings) -> None:
     """Register first, so every request (a 401 and a 429 too) is timed and carries its id."""
     service = settings.otel_service_name or "order-api"
@@ -91,4 +82,3 @@ def init_observability(app: Flask, settings: Settings) -> None:
     app.before_request(_start)
     app.after_request(_finish)
     app.teardown_request(_forget)
-    app.add_url_rule("/metrics", "metrics", metrics_view, methods=["GET"])

@@ -18,8 +18,18 @@ PORT = int(os.environ.get("API_PORT", "8000"))
 BIN = Path(sys.executable).parent
 
 CELERY = str(BIN / "celery")
+GUNICORN_CONFIG = "python:order_service.gunicorn_conf"  # the API's /metrics on its METRICS_PORT
 PROCESSES = {
-    "api": [str(BIN / "gunicorn"), "order_service.wsgi:app", "--bind", f"{HOST}:{PORT}", "--workers", "2"],
+    "api": [
+        str(BIN / "gunicorn"),
+        "-c",
+        GUNICORN_CONFIG,
+        "order_service.wsgi:app",
+        "--bind",
+        f"{HOST}:{PORT}",
+        "--workers",
+        "2",
+    ],
     "order-relay": [sys.executable, "-m", "order_service.relay"],
     "invoice-worker": [
         CELERY,
@@ -36,13 +46,13 @@ PROCESSES = {
     "invoice-relay": [sys.executable, "-m", "invoice_worker.relay"],
     "order-consumer": [CELERY, "-A", "order_service.worker", "worker", "-Q", "orders", "-n", "orders@%h"],
 }
+_METRICS_BASE = int(os.environ.get("METRICS_PORT", "9101"))
 ENVIRONMENT = {
-    "invoice-relay": {"RELAY_METRICS_PORT": os.environ.get("INVOICE_RELAY_METRICS_PORT", "9103")},
-    "invoice-worker": {"WORKER_METRICS_PORT": os.environ.get("WORKER_METRICS_PORT", "9102")},
-    "order-consumer": {"WORKER_METRICS_PORT": os.environ.get("ORDER_CONSUMER_METRICS_PORT", "9104")},
+    name: {"METRICS_PORT": str(_METRICS_BASE + offset if _METRICS_BASE else 0)}
+    for offset, name in enumerate(("order-relay", "invoice-worker", "invoice-relay", "order-consumer", "api"))
 }
-"""Both relays and both workers run on one host here (in compose each has its own container, so the
-relays both use 9101 and the workers 9102)."""
+"""All five share one host here, so each serves /metrics and its probes on its own port: METRICS_PORT
+(9101) and the next four (0: a free port each). In compose each has its own container and port 9101."""
 
 # Run as root (a container, a fresh VM), a Celery worker warns at start (celery.platforms.check_privileges)
 # that it should drop privileges with --uid: good advice for a deployed worker, noise for a newcomer's local
@@ -71,8 +81,8 @@ HELP = """
   See its invoice:      .venv/bin/python -m invoice_worker invoices
   Outbox status:        .venv/bin/python -m order_service.relay status
                         .venv/bin/python -m invoice_worker.relay status
-  Metrics:              http://{host}:{port}/metrics (API), :9101 and :9103/metrics (relays),
-                        :9102 and :9104/metrics (invoice worker, order consumer); /readyz on each
+  Metrics:              :{metrics}/metrics (order relay), then invoice worker, invoice relay, order
+                        consumer and API on the next four ports; /readyz on each but the API's
 
   Ctrl-C stops all five.
 """
@@ -110,7 +120,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     if _wait_until_ready(f"http://{HOST}:{PORT}/readyz", time.monotonic() + 30):
-        print(HELP.format(host=HOST, port=PORT, key=_api_key()), flush=True)
+        print(HELP.format(host=HOST, port=PORT, key=_api_key(), metrics=_METRICS_BASE), flush=True)
     else:
         print("The API did not become ready within 30 s; see the logs above.", file=sys.stderr)
         stopping = True

@@ -69,8 +69,7 @@ def processes(app: Flask, settings: SignupSettings, tmp_path: Path) -> Iterator[
         "VAR_DIR": str(settings.var_dir),
         "LOG_FORMAT": "json",
         "RELAY_POLL_INTERVAL": "0.2",
-        "RELAY_METRICS_PORT": "0",
-        "WORKER_METRICS_PORT": "0",
+        "METRICS_PORT": "0",
         "PYTHONUNBUFFERED": "1",
     }
     queue = settings.queue(ROUTES[USER_SIGNED_UP].queue)

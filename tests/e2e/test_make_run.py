@@ -25,9 +25,7 @@ def _embedded_env(var_dir: Path, port: int) -> dict[str, str]:
         if not k.endswith("_DATABASE_URL") and k not in {"BROKER_URL", "API_KEYS", "QUEUE_PREFIX"}
     }
     # Ports: the suite may run beside a real `make run`; 0 lets each relay pick a free health port.
-    env.update(
-        VAR_DIR=str(var_dir), API_PORT=str(port), RELAY_METRICS_PORT="0", INVOICE_RELAY_METRICS_PORT="0"
-    )
+    env.update(VAR_DIR=str(var_dir), API_PORT=str(port), METRICS_PORT="0")
     return env
 
 

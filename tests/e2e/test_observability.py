@@ -66,33 +66,32 @@ class Observed:
 
 def _start(settings: Settings, log_dir: Path) -> Observed:
     log_dir.mkdir(parents=True, exist_ok=True)
-    ports = {name: free_port() for name in ("api", "relay", "worker", "invoice-relay", "consumer")}
+    api_port = free_port()
+    names = ("api", "relay", "worker", "invoice-relay", "consumer")
+    metrics_ports = {name: free_port() for name in names}  # the API's /metrics is off its public port
     env = settings_env(settings, OTEL_TRACES_EXPORTER="console")
+
+    def on(name: str) -> dict[str, str]:
+        return {**env, "METRICS_PORT": str(metrics_ports[name])}
+
     services = {
-        "api": api_service(env, log_dir, ports["api"]),
-        "relay": relay_service({**env, "RELAY_METRICS_PORT": str(ports["relay"])}, log_dir),
-        "worker": worker_service(
-            {**env, "WORKER_METRICS_PORT": str(ports["worker"])}, log_dir, settings.queue("invoices")
-        ),
-        "invoice-relay": invoice_relay_service(
-            {**env, "RELAY_METRICS_PORT": str(ports["invoice-relay"])}, log_dir
-        ),
-        "consumer": order_consumer_service(
-            {**env, "WORKER_METRICS_PORT": str(ports["consumer"])}, log_dir, settings.queue("orders")
-        ),
+        "api": api_service(on("api"), log_dir, api_port),
+        "relay": relay_service(on("relay"), log_dir),
+        "worker": worker_service(on("worker"), log_dir, settings.queue("invoices")),
+        "invoice-relay": invoice_relay_service(on("invoice-relay"), log_dir),
+        "consumer": order_consumer_service(on("consumer"), log_dir, settings.queue("orders")),
     }
-    api = f"http://127.0.0.1:{ports['api']}"
+    api = f"http://127.0.0.1:{api_port}"
     observed = Observed(
         settings=settings,
         api=api,
-        metrics={name: f"http://127.0.0.1:{port}/metrics" for name, port in ports.items()}
-        | {"api": f"{api}/metrics"},
+        metrics={name: f"http://127.0.0.1:{port}/metrics" for name, port in metrics_ports.items()},
         services={name: service.start() for name, service in services.items()},
     )
     try:
         wait_for_http(f"{api}/readyz", timeout=60)
         for name in ("relay", "worker", "invoice-relay", "consumer"):
-            wait_for_http(f"http://127.0.0.1:{ports[name]}/readyz", timeout=60)
+            wait_for_http(f"http://127.0.0.1:{metrics_ports[name]}/readyz", timeout=60)
     except BaseException:
         _stop(observed)
         print(observed.logs())
@@ -179,6 +178,8 @@ def test_every_endpoint_counts_the_orders_that_flowed_end_to_end(observed: Obser
     assert observed.delta("api", "http_requests_total", status="201", **post) == n + 1
     assert observed.delta("api", "http_request_duration_seconds_count", **post) == n + 1
     assert observed.delta("api", "http_request_duration_seconds_bucket", le="+Inf", **post) == n + 1
+    public = httpx.get(f"{observed.api}/metrics", timeout=10)
+    assert public.status_code == 404  # the API's metrics are on its METRICS_PORT only, never its public port
 
     for relay in ("relay", "invoice-relay"):
         assert observed.delta(relay, "outbox_relay_published_total") == n

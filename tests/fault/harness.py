@@ -82,6 +82,7 @@ class Cluster:
                 "VAR_DIR": str(self.root / "var"),
                 "API_KEYS": self.api_key,
                 "LOG_FORMAT": "json",
+                "METRICS_PORT": "0",  # a free port each: several processes share this host
                 **self.overrides,
             }
         env = pipeline_env(
@@ -104,11 +105,6 @@ class Cluster:
         return f"{self.queue_prefix}orders"
 
     @property
-    def relay_env(self) -> dict[str, str]:
-        """A relay's environment: health on a free port (``0``), as several relays share this host."""
-        return {**self.env, "RELAY_METRICS_PORT": self.overrides.get("RELAY_METRICS_PORT", "0")}
-
-    @property
     def log_dir(self) -> Path:
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         return self.root / "logs"
@@ -128,13 +124,17 @@ class Cluster:
         self.services.append(service)
         return service.start()
 
-    def start_relay(self, name: str = "relay") -> Service:
-        relay = self._track(relay_service(self.relay_env, self.log_dir, name=name))
+    def _env_on(self, metrics_port: int | None) -> dict[str, str]:
+        """The environment, with this one process's metrics and probes on ``metrics_port`` if given."""
+        return self.env if metrics_port is None else {**self.env, "METRICS_PORT": str(metrics_port)}
+
+    def start_relay(self, name: str = "relay", metrics_port: int | None = None) -> Service:
+        relay = self._track(relay_service(self._env_on(metrics_port), self.log_dir, name=name))
         relay.wait_for_log("relay.started")
         return relay
 
     def start_invoice_relay(self, name: str = "invoice-relay") -> Service:
-        relay = self._track(invoice_relay_service(self.relay_env, self.log_dir, name=name))
+        relay = self._track(invoice_relay_service(self.env, self.log_dir, name=name))
         relay.wait_for_log("relay.started")
         return relay
 
@@ -149,9 +149,15 @@ class Cluster:
         return consumer
 
     def start_worker(
-        self, name: str = "worker", concurrency: int = 2, app: str = "invoice_worker", ready: bool = True
+        self,
+        name: str = "worker",
+        concurrency: int = 2,
+        app: str = "invoice_worker",
+        ready: bool = True,
+        metrics_port: int | None = None,
     ) -> Service:
-        worker = worker_service(self.env, self.log_dir, self.queue, concurrency=concurrency, name=name)
+        env = self._env_on(metrics_port)
+        worker = worker_service(env, self.log_dir, self.queue, concurrency=concurrency, name=name)
         worker.command[worker.command.index("invoice_worker")] = app
         self._track(worker)
         if ready:

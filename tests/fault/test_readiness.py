@@ -49,10 +49,9 @@ def test_readiness_follows_the_broker_and_the_database_and_the_backlog_drains_af
 ) -> None:
     cluster = private_pg_cluster
     relay_port, worker_port = free_port(), free_port()
-    cluster.overrides.update(RELAY_METRICS_PORT=str(relay_port), WORKER_METRICS_PORT=str(worker_port))
     api = cluster.start_api()
-    cluster.start_relay()
-    worker = cluster.start_worker()
+    cluster.start_relay(metrics_port=relay_port)
+    worker = cluster.start_worker(metrics_port=worker_port)
     worker.wait_for_log("worker.metrics_serving")
     ready = {
         "api": f"{api}/readyz",

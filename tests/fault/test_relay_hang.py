@@ -42,7 +42,7 @@ def orders_engine(cluster: Cluster) -> Iterator[Engine]:
 
 
 def health_port(relay: Service) -> int:
-    """The port the relay logged (``RELAY_METRICS_PORT=0``: each relay picks a free one)."""
+    """The port the relay logged (``METRICS_PORT=0``: each relay picks a free one)."""
     relay.wait_for_log("relay.health_serving")
     for line in relay.logs().splitlines():
         if "relay.health_serving" in line:
@@ -92,7 +92,6 @@ def scalar(url: str, sql: str) -> int:
 
 def test_sigstopped_relay_partitions_move_to_the_live_relay_within_the_stall_bound(cluster: Cluster) -> None:
     """Partition handover between relays is what is measured."""
-    cluster.overrides["RELAY_METRICS_PORT"] = "0"
     worker = cluster.start_worker(ready=False)  # boots while the test waits out the bound
     live = cluster.start_relay("relay-live")
     frozen = cluster.start_relay("relay-frozen")

@@ -159,11 +159,11 @@ def test_the_pruner_prunes_in_passing_at_most_once_per_interval(worker: InboxWor
 
 
 def test_each_worker_prunes_in_passing_after_a_delivery(invoice_worker: InboxWorker) -> None:
-    """The worker's pruner, from its settings (``INBOX_RETENTION_SECONDS``, ``INBOX_PRUNE_INTERVAL``)."""
+    """The worker's pruner: retention from ``INBOX_RETENTION_SECONDS``, a round every 5 minutes at most."""
     assert invoice_worker.pruner.policy.retention == timedelta(
         seconds=invoice_worker.settings.inbox_retention_seconds
     )
-    assert invoice_worker.pruner.interval == invoice_worker.settings.inbox_prune_interval
+    assert invoice_worker.pruner.interval == 300.0
     _seed(invoice_worker, age=timedelta(days=31), count=2)
     task = invoice_worker.app.tasks[ROUTES[ORDER_PLACED].task]
     task.push_request(id=str(uuid.uuid4()), retries=0, called_directly=False, delivery_info={})

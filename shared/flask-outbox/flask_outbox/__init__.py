@@ -36,7 +36,7 @@ from flask_outbox.extension import Outbox
 from flask_outbox.guard import UnsafeDispatch, UnsafeDispatchWarning
 from flask_outbox.inbox import InboxTables, define_inbox
 from flask_outbox.logs import bind_correlation, configure_logging, valid_correlation_id
-from flask_outbox.metrics import CONTENT_TYPE_LATEST, enable_multiprocess, exposition
+from flask_outbox.metrics import enable_multiprocess, serve_metrics
 from flask_outbox.program import RelayProgram
 from flask_outbox.routes import Route
 from flask_outbox.settings import (
@@ -88,7 +88,6 @@ __all__ = [  # noqa: RUF022 - grouped by part, not sorted
     "RelaySettings",
     "markdown_table",
     # what the application's processes share with the library's
-    "CONTENT_TYPE_LATEST",
     "BigIntPK",
     "JSONDocument",
     "UTCDateTime",
@@ -98,10 +97,10 @@ __all__ = [  # noqa: RUF022 - grouped by part, not sorted
     "database_clock",
     "enable_multiprocess",
     "engine_options",
-    "exposition",
     "install_engine_events",
     "instrument_flask",
     "is_postgres",
+    "serve_metrics",
     "utcnow",
     "valid_correlation_id",
 ]

@@ -21,11 +21,15 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from wsgiref.types import StartResponse, WSGIEnvironment
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from flask_outbox.health import HealthServer, serve_wsgi
 
 __all__ = [
     "CONTENT_TYPE_LATEST",
@@ -34,6 +38,7 @@ __all__ = [
     "exposition",
     "multiprocess_dir",
     "process_dead",
+    "serve_metrics",
 ]
 
 log = structlog.get_logger(__name__)
@@ -114,3 +119,21 @@ def exposition(registry: CollectorRegistry | None = None) -> bytes:
     merged = CollectorRegistry()
     MultiProcessCollector(merged, path=str(folder))  # type: ignore[no-untyped-call]
     return generate_latest(merged)
+
+
+def serve_metrics(port: int, host: str = "0.0.0.0") -> HealthServer:  # noqa: S104 - a container's own port
+    """``/metrics`` of this process group on its own port, from a daemon thread (port 0: a free one).
+
+    For a server whose public port must not expose them: a gunicorn master calls it once ready, and
+    sums its workers' folder on every scrape.
+    """
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != "/metrics":
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: /metrics only"]
+        body = exposition()
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return serve_wsgi(app, host, port)

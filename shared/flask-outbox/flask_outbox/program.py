@@ -4,7 +4,7 @@
 its database, its publisher and the topics that expect an answer (``RelayProgram``); everything
 else (health endpoint, signals, the SQLite file lock, status) is the same code.
 
-``run`` also serves ``/healthz``, ``/readyz`` and ``/metrics`` on ``RELAY_METRICS_PORT`` (default 9101, all
+``run`` also serves ``/healthz``, ``/readyz`` and ``/metrics`` on ``METRICS_PORT`` (default 9101, all
 interfaces; 0 picks a free port and logs it). ``/healthz`` is 503 once the loop made no progress
 for ``RELAY_STALL_SECONDS`` (30 s), the same bound after which live relays retire a stopped one
 and take its partitions (see ``flask_outbox.relay``). If the port is taken (several relays on
@@ -189,9 +189,9 @@ def _serve_health(relay: OutboxRelay, settings: OutboxSettings) -> HealthServer 
         "broker": broker_check(settings.broker_url, settings.broker_folder),
     }
     try:
-        server = HealthServer(relay.metrics, "0.0.0.0", settings.relay_metrics_port).start()  # noqa: S104
+        server = HealthServer(relay.metrics, "0.0.0.0", settings.metrics_port).start()  # noqa: S104
     except OSError as exc:
-        log.error("relay.health_unavailable", port=settings.relay_metrics_port, error=str(exc))
+        log.error("relay.health_unavailable", port=settings.metrics_port, error=str(exc))
         return None
     log.info("relay.health_serving", port=server.port, stall_bound_s=settings.relay_stall_seconds)
     return server

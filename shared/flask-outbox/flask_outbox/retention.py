@@ -76,7 +76,7 @@ class InboxRetention:
     @classmethod
     def from_settings(cls, settings: Settings) -> InboxRetention:
         check_retention(settings)
-        return cls(timedelta(seconds=settings.inbox_retention_seconds), settings.inbox_prune_batch)
+        return cls(timedelta(seconds=settings.inbox_retention_seconds))
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,11 +166,12 @@ class InboxPruner:
     tables: InboxTables
     policy: InboxRetention
     interval: float = 300.0
+    """Seconds between prune rounds per worker: expired rows are few per round, and a round is cheap."""
     _next: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings, database: WorkerDatabase, tables: InboxTables) -> InboxPruner:
-        return cls(database, tables, InboxRetention.from_settings(settings), settings.inbox_prune_interval)
+        return cls(database, tables, InboxRetention.from_settings(settings))
 
     def prune_when_due(self) -> Pruned | None:
         """One round if ``interval`` has passed since the last; never raises."""

@@ -92,6 +92,14 @@ class PipelineSettings(BaseSettings):
     otel_service_name: str = Field(
         default="", validation_alias="OTEL_SERVICE_NAME", description="Default: the process's role"
     )
+    metrics_port: int = Field(
+        default=9101,
+        ge=0,
+        le=65535,
+        validation_alias="METRICS_PORT",
+        description="Every process's /metrics, /healthz and /readyz, never the API's public port "
+        "(0: a free port)",
+    )
 
     def model_post_init(self, _context: object) -> None:
         """Fill the embedded-mode default broker (a file broker under ``var_dir``)."""
@@ -159,13 +167,6 @@ class RelaySettings(PipelineSettings):
         validation_alias="RELAY_STALL_SECONDS",
         description="A relay making no progress this long is unhealthy; live relays take its partitions",
     )
-    relay_metrics_port: int = Field(
-        default=9101,
-        ge=0,
-        le=65535,
-        validation_alias="RELAY_METRICS_PORT",
-        description="A relay's /metrics, /healthz and /readyz (0: a free port)",
-    )
     outbox_redrive_after_seconds: float = Field(
         default=90.0,
         gt=0,
@@ -206,16 +207,6 @@ class ConsumerSettings(PipelineSettings):
         validation_alias="INBOX_RETENTION_SECONDS",
         description="Keep processed-message ids and delivery counts this long; must exceed the longest "
         "redelivery window (re-drive cap x re-drive backoff ceiling), checked at the worker's start",
-    )
-    inbox_prune_interval: float = Field(default=300.0, gt=0, validation_alias="INBOX_PRUNE_INTERVAL")
-    inbox_prune_batch: int = Field(default=5_000, ge=1, validation_alias="INBOX_PRUNE_BATCH")
-
-    worker_metrics_port: int = Field(
-        default=9102,
-        ge=0,
-        le=65535,
-        validation_alias="WORKER_METRICS_PORT",
-        description="A Celery worker's /metrics, /healthz and /readyz (0: a free port)",
     )
 
 
@@ -264,8 +255,6 @@ _CONSUMER_DESCRIPTIONS = {
     "is dead-lettered as poison",
     "WORKER_RETRY_BACKOFF": "First retry delay of a failed task, doubling per retry",
     "WORKER_RETRY_BACKOFF_MAX": "Ceiling of the retry delay (capped at half BROKER_VISIBILITY_TIMEOUT)",
-    "INBOX_PRUNE_INTERVAL": "Seconds between prunes of expired inbox rows, per worker",
-    "INBOX_PRUNE_BATCH": "Expired inbox rows per DELETE",
 }
 """The table's words for the consumer's fields that carry no description yet (their fields are the
 consumer's to fold; a field's own description wins)."""

@@ -63,7 +63,7 @@ class InboxWorker:
             worker_hijack_root_logger=False,
             worker_send_task_events=False,
         )
-        # On worker start: /metrics, /healthz, /readyz on WORKER_METRICS_PORT, correlation ids, tracing.
+        # On worker start: /metrics, /healthz, /readyz on METRICS_PORT, correlation ids, tracing.
         instrument_worker(name, settings, database_url, outcome_metrics)
         setup_logging.connect(self._configure_logging, weak=False)
         worker_process_init.connect(self._after_fork, weak=False)

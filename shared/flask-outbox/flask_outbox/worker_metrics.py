@@ -1,7 +1,7 @@
 """A Celery worker's metrics, probes, correlation ids and tracing, wired by ``instrument_worker``.
 
 Metrics: the prefork pool's children count into the process group's multiprocess folder
-(``flask_outbox.metrics``); the parent serves the sum on ``WORKER_METRICS_PORT`` (default 9102; 0 picks a
+(``flask_outbox.metrics``); the parent serves the sum on ``METRICS_PORT`` (default 9101; 0 picks a
 free port and logs it) with ``/healthz`` (the parent answers) and ``/readyz`` (its database and
 broker answer, bounded by ``flask_outbox.probes``), usable from compose healthchecks. The server starts
 once the worker is ready (``worker_ready``, in the parent, after the pool forked: no child inherits
@@ -184,7 +184,7 @@ def instrument_worker(
         worker_process_shutdown.connect(_child_exit, weak=False)
 
     def _serve(**_: Any) -> None:
-        port = settings.worker_metrics_port
+        port = settings.metrics_port
         try:
             running = serve_wsgi(_probe_app(settings, database_url), "0.0.0.0", port)  # noqa: S104
         except OSError as exc:
