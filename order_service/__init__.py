@@ -39,6 +39,7 @@ from flask_openapi3.models.security_scheme import SecurityScheme
 from flask_openapi3.openapi import OpenAPI
 from flask_outbox import engine_options, install_engine_events
 from itsdangerous import URLSafeTimedSerializer
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from order_service.api import bp, health
 from order_service.auth import init_auth
@@ -139,4 +140,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_dashboard(app, settings)  # the live pipeline page, /dashboard
     app.add_url_rule("/openapi.json", "openapi_json", app.serve_spec)
     register_error_handlers(app)
+    if settings.trusted_proxy_hops:  # else X-Forwarded-* are ignored: a client cannot pick its address
+        hops = settings.trusted_proxy_hops
+        proxied = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=0, x_port=0, x_prefix=0)
+        app.wsgi_app = proxied  # type: ignore[method-assign]  # Flask's documented way to add middleware
     return app

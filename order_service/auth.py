@@ -9,14 +9,18 @@ digests are compared with ``hmac.compare_digest`` over the whole set; a table lo
 which reveals nothing usable about the key itself. With SQLite and no key configured (embedded mode)
 a dev key is generated once into ``var/dev-api-key`` and logged, so every gunicorn worker shares it.
 
-A stored key found valid is remembered for ``STORED_KEY_CACHE_SECONDS`` per process, so a client's
-requests do not each pay a lookup; revoking a key therefore takes up to that long to reach API
-processes other than the one that ran the command.
+Each process keeps the digests of every valid stored key, reloaded at most every
+``STORED_KEY_CACHE_SECONDS`` (``StoredKeys``), so a client's requests do not each pay a lookup;
+revoking a key therefore takes up to that long to reach API processes other than the one that ran
+the command.
 
 Outside the embedded mode a raw key shorter than ``MIN_RAW_KEY_LENGTH`` or a known placeholder (such
 as a copied ``.env.example``) refuses to start (``WeakApiKey``): such a key *can* be guessed. Guessing
-is also throttled: a request without a valid key counts against its client address
-(``AUTH_FAILURE_RATE_LIMIT``), and an address over that limit gets a 429 before any lookup.
+is also throttled (``AUTH_FAILURE_RATE_LIMIT``), in this order (``presented_key_valid``): a configured
+key (constant time) or one in the stored keys' snapshot passes, judged only by its own ``RATE_LIMIT``;
+otherwise a client address or presented key over its budget of failures gets a 429 with no lookup;
+otherwise a key not yet in the snapshot is looked up by digest, and a failure counts against both the
+address and the key. So a guesser behind a shared NAT or proxy never locks out the valid keys there.
 """
 
 from __future__ import annotations
@@ -51,8 +55,9 @@ __all__ = [
     "digest",
     "forget_stored_keys",
     "init_auth",
-    "known_key",
+    "key_valid",
     "new_key",
+    "presented_key_valid",
 ]
 
 log = structlog.get_logger(__name__)
@@ -61,9 +66,9 @@ PROTECTED_BLUEPRINTS = frozenset({"orders"})
 _PREFIX = "sha256:"
 _KEY_RING: AppState[KeyRing] = AppState("order_service.keys")
 _FAILURES: AppState[FailedAuthLimit] = AppState("order_service.failed_auth")
-_STORED: AppState[StoredKeyCache] = AppState("order_service.stored_keys")
+_STORED: AppState[StoredKeys] = AppState("order_service.stored_keys")
 STORED_KEY_CACHE_SECONDS = 5.0
-"""How long a process trusts a stored key it found valid: how late a revocation may take effect."""
+"""How long a process trusts its snapshot of the valid stored keys: how late a revocation may take effect."""
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 MIN_RAW_KEY_LENGTH = 32
@@ -123,28 +128,42 @@ class KeyRing:
         return any(matches)
 
 
+def _valid_stored_digests() -> list[str]:
+    return list(db.session.scalars(select(ApiKey.key_hash).where(ApiKey.revoked_at.is_(None))))
+
+
 @dataclass
-class StoredKeyCache:
-    """Stored keys found valid, per process, each trusted for ``ttl`` seconds (valid ones only)."""
+class StoredKeys:
+    """The digests of the valid stored keys, per process: one query per ``ttl`` however many requests.
+
+    A key created since the last load is found by ``look_up`` (and added); a flood of unknown keys
+    from a throttled address or key never reaches the database, and a valid key still passes there.
+    """
 
     ttl: float = STORED_KEY_CACHE_SECONDS
-    limit: int = 1024
-    _until: dict[str, float] = field(default_factory=dict)
+    _digests: frozenset[str] = frozenset()
+    _until: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def valid(self, key_hash: str) -> bool:
-        until = self._until.get(key_hash)
-        return until is not None and until > time.monotonic()
-
-    def remember(self, key_hash: str) -> None:
         with self._lock:
-            if len(self._until) >= self.limit:
-                self._until.clear()  # bounded: a flood of distinct keys costs lookups, never memory
-            self._until[key_hash] = time.monotonic() + self.ttl
+            if self._until <= time.monotonic():
+                self._digests = frozenset(_valid_stored_digests())
+                self._until = time.monotonic() + self.ttl
+            return key_hash in self._digests
+
+    def look_up(self, key_hash: str) -> bool:
+        """Ask the database for this one key (created since the last load?); remember it if valid."""
+        stored = select(ApiKey.id).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+        if db.session.scalar(stored) is None:
+            return False
+        with self._lock:
+            self._digests |= {key_hash}
+        return True
 
     def forget_all(self) -> None:
         with self._lock:
-            self._until.clear()
+            self._until = 0.0
 
 
 def _check_entry(position: int, entry: str, *, embedded: bool) -> None:
@@ -166,7 +185,8 @@ def _check_entry(position: int, entry: str, *, embedded: bool) -> None:
 
 _MAKE_ONE = (
     "Make one with: python -c \"import secrets; print('osk_' + secrets.token_urlsafe(32))\" "
-    "(or put its 'flask --app order_service api-keys digest <key>' in API_KEYS)."
+    "(or put what 'flask --app order_service api-keys digest' prints for it, reading the key from stdin, "
+    "in API_KEYS)."
 )
 
 
@@ -194,32 +214,37 @@ def _address() -> str:
     return request.remote_addr or "unknown"
 
 
-def _throttle_guessing() -> None:
-    """Refuse (429) a client address over its limit of requests without a valid key, before any lookup."""
-    wait = _FAILURES.get().retry_after(_address())
+def _identities(key_hash: str | None) -> list[str]:
+    """What a failure counts against: the client address, and the presented key's digest if any."""
+    address = f"address:{_address()}"
+    return [address] if key_hash is None else [address, f"key:{client_id(key_hash)}"]
+
+
+def key_valid(key_hash: str) -> bool:
+    """A configured key, or a stored one not revoked: the pipeline page re-checks its session with this.
+
+    Never throttled nor counted: the digest comes from a signed session, not from a guess.
+    """
+    return _KEY_RING.get().configured(key_hash) or _STORED.get().look_up(key_hash)
+
+
+def presented_key_valid(key_hash: str | None) -> bool:
+    """Judge a key a client presented (Bearer header or sign-in form); ``None`` when it sent none.
+
+    A valid key passes whatever its address did. Without one: 429 (``TooManyRequests``) while the
+    address or the key is over its failure budget, before any lookup; otherwise a failure is counted.
+    """
+    if key_hash is not None and (_KEY_RING.get().configured(key_hash) or _STORED.get().valid(key_hash)):
+        return True
+    failures, identities = _FAILURES.get(), _identities(key_hash)
+    wait = failures.retry_after(identities)
     if wait is not None:
         log.info("api.auth_throttled", address=_address(), retry_after=wait)
-        detail = "Too many requests without a valid API key from this address; retry later."
+        detail = "Too many requests without a valid API key from this address or with this key; retry later."
         raise TooManyRequests(detail, retry_after=wait)
-
-
-def known_key(key_hash: str, *, cached: bool = False) -> bool:
-    """A configured key, or a stored one not revoked (the pipeline page re-checks its session with it).
-
-    Throttled per client address: over its limit a request is a 429 before the lookup, and every
-    unknown key counts against the address (the pipeline page's sign-in too).
-    """
-    _throttle_guessing()
-    if _KEY_RING.get().configured(key_hash):
+    if key_hash is not None and _STORED.get().look_up(key_hash):
         return True
-    cache = _STORED.get()
-    if cached and cache.valid(key_hash):  # the API's hot path; the pipeline page re-checks for real
-        return True
-    stored = select(ApiKey.id).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
-    if db.session.scalar(stored) is not None:
-        cache.remember(key_hash)
-        return True
-    _FAILURES.get().failed(_address())
+    failures.failed(identities)
     return False
 
 
@@ -229,11 +254,10 @@ def authenticate() -> Response | None:
         return None
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        _throttle_guessing()
-        _FAILURES.get().failed(_address())
+        presented_key_valid(None)
         return _unauthorized("Send an API key as 'Authorization: Bearer <key>'.")
     key_hash = digest(token.strip())
-    if not known_key(key_hash, cached=True):
+    if not presented_key_valid(key_hash):
         log.info("api.key_refused", client=client_id(key_hash))
         return _unauthorized("The API key is not valid.", error="invalid_token")
     g.client_id = client_id(key_hash)
@@ -241,7 +265,7 @@ def authenticate() -> Response | None:
 
 
 def forget_stored_keys() -> None:
-    """Drop this process's cache of stored keys (after a revocation); others expire within its ttl."""
+    """Reload this process's snapshot of stored keys (after a revocation); others within its ttl."""
     _STORED.get().forget_all()
 
 
@@ -249,7 +273,7 @@ def init_auth(app: Flask, settings: Settings) -> None:
     """Register before any other ``before_request`` so the rate limiter sees the client id."""
     ring = _KEY_RING.init_app(app, KeyRing.from_settings(settings))
     _FAILURES.init_app(app, FailedAuthLimit.from_settings(settings))
-    _STORED.init_app(app, StoredKeyCache())
+    _STORED.init_app(app, StoredKeys())
     if ring.dev_key:
         log.warning("api.dev_key", key=ring.dev_key, usage=f"Authorization: Bearer {ring.dev_key}")
     elif not ring.digests:

@@ -1,11 +1,13 @@
 """Every ``flask --app order_service ...`` command group of the order service.
 
-``api-keys create|revoke|digest`` (the ``api_keys`` table, see ``auth``) and ``idempotency-keys prune``
-(see ``idempotency``); ``db`` comes from Flask-Migrate. Each command is its own unit of work: it
-commits what it changed before it prints.
+``api-keys create|revoke|digest`` (the ``api_keys`` table, see ``auth``; ``digest`` reads its key
+from stdin) and ``idempotency-keys prune`` (see ``idempotency``); ``db`` comes from Flask-Migrate.
+Each command is its own unit of work: it commits what it changed before it prints.
 """
 
 from __future__ import annotations
+
+import sys
 
 import click
 from flask import Flask
@@ -45,10 +47,15 @@ def _revoke_key(name: str) -> None:
 
 
 @api_keys_cli.command("digest")
-@click.argument("key")
-def _digest_key(key: str) -> None:
-    """Print the API_KEYS entry for a key without putting the key itself in the environment."""
-    click.echo(auth.api_keys_entry(key))
+def _digest_key() -> None:
+    """Print the API_KEYS entry for a key read from stdin (a hidden prompt on a terminal).
+
+    Never an argument: a key there lands in the shell history and in every process listing.
+    """
+    key = str(click.prompt("API key", hide_input=True)) if sys.stdin.isatty() else sys.stdin.readline()
+    if not key.strip():
+        raise click.ClickException("no key on stdin")
+    click.echo(auth.api_keys_entry(key.strip()))
 
 
 @idempotency_cli.command("prune")

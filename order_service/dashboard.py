@@ -1,11 +1,15 @@
 """The live pipeline page (``GET /dashboard``): server-rendered HTML that polls ``/dashboard/data``.
 
 Behind the order endpoints' API keys, without putting a key in a URL: a login form takes the key
-and keeps only its SHA-256 digest in Flask's signed session cookie, re-checked on every request
-(a revoked key logs the page out). The form and logout carry a per-session CSRF token. The cookie
-is signed with ``SECRET_KEY``, or else with a key generated once into ``var/secret-key`` so every
-gunicorn worker of a host signs alike. Charts use uPlot, vendored under ``static/vendor`` (no CDN,
-no build step); a strict Content-Security-Policy allows only this origin's scripts and styles.
+(judged as a Bearer key is, throttles included: ``auth.presented_key_valid``) and keeps only its
+SHA-256 digest and a random session id in Flask's signed session cookie. Every request re-checks the
+key (a revoked key logs the page out) and the session id: signing out records the id as signed out
+(``SignedOutSessions``) for as long as a cookie carrying it could still be presented, so a cookie
+captured before sign-out is refused after it. The form and logout carry a per-session CSRF token. The
+cookie is ``Secure`` when ``SESSION_COOKIE_SECURE`` is set, and signed with ``SECRET_KEY``, or, in
+the embedded mode only, with a key generated once into ``var/secret-key`` (so every gunicorn worker
+of the host signs alike). Charts use uPlot, vendored under ``static/vendor`` (no CDN, no build step);
+a strict Content-Security-Policy allows only this origin's scripts and styles.
 """
 
 from __future__ import annotations
@@ -20,15 +24,16 @@ from typing import Any, TypeVar, cast
 
 import structlog
 from flask import Blueprint, Flask, Response, jsonify, redirect, render_template, request, session, url_for
+from limits.storage import MemoryStorage, Storage, storage_from_string
 from werkzeug.wrappers import Response as BaseResponse
 
-from order_service.auth import client_id, digest, known_key
-from order_service.extensions import db
+from order_service.auth import client_id, digest, key_valid, presented_key_valid
+from order_service.extensions import AppState, db
 from order_service.pipeline import COUNT_CAP, read_snapshot
 from order_service.problems import problem
 from shared.config import Settings
 
-__all__ = ["bp", "init_dashboard"]
+__all__ = ["SignedOutSessions", "bp", "init_dashboard"]
 
 log = structlog.get_logger(__name__)
 
@@ -44,13 +49,52 @@ bp = Blueprint(
 POLL_SECONDS = 2
 SESSION_HOURS = 8
 _KEY = "key_sha256"
+_SESSION_ID = "sid"
 _CSRF = "csrf"
+_SIGNED_OUT: AppState[SignedOutSessions] = AppState("order_service.signed_out_sessions")
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 
 View = TypeVar("View", bound=Callable[..., Any])
+
+
+class SignedOutSessions:
+    """Ids of signed-out sessions, kept ``keep`` (the session lifetime): no older cookie verifies anyway.
+
+    In Redis when the broker is Redis (every API process sees a sign-out), else in the process, as the
+    rate limits. Each sign-out is also kept in the process, which answers when Redis cannot.
+    """
+
+    def __init__(self, storage_uri: str, namespace: str, keep: timedelta) -> None:
+        self._storage = cast(Storage, storage_from_string(storage_uri))  # memory:// or redis://: not async
+        self._local = MemoryStorage()
+        self._namespace = namespace
+        self._keep = int(keep.total_seconds())
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SignedOutSessions:
+        namespace = f"{settings.queue_prefix}orders-dashboard-signed-out"
+        return cls(settings.rate_limit_storage, namespace, timedelta(hours=SESSION_HOURS))
+
+    def sign_out(self, session_id: str) -> None:
+        key = f"{self._namespace}:{session_id}"
+        self._local.incr(key, self._keep)
+        try:
+            self._storage.incr(key, self._keep)
+        except Exception as error:  # Redis down: this process still refuses the cookie
+            log.warning("dashboard.sign_out_storage_unavailable", error=str(error))
+
+    def signed_out(self, session_id: str) -> bool:
+        key = f"{self._namespace}:{session_id}"
+        if self._local.get(key):
+            return True
+        try:
+            return bool(self._storage.get(key))
+        except Exception as error:  # Redis down: only this process's sign-outs are known
+            log.warning("dashboard.sign_out_storage_unavailable", error=str(error))
+            return False
 
 
 def _secret_key(settings: Settings) -> str:
@@ -90,11 +134,16 @@ def _csrf_ok() -> bool:
 
 
 def _signed_in() -> bool:
-    key_hash = session.get(_KEY)
-    if isinstance(key_hash, str) and known_key(key_hash):
+    key_hash, session_id = session.get(_KEY), session.get(_SESSION_ID)
+    if (
+        isinstance(key_hash, str)
+        and isinstance(session_id, str)
+        and not _SIGNED_OUT.get().signed_out(session_id)
+        and key_valid(key_hash)
+    ):
         return True
     if key_hash is not None:
-        session.pop(_KEY)  # revoked since: the page logs out
+        session.clear()  # revoked or signed out since: the page logs out
     return False
 
 
@@ -145,13 +194,14 @@ def login() -> BaseResponse | str | tuple[str, int]:
         log.info("dashboard.csrf_refused")
         return render_template("dashboard/login.html", csrf_token=_csrf_token(), error="Form expired"), 400
     key_hash = digest(request.form.get("key", "").strip())
-    if not known_key(key_hash):
+    if not presented_key_valid(key_hash):
         log.info("dashboard.key_refused", client=client_id(key_hash))
         error = "This API key is not valid."
         return render_template("dashboard/login.html", csrf_token=_csrf_token(), error=error), 401
     session.clear()  # a fresh session (and CSRF token) for the signed-in user
     session.permanent = True
     session[_KEY] = key_hash
+    session[_SESSION_ID] = secrets.token_urlsafe(16)
     log.info("dashboard.signed_in", client=client_id(key_hash))
     return redirect(url_for("dashboard.page"))
 
@@ -160,6 +210,9 @@ def login() -> BaseResponse | str | tuple[str, int]:
 def logout() -> BaseResponse:
     if not _csrf_ok():
         return problem(400, "Bad Request", "Missing or stale form token.")
+    session_id = session.get(_SESSION_ID)
+    if isinstance(session_id, str):
+        _SIGNED_OUT.get().sign_out(session_id)
     session.clear()
     return redirect(url_for("dashboard.login"))
 
@@ -173,13 +226,15 @@ def _money(amount: int) -> str:
 
 
 def init_dashboard(app: Flask, settings: Settings) -> None:
-    """Register the page and its signed, same-site, HTTP-only session cookie."""
+    """Register the page and its signed, same-site, HTTP-only (and, if configured, Secure) session cookie."""
     app.secret_key = _secret_key(settings)
     app.config.update(
         SESSION_COOKIE_NAME="orders_dashboard",
         SESSION_COOKIE_PATH="/dashboard",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
+        SESSION_COOKIE_SECURE=settings.session_cookie_secure,
         PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS),
     )
+    _SIGNED_OUT.init_app(app, SignedOutSessions.from_settings(settings))
     app.register_blueprint(bp)

@@ -1,19 +1,20 @@
-"""Rate limits: per API key on the order endpoints, and per client address for requests without a valid key.
+"""Rate limits: per API key on the order endpoints, and per address and per key for requests without one.
 
 The per-key limit is Flask-Limiter's, keyed by the client id that ``before_request`` auth sets (so
 auth must be registered first); requests it never identified (health, readiness, docs, the pipeline
-page) are not counted. ``FailedAuthLimit`` throttles key guessing: a request from an address that
-already spent its budget of missing or wrong keys is refused *before* the key is looked up, so
-guessing can neither succeed nor load the database. Both keep their counters in Redis when the broker
-is Redis, else in the process; if Redis is unreachable they fall back to in-process counters rather
-than failing orders.
+page) are not counted. ``FailedAuthLimit`` throttles key guessing: each request without a valid key
+counts against its client address and against the key it presented, and once either has spent its
+budget such requests are refused *before* the key is looked up, so guessing can neither succeed nor
+load the database. A valid key is never judged by it (``auth`` checks keys first). Both keep their
+counters in Redis when the broker is Redis, else in the process; if Redis is unreachable they fall
+back to in-process counters rather than failing orders.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import structlog
@@ -33,10 +34,6 @@ log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
 
 
-_REMEMBERED_ADDRESSES = 10_000
-"""Most addresses ``FailedAuthLimit`` remembers as under their limit (a bound on its memory)."""
-
-
 def _client() -> str:
     return str(g.client_id)
 
@@ -46,22 +43,17 @@ def _exempt() -> bool:
 
 
 class FailedAuthLimit:
-    """Requests without a valid API key, counted per client address (a fixed window).
+    """Requests without a valid API key, counted per identity (``address:…``, ``key:…``) in a fixed window.
 
-    Checked before the lookup and counted after it fails, so concurrent guesses from one address can
-    overshoot the limit by at most the number of requests in flight at once (workers x threads).
-    An address found under its limit is remembered as such for ``clear_for`` seconds, so a client
-    with a good key costs no Redis round trip per request for this check; a failure this process
-    counts forgets it at once, and failures counted by other processes are seen within ``clear_for``.
+    Checked before the lookup and counted after it fails, so concurrent guesses can overshoot the
+    limit by at most the number of requests in flight at once (workers x threads).
     """
 
-    def __init__(self, limit: str, storage_uri: str, namespace: str, clear_for: float = 1.0) -> None:
+    def __init__(self, limit: str, storage_uri: str, namespace: str) -> None:
         self._item = parse(limit)
         self._namespace = namespace
         self._limiter = FixedWindowRateLimiter(storage_from_string(storage_uri))
         self._fallback = FixedWindowRateLimiter(MemoryStorage())
-        self._clear_for = clear_for
-        self._clear_until: dict[str, float] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FailedAuthLimit:
@@ -75,23 +67,25 @@ class FailedAuthLimit:
             log.warning("api.auth_limit_storage_unavailable", error=str(error))
             return call(self._fallback)
 
-    def retry_after(self, address: str) -> int | None:
-        """Seconds until ``address`` may present a key again; ``None`` while it is under its limit."""
-        now = time.monotonic()
-        if self._clear_until.get(address, 0.0) > now:
+    def retry_after(self, identities: Sequence[str]) -> int | None:
+        """Seconds until every one of ``identities`` is under its limit again; ``None`` if all are now."""
+        waits = [self._wait(identity) for identity in identities]
+        over = [wait for wait in waits if wait is not None]
+        return max(over) if over else None
+
+    def _wait(self, identity: str) -> int | None:
+        if self._on_storage(lambda limiter: limiter.test(self._item, self._namespace, identity)):
             return None
-        if self._on_storage(lambda limiter: limiter.test(self._item, self._namespace, address)):
-            if len(self._clear_until) >= _REMEMBERED_ADDRESSES:
-                self._clear_until.clear()  # many addresses at once: start over rather than grow
-            self._clear_until[address] = now + self._clear_for
-            return None
-        stats = self._on_storage(lambda lim: lim.get_window_stats(self._item, self._namespace, address))
+        stats = self._on_storage(lambda lim: lim.get_window_stats(self._item, self._namespace, identity))
         return max(1, math.ceil(stats.reset_time - time.time()))
 
-    def failed(self, address: str) -> None:
-        """Count one request from ``address`` that carried no valid key."""
-        self._clear_until.pop(address, None)
-        self._on_storage(lambda limiter: limiter.hit(self._item, self._namespace, address))
+    def failed(self, identities: Sequence[str]) -> None:
+        """Count one request without a valid key against each of ``identities``."""
+        for identity in identities:
+            self._hit(identity)
+
+    def _hit(self, identity: str) -> None:
+        self._on_storage(lambda limiter: limiter.hit(self._item, self._namespace, identity))
 
 
 def init_rate_limit(app: Flask, settings: Settings) -> Limiter:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from flask_outbox import OutboxSettings, PipelineSettings, markdown_table
-from pydantic import Field
+from flask_outbox import OutboxSettings, PipelineSettings, check_url_password, markdown_table
+from pydantic import Field, model_validator
 
 __all__ = ["ApiSettings", "Settings", "settings_markdown"]
 
@@ -39,12 +39,27 @@ class ApiSettings(PipelineSettings):
     auth_failure_rate_limit: str = Field(
         default="60 per minute",
         validation_alias="AUTH_FAILURE_RATE_LIMIT",
-        description="Requests without a valid API key per client address; checked before the key lookup",
+        description="Requests without a valid API key, per client address and per presented key; over it "
+        "such requests get 429 before any lookup (a valid key always passes)",
+    )
+    trusted_proxy_hops: int = Field(
+        default=0,
+        ge=0,
+        validation_alias="TRUSTED_PROXY_HOPS",
+        description="Reverse proxies in front of the API whose X-Forwarded-For/-Proto are believed "
+        "(0: the headers are ignored, the peer is the client)",
     )
     secret_key: str = Field(
         default="",
         validation_alias="SECRET_KEY",
-        description="Signs the pipeline page's session cookie; default: one generated into var/secret-key",
+        description="Signs the pipeline page's session cookie; required unless ORDERS_DATABASE_URL is "
+        "SQLite (the embedded mode, where one is generated into var/secret-key)",
+    )
+    session_cookie_secure: bool = Field(
+        default=False,
+        validation_alias="SESSION_COOKIE_SECURE",
+        description="Mark the pipeline page's session cookie Secure (browsers then send it over HTTPS only): "
+        "set it when the page is served over HTTPS",
     )
     api_timeout_seconds: float = Field(
         default=5.0,
@@ -94,6 +109,13 @@ class Settings(OutboxSettings, ApiSettings):
         for name, value in defaults.items():
             if not getattr(self, name):
                 object.__setattr__(self, name, value)
+
+    @model_validator(mode="after")
+    def _refuse_weak_database_passwords(self) -> Settings:
+        """A placeholder or short password in a database URL refuses to start (none at all is allowed)."""
+        check_url_password("ORDERS_DATABASE_URL", self.orders_database_url)
+        check_url_password("INVOICES_DATABASE_URL", self.invoices_database_url)
+        return self
 
     def ensure_var_dir(self) -> None:
         """Create the folders the embedded mode writes to."""

@@ -1,4 +1,5 @@
-"""Key guessing is counted in Redis, so every API process (gunicorn worker) shares one count per address."""
+"""Key guessing is counted in Redis, so every API process (gunicorn worker) shares one count per address
+(and one per presented key)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,6 @@ def test_guesses_spread_over_workers_share_one_count_in_redis(
     statuses = [_guess(workers[n % 2], n) for n in range(LIMIT + 4)]
 
     assert statuses == [401] * LIMIT + [429] * 4
-    counters = list(redis_client.scan_iter(match=f"*{queue_prefix}orders-api-auth-failures*"))
+    counters = list(redis_client.scan_iter(match=f"*{queue_prefix}orders-api-auth-failures*address:*"))
     assert len(counters) == 1
     assert int(redis_client.get(counters[0]) or 0) == LIMIT

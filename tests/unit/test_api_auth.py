@@ -88,9 +88,24 @@ def test_keys_created_in_the_database_work_until_revoked(app: Flask, anonymous: 
     assert anonymous.get("/orders", headers=headers).status_code == 401
 
 
-def test_the_digest_command_prints_an_api_keys_entry(app: Flask) -> None:
-    result = app.test_cli_runner().invoke(args=["api-keys", "digest", "osk_abc"])
+def test_the_digest_command_reads_the_key_from_stdin_and_prints_an_api_keys_entry(app: Flask) -> None:
+    result = app.test_cli_runner().invoke(args=["api-keys", "digest"], input="osk_abc\n")
+
+    assert result.exit_code == 0
     assert result.output.strip() == f"sha256:{digest('osk_abc')}"
+
+
+def test_the_digest_command_takes_no_key_on_its_command_line(app: Flask) -> None:
+    """A key in argv lands in the shell history and in every process listing."""
+    runner = app.test_cli_runner()
+
+    as_argument = runner.invoke(args=["api-keys", "digest", "osk_abc"], input="")
+    empty = runner.invoke(args=["api-keys", "digest"], input="\n")
+
+    assert as_argument.exit_code == 2
+    assert digest("osk_abc") not in as_argument.output
+    assert empty.exit_code == 1
+    assert "no key" in empty.output
 
 
 def test_embedded_mode_without_keys_shares_one_generated_dev_key(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
-"""Rate limits: per API key, and per client address for requests without a valid key (key guessing).
+"""Rate limits: per API key, and per address and per key for requests without a valid key (key guessing).
 
-Both answer 429 problem+json with Retry-After; other keys, other addresses and health are unaffected.
+Both answer 429 problem+json with Retry-After; other keys, other addresses and health are unaffected,
+and a valid key is judged by its own limit only, whatever its address did.
 """
 
 from __future__ import annotations
@@ -11,14 +12,24 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import event
 from werkzeug.test import TestResponse
 
+import order_service.auth as auth
 from order_service import create_app
+from order_service.auth import client_id, digest
 from order_service.extensions import db
+from order_service.models import ApiKey
 from shared.config import Settings
+from tests.unit.conftest import AUTH, app_on_sqlite
 
 KEYS = ("osk_rate-limited-one", "osk_rate-limited-two")
+ORDER = {
+    "customer_id": "cus_1",
+    "currency": "EUR",
+    "lines": [{"sku": "A-1", "quantity": 1, "unit_amount": 5}],
+}
 
 
 @pytest.fixture
@@ -111,18 +122,31 @@ def _from(app: Flask, address: str, key: str | None) -> TestResponse:
     return app.test_client().get("/orders", headers=headers, environ_base={"REMOTE_ADDR": address})
 
 
-def test_wrong_keys_are_throttled_per_address_before_the_key_lookup(
-    guarded_app: Flask, key_lookups: list[str]
-) -> None:
-    responses = [_from(guarded_app, "203.0.113.7", f"osk_guess-{n:04d}") for n in range(GUESSES)]
+@pytest.fixture
+def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stored keys' snapshot does not expire mid-test on a slow machine (``auth`` reads monotonic)."""
+    monkeypatch.setattr(auth.time, "monotonic", lambda: 1000.0)
 
-    statuses = [r.status_code for r in responses]
-    assert statuses == [401] * FAILURE_LIMIT + [429] * (GUESSES - FAILURE_LIMIT)
-    assert len(key_lookups) == FAILURE_LIMIT  # the throttled guesses never reached the database
-    throttled = responses[-1]
-    assert throttled.mimetype == "application/problem+json"
-    assert 1 <= int(throttled.headers["Retry-After"]) <= 61
-    assert "address" in throttled.get_json()["detail"]
+
+def _guess_until_throttled(app: Flask, address: str) -> None:
+    statuses = [_from(app, address, f"osk_guess-{n:04d}").status_code for n in range(FAILURE_LIMIT + 1)]
+    assert statuses == [401] * FAILURE_LIMIT + [429]
+
+
+def test_wrong_keys_are_throttled_per_address_and_throttled_guesses_never_reach_the_database(
+    guarded_app: Flask, key_lookups: list[str], frozen_clock: None
+) -> None:
+    responses = [_from(guarded_app, "203.0.113.7", f"osk_guess-{n:04d}") for n in range(FAILURE_LIMIT)]
+    assert [r.status_code for r in responses] == [401] * FAILURE_LIMIT
+    looked_up = len(key_lookups)  # the stored keys' snapshot, then one lookup per unknown key
+
+    throttled = [_from(guarded_app, "203.0.113.7", f"osk_guess-{n:04d}") for n in range(GUESSES)]
+
+    assert [r.status_code for r in throttled] == [429] * GUESSES
+    assert len(key_lookups) == looked_up
+    assert throttled[-1].mimetype == "application/problem+json"
+    assert 1 <= int(throttled[-1].headers["Retry-After"]) <= 61
+    assert "address" in throttled[-1].get_json()["detail"]
 
 
 def test_requests_without_any_key_are_throttled_too(guarded_app: Flask) -> None:
@@ -131,15 +155,52 @@ def test_requests_without_any_key_are_throttled_too(guarded_app: Flask) -> None:
     assert statuses == [401] * FAILURE_LIMIT + [429, 429]
 
 
-def test_a_throttled_address_leaves_other_addresses_and_valid_keys_alone(guarded_app: Flask) -> None:
-    for n in range(FAILURE_LIMIT + 1):
-        _from(guarded_app, "203.0.113.9", f"osk_guess-{n}")
+def test_a_valid_key_passes_from_an_address_over_its_failure_budget(guarded_app: Flask) -> None:
+    """Behind a NAT or a proxy, one guessing client must not turn away the others' valid keys."""
+    _guess_until_throttled(guarded_app, "203.0.113.9")
 
-    assert _from(guarded_app, "203.0.113.9", KEYS[0]).status_code == 429  # refused before any lookup
+    assert _from(guarded_app, "203.0.113.9", KEYS[0]).status_code == 200
+    assert _from(guarded_app, "203.0.113.9", "osk_guess-again").status_code == 429
+    assert _from(guarded_app, "203.0.113.9", None).status_code == 429
     assert _from(guarded_app, "198.51.100.1", "osk_guess-x").status_code == 401
-    assert [_from(guarded_app, "198.51.100.2", KEYS[0]).status_code for _ in range(GUESSES)] == [
-        200
-    ] * GUESSES
+
+
+def test_a_stored_key_passes_from_a_throttled_address_without_a_lookup_per_guess(
+    guarded_app: Flask, key_lookups: list[str], frozen_clock: None
+) -> None:
+    stored = "osk_stored-key-behind-the-same-nat-0123456789"
+    with guarded_app.app_context():
+        db.session.add(ApiKey(name="behind-nat", key_hash=digest(stored)))
+        db.session.commit()
+    _guess_until_throttled(guarded_app, "203.0.113.11")
+    looked_up = len(key_lookups)
+
+    assert [_from(guarded_app, "203.0.113.11", stored).status_code for _ in range(3)] == [200] * 3
+    assert _from(guarded_app, "203.0.113.11", "osk_guess-y").status_code == 429
+    assert len(key_lookups) == looked_up
+
+
+def test_one_wrong_key_retried_from_many_addresses_is_throttled(guarded_app: Flask) -> None:
+    """A revoked key still configured in some client fleet is refused without a lookup per request."""
+    statuses = [
+        _from(guarded_app, f"192.0.2.{n}", "osk_revoked-long-ago").status_code
+        for n in range(FAILURE_LIMIT + 2)
+    ]
+
+    assert statuses == [401] * FAILURE_LIMIT + [429, 429]
+    assert _from(guarded_app, "192.0.2.200", "osk_another-guess").status_code == 401
+
+
+def test_the_shipped_failure_limit_never_turns_away_a_valid_key(api_settings: Settings) -> None:
+    """The issue: 120 wrong keys from one address, then 10 orders with a valid key from it (were 429)."""
+    for app in app_on_sqlite(api_settings):
+        client = app.test_client()
+        client.environ_base["REMOTE_ADDR"] = "203.0.113.50"
+        wrong = [client.get("/orders", headers={"Authorization": f"Bearer osk_x{n}"}) for n in range(120)]
+        orders = [client.post("/orders", json=ORDER, headers=AUTH) for _ in range(10)]
+
+        assert {r.status_code for r in wrong[60:]} == {429}  # AUTH_FAILURE_RATE_LIMIT: 60 per minute
+        assert [r.status_code for r in orders] == [201] * 10
 
 
 def test_the_pipeline_page_sign_in_is_throttled_by_the_same_count(guarded_app: Flask) -> None:
@@ -147,24 +208,27 @@ def test_the_pipeline_page_sign_in_is_throttled_by_the_same_count(guarded_app: F
         assert _from(guarded_app, "203.0.113.10", f"osk_guess-{n}").status_code == 401
     client = guarded_app.test_client()
     client.environ_base["REMOTE_ADDR"] = "203.0.113.10"
+
+    response = client.post("/dashboard/login", data={"key": "osk_guess-on-the-page", "csrf": _csrf(client)})
+    signed_in = client.post("/dashboard/login", data={"key": KEYS[0], "csrf": _csrf(client)})
+
+    assert response.status_code == 429
+    assert signed_in.status_code == 302  # a valid key signs in from the throttled address
+
+
+def _csrf(client: FlaskClient) -> str:
     form = client.get("/dashboard/login").get_data(as_text=True)
     csrf = re.search(r'name="csrf" value="([^"]+)"', form)
     assert csrf is not None
-
-    response = client.post("/dashboard/login", data={"key": "osk_guess-on-the-page", "csrf": csrf.group(1)})
-
-    assert response.status_code == 429
+    return csrf.group(1)
 
 
-def test_an_address_under_its_limit_is_checked_once_a_second_and_a_failure_is_seen_at_once(
+def test_a_valid_key_costs_no_read_of_the_failure_counts(
     guarded_app: Flask, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The failed-auth check costs a storage read per address per second, not per request; a failure
-    counted by this process ends that at once (the budget is still exact within one process)."""
-    from order_service.auth import _FAILURES
-
+    """Keys are checked first: the failed-auth storage is read only for requests without a valid key."""
     with guarded_app.app_context():
-        limiter = _FAILURES.get()._limiter
+        limiter = auth._FAILURES.get()._limiter
     reads: list[str] = []
     test = limiter.test
 
@@ -175,10 +239,6 @@ def test_an_address_under_its_limit_is_checked_once_a_second_and_a_failure_is_se
     monkeypatch.setattr(limiter, "test", counted)
 
     assert [_from(guarded_app, "192.0.2.1", KEYS[0]).status_code for _ in range(10)] == [200] * 10
-    assert reads == ["192.0.2.1"]
-    statuses = [
-        _from(guarded_app, "192.0.2.1", f"osk_guess-{n}").status_code for n in range(FAILURE_LIMIT + 1)
-    ]
-    assert statuses == [401] * FAILURE_LIMIT + [429]
-    # The first guess rides on the remembered check; after each failure the next request reads again.
-    assert len(reads) == 1 + FAILURE_LIMIT
+    assert reads == []
+    assert _from(guarded_app, "192.0.2.1", "osk_guess").status_code == 401
+    assert reads == ["address:192.0.2.1", f"key:{client_id(digest('osk_guess'))}"]
