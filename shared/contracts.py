@@ -1,6 +1,8 @@
 """Message contracts between the order service and its consumers, and the task names they meet on.
 
-Money is an integer amount in the currency's smallest unit; times are ISO 8601 UTC strings.
+Money is an integer amount in the currency's smallest unit; times are ISO 8601 UTC strings; ids are
+UUIDs in one textual form only (``CANONICAL_ID``), so a text comparison and a UNIQUE index see one id
+once: ``uuid.UUID()`` would also take upper case, braces, ``urn:uuid:`` or no hyphens.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from flask_outbox import Route
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 __all__ = [
+    "CANONICAL_ID",
     "INVOICE_CREATED",
     "ORDER_PLACED",
     "ROUTES",
@@ -49,6 +52,11 @@ def _utc(value: datetime) -> datetime:
 
 Amount = Annotated[StrictInt, Field(ge=0)]
 
+CANONICAL_ID: Final = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+"""The one form an id takes in a message: ``str(uuid.UUID)``, lower case with hyphens."""
+
+Id = Annotated[str, Field(pattern=CANONICAL_ID)]
+
 
 class OrderPlacedLine(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -71,7 +79,7 @@ class OrderPlaced(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     schema_version: Literal[1] = 1
-    order_id: str = Field(min_length=1, max_length=64)
+    order_id: Id
     customer_id: str = Field(min_length=1, max_length=64)
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     lines: list[OrderPlacedLine] = Field(min_length=1)
@@ -100,11 +108,11 @@ class InvoiceCreated(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     schema_version: Literal[1] = 1
-    order_id: str = Field(min_length=1, max_length=64)
+    order_id: Id
     invoice_number: str = Field(min_length=1, max_length=64)
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     amount_total: Amount
-    causation_id: str = Field(min_length=1, max_length=64)
+    causation_id: Id
     invoiced_at: Annotated[datetime, AfterValidator(_utc)]
 
     def to_payload(self) -> dict[str, Any]:

@@ -23,8 +23,8 @@ from invoice_worker.invoicing import Outcome
 from invoice_worker.models import Invoice
 from invoice_worker.models import inbox as invoice_inbox
 from invoice_worker.models import outbox as invoice_outbox
+from order_service.invoice_answers import InvalidAnswer, UnknownOrder
 from order_service.invoice_answers import Outcome as Applied
-from order_service.invoice_answers import UnknownOrder
 from order_service.models import Order
 from order_service.models import inbox as order_inbox
 from order_service.models import outbox as order_outbox
@@ -103,15 +103,73 @@ def _placed_order(engine: Engine) -> tuple[uuid.UUID, uuid.UUID]:
     return order_id, message_id
 
 
-def _answer(order_id: uuid.UUID, causation_id: uuid.UUID, number: str = "INV-00000001") -> InvoiceCreated:
-    return InvoiceCreated(
-        order_id=str(order_id),
-        invoice_number=number,
-        currency="EUR",
-        amount_total=100,
-        causation_id=str(causation_id),
-        invoiced_at=datetime(2026, 3, 1, 12, tzinfo=UTC),
-    )
+def _answer(
+    order_id: uuid.UUID, causation_id: uuid.UUID, number: str = "INV-00000001", **changes: object
+) -> InvoiceCreated:
+    fields: dict[str, object] = {
+        "order_id": str(order_id),
+        "invoice_number": number,
+        "currency": "EUR",
+        "amount_total": 100,
+        "causation_id": str(causation_id),
+        "invoiced_at": datetime(2026, 3, 1, 12, tzinfo=UTC),
+    }
+    return InvoiceCreated.model_validate(fields | changes)
+
+
+def _unanswered(engine: Engine, *order_ids: uuid.UUID) -> dict[uuid.UUID, tuple[str, bool]]:
+    """Each order's status and whether its ``order.placed`` row is still unacknowledged."""
+    with engine.connect() as conn:
+        statuses = {
+            row.id: row.status
+            for row in conn.execute(select(Order.id, Order.status).where(Order.id.in_(order_ids)))
+        }
+        open_rows = set(
+            conn.scalars(select(order_outbox.c.aggregate_id).where(order_outbox.c.acknowledged_at.is_(None)))
+        )
+    return {order_id: (statuses[order_id], str(order_id) in open_rows) for order_id in order_ids}
+
+
+def _mismatches(
+    order_id: uuid.UUID, placed: uuid.UUID, other_placed: uuid.UUID
+) -> list[tuple[InvoiceCreated, str]]:
+    """Answers to something this order did not ask, and the reason each is refused with."""
+    return [
+        (_answer(order_id, other_placed), "is no order.placed of order"),
+        (_answer(order_id, uuid.uuid4()), "is no order.placed of order"),
+        (_answer(order_id, placed, amount_total=99), "the answer's 99 EUR is not order"),
+        (_answer(order_id, placed, currency="USD"), "the answer's 100 USD is not order"),
+    ]
+
+
+def test_an_answer_to_what_the_order_did_not_ask_is_refused_in_the_one_statement(
+    orders_engine: Engine, order_consumer: Consumer[InvoiceCreated]
+) -> None:
+    """Another order's row, no row, another amount or currency: nothing moves, nothing is acknowledged."""
+    (order_id, placed), (other, other_placed) = _placed_order(orders_engine), _placed_order(orders_engine)
+    for forged, reason in _mismatches(order_id, placed, other_placed):
+        with pytest.raises(InvalidAnswer, match=reason):
+            order_consumer.apply(uuid.uuid4(), forged.to_payload())
+    assert _unanswered(orders_engine, order_id, other) == {
+        order_id: ("placed", True),
+        other: ("placed", True),
+    }
+    assert order_consumer.apply(uuid.uuid4(), _answer(order_id, placed).to_payload()) == Applied.INVOICED
+
+
+def test_a_batch_leaves_answers_to_what_was_not_asked_unwritten_for_the_single_task(
+    orders_engine: Engine, order_consumer: Consumer[InvoiceCreated]
+) -> None:
+    (order_id, placed), (other, other_placed) = _placed_order(orders_engine), _placed_order(orders_engine)
+    forged = [answer for answer, _ in _mismatches(order_id, placed, other_placed)]
+    batch = [_item(uuid.uuid4(), a.to_payload(), f"corr-{n}") for n, a in enumerate(forged)]
+    batch.append(_item(uuid.uuid4(), _answer(other, other_placed).to_payload(), "corr-ok"))
+
+    assert order_consumer.apply_batch(batch) == [None, None, None, None, Applied.INVOICED]
+    assert _unanswered(orders_engine, order_id, other) == {
+        order_id: ("placed", True),
+        other: ("invoiced", False),
+    }
 
 
 def test_answer_moves_the_order_once_acknowledges_and_refuses_unknown_orders(

@@ -9,8 +9,17 @@ import pytest
 from pydantic import ValidationError
 
 from shared.config import Settings
-from shared.contracts import ORDER_PLACED, ROUTES, UnsupportedSchemaVersion, parse_order_placed
+from shared.contracts import (
+    ORDER_PLACED,
+    ROUTES,
+    UnsupportedSchemaVersion,
+    parse_invoice_created,
+    parse_order_placed,
+)
 from tests.support.events import order_placed_event
+
+ID = "0d4faa03-373d-40eb-9785-8f0a94b3e18a"
+NON_CANONICAL_IDS = [ID.upper(), f"{{{ID}}}", f"urn:uuid:{ID}", ID.replace("-", ""), f"{ID}\n", f" {ID}"]
 
 
 def _payload(**changes: Any) -> dict[str, Any]:
@@ -51,6 +60,29 @@ def test_a_payload_is_plain_json_with_integer_money_and_an_iso_utc_time() -> Non
 def test_an_invalid_payload_is_refused(change: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         parse_order_placed(_payload(**change))
+
+
+@pytest.mark.parametrize("order_id", NON_CANONICAL_IDS)
+def test_an_id_in_any_form_but_lower_case_with_hyphens_is_refused(order_id: str) -> None:
+    """``uuid.UUID()`` takes all of these, but an invoice is UNIQUE on the text: one order, one spelling."""
+    answer = {
+        "schema_version": 1,
+        "order_id": ID,
+        "invoice_number": "INV-00000001",
+        "currency": "EUR",
+        "amount_total": 2500,
+        "causation_id": ID,
+        "invoiced_at": "2026-11-24T18:00:00Z",
+    }
+    assert parse_order_placed(_payload(order_id=ID)).order_id == ID
+    assert parse_invoice_created(answer).causation_id == ID
+
+    with pytest.raises(ValidationError, match="order_id"):
+        parse_order_placed(_payload(order_id=order_id))
+    with pytest.raises(ValidationError, match="order_id"):
+        parse_invoice_created({**answer, "order_id": order_id})
+    with pytest.raises(ValidationError, match="causation_id"):
+        parse_invoice_created({**answer, "causation_id": order_id})
 
 
 @pytest.mark.parametrize("version", [2, None, "1"])

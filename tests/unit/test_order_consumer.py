@@ -191,10 +191,20 @@ def test_duplicated_and_reordered_answers_leave_each_order_invoiced_once_with_it
     ("changes", "reason"),
     [
         ({"order_id": str(uuid.uuid4())}, "UnknownOrder: no order"),
-        ({"order_id": "not-an-order-id"}, "UnknownOrder: order_id"),
-        ({"causation_id": "not-a-message-id"}, "InvalidAnswer: causation_id"),
+        ({"order_id": "not-an-order-id"}, "ValidationError"),
+        ({"causation_id": "not-a-message-id"}, "ValidationError"),
+        ({"causation_id": str(uuid.uuid4())}, "InvalidAnswer: causation_id"),
+        ({"amount_total": 299}, "InvalidAnswer: the answer's 299 EUR is not order"),
+        ({"currency": "USD"}, "InvalidAnswer: the answer's 300 USD is not order"),
     ],
-    ids=["unknown-order", "not-an-order-id", "not-a-causation-id"],
+    ids=[
+        "unknown-order",
+        "not-an-order-id",
+        "not-a-causation-id",
+        "unasked",
+        "other-amount",
+        "other-currency",
+    ],
 )
 def test_an_answer_that_cannot_apply_here_is_dead_lettered_and_changes_nothing(
     client: FlaskClient,
@@ -216,3 +226,36 @@ def test_an_answer_that_cannot_apply_here_is_dead_lettered_and_changes_nothing(
         [letter] = session.execute(select(inbox.dead_letters))
     assert letter.reason.startswith(reason)
     assert letter.attempts == 1
+
+
+def test_an_answer_citing_another_orders_question_is_refused_and_moves_neither_order(
+    client: FlaskClient, sessions: Sessions, deliver: Callable[..., str]
+) -> None:
+    """Forged with a real ``causation_id``: the row it names is another order's; nothing is acknowledged."""
+    first_order, first_message = place(client)
+    second_order, second_message = place(client)
+
+    outcome = deliver(uuid.uuid4(), answer(second_order, first_message, "INV-FORGED"))
+
+    assert outcome == DEAD_LETTERED
+    assert [order_row(sessions, order).status for order in (first_order, second_order)] == [
+        "placed",
+        "placed",
+    ]
+    assert acknowledged_at(sessions, first_message) is None
+    assert acknowledged_at(sessions, second_message) is None
+    with sessions() as session:
+        [letter] = session.execute(select(inbox.dead_letters))
+    assert letter.reason.startswith(f"InvalidAnswer: causation_id {first_message} is no order.placed")
+
+
+def test_a_second_answer_to_an_acknowledged_question_is_harmless_not_a_dead_letter(
+    client: FlaskClient, sessions: Sessions, deliver: Callable[..., str]
+) -> None:
+    """The invoice worker answers a re-driven ``order.placed`` again: another message, the same answer."""
+    order_id, message = place(client)
+    assert deliver(uuid.uuid4(), answer(order_id, message, "INV-1")) == Outcome.INVOICED
+
+    assert deliver(uuid.uuid4(), answer(order_id, message, "INV-1")) == Outcome.ALREADY_INVOICED
+    assert count(sessions, inbox.dead_letters) == 0
+    assert order_row(sessions, order_id).invoice_number == "INV-1"
