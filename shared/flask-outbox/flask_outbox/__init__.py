@@ -19,6 +19,7 @@ from flask_outbox.consumer import (
     InvalidMessage,
     batch_json,
 )
+from flask_outbox.credentials import WeakCredential, check_url_password
 from flask_outbox.db import (
     BigIntPK,
     JSONDocument,
@@ -86,6 +87,8 @@ __all__ = [  # noqa: RUF022 - grouped by part, not sorted
     "OutboxSettings",
     "PipelineSettings",
     "RelaySettings",
+    "WeakCredential",
+    "check_url_password",
     "markdown_table",
     # what the application's processes share with the library's
     "BigIntPK",

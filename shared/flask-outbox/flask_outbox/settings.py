@@ -26,6 +26,8 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flask_outbox.credentials import check_url_password
+
 __all__ = [
     "LATENESS_BOUND_SECONDS",
     "REDRIVE_MAX",
@@ -60,7 +62,10 @@ class PipelineSettings(BaseSettings):
     """Every process: where the broker is, the queue names, logs and traces."""
 
     PART: ClassVar[str] = "pipeline"
-    model_config = SettingsConfigDict(frozen=True, env_file=".env", extra="ignore", populate_by_name=True)
+    # No input in errors: a refused value would print every setting read, passwords in URLs included.
+    model_config = SettingsConfigDict(
+        frozen=True, env_file=".env", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     broker_url: str = Field(
         default="",
@@ -106,6 +111,12 @@ class PipelineSettings(BaseSettings):
         if not self.broker_url:
             # A host name the file transport ignores: without one kombu warns "No hostname was supplied".
             object.__setattr__(self, "broker_url", "filesystem://localhost//")
+
+    @model_validator(mode="after")
+    def _refuse_weak_broker_password(self) -> PipelineSettings:
+        """A placeholder or short password in ``BROKER_URL`` refuses to start (none at all is allowed)."""
+        check_url_password("BROKER_URL", self.broker_url)
+        return self
 
     @property
     def broker_folder(self) -> Path:
