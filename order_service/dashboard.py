@@ -33,7 +33,7 @@ from order_service.pipeline import COUNT_CAP, read_snapshot
 from order_service.problems import problem
 from shared.config import Settings
 
-__all__ = ["SignedOutSessions", "bp", "init_dashboard"]
+__all__ = ["MissingSecretKey", "SignedOutSessions", "bp", "init_dashboard", "require_secret_key"]
 
 log = structlog.get_logger(__name__)
 
@@ -97,10 +97,35 @@ class SignedOutSessions:
             return False
 
 
+class MissingSecretKey(ValueError):
+    """``SECRET_KEY`` is empty outside the embedded mode; the API refuses to serve without it."""
+
+
+def require_secret_key(settings: Settings) -> None:
+    """Refuse to serve the page outside the embedded mode without ``SECRET_KEY`` (``wsgi``, at start).
+
+    Only the embedded mode (SQLite: one host) may generate one: elsewhere API processes on several
+    hosts serve the page, and a session signed by one must verify on all. Commands (migrations,
+    ``api-keys``) build the app too but serve no page, so ``create_app`` itself does not ask for it.
+    """
+    if not settings.secret_key and not _embedded(settings):
+        raise MissingSecretKey(
+            "SECRET_KEY is required when ORDERS_DATABASE_URL is not SQLite: every API process must sign the "
+            "pipeline page's sessions with the same key. Make one with: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+        )
+
+
+def _embedded(settings: Settings) -> bool:
+    return settings.orders_database_url.startswith("sqlite")
+
+
 def _secret_key(settings: Settings) -> str:
-    """``SECRET_KEY``, or one generated atomically into ``var/secret-key`` (shared by the host's workers)."""
+    """``SECRET_KEY``; unset, in the embedded mode one generated atomically into ``var/secret-key``."""
     if settings.secret_key:
         return settings.secret_key
+    if not _embedded(settings):
+        return secrets.token_urlsafe(48)  # a command's app, which serves no page (see require_secret_key)
     path = settings.var_dir / "secret-key"
     try:
         settings.var_dir.mkdir(parents=True, exist_ok=True)

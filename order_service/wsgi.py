@@ -12,8 +12,10 @@ enable_multiprocess("api")
 
 
 from order_service import create_app  # noqa: E402 - after the metrics mode is chosen
+from order_service.dashboard import require_secret_key  # noqa: E402
 from shared.config import Settings  # noqa: E402
 
 _settings = Settings()
 configure_logging(_settings.log_level, _settings.log_format)
+require_secret_key(_settings)
 app = create_app(_settings)

@@ -1,0 +1,50 @@
+"""A pipeline-page sign-out is recorded in Redis, so every API process refuses the old cookie after it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from flask import Flask
+
+from order_service import create_app
+from order_service.extensions import db
+from shared.config import Settings
+from tests.unit.test_dashboard import csrf_of, sign_in
+
+API_KEY = "osk_sign-out-" + uuid.uuid4().hex
+COOKIE = "orders_dashboard"
+
+
+@pytest.fixture
+def workers(pg_settings: Settings) -> Iterator[list[Flask]]:
+    """Two apps on the same Redis, database and SECRET_KEY, as two API processes are."""
+    settings = pg_settings.model_copy(update={"api_keys": API_KEY, "secret_key": uuid.uuid4().hex * 2})
+    apps = [create_app(settings), create_app(settings)]
+    yield apps
+    for app in apps:
+        with app.app_context():
+            db.engine.dispose()
+
+
+def _data_with(app: Flask, cookie: str) -> int:
+    client = app.test_client()
+    client.set_cookie(COOKIE, cookie, path="/dashboard")
+    return client.get("/dashboard/data").status_code
+
+
+def test_a_sign_out_on_one_process_ends_the_session_on_the_others(
+    workers: list[Flask], redis_client: redis.Redis, queue_prefix: str
+) -> None:
+    browser = workers[0].test_client()
+    assert sign_in(browser, API_KEY).status_code == 302
+    cookie = browser.get_cookie(COOKIE, path="/dashboard")
+    assert cookie is not None
+    assert _data_with(workers[1], cookie.value) == 200
+
+    browser.post("/dashboard/logout", data={"csrf": csrf_of(browser, "/dashboard")})
+
+    assert _data_with(workers[1], cookie.value) == 401
+    assert list(redis_client.scan_iter(match=f"*{queue_prefix}orders-dashboard-signed-out:*"))
