@@ -40,6 +40,7 @@ from flask_outbox.db import create_db_engine, utcnow
 from flask_outbox.logs import configure_logging
 from flask_outbox.messages import PendingMessage
 from flask_outbox.redis_publisher import RedisPipelinePublisher
+from flask_outbox.signing import MessageSigner
 from flask_outbox.writer import OutboxMessage, add_message
 from sqlalchemy import Engine, make_url, text
 from sqlalchemy.orm import Session
@@ -47,8 +48,8 @@ from sqlalchemy.orm import Session
 from bench.backlog import fill_outbox
 from bench.provenance import machine, source
 from harness.databases import PostgresFactory
-from harness.outbox import order_payload, outbox_rows, queued_messages
-from harness.processes import pipeline_env, relay_service
+from harness.outbox import aggregate, order_payload, outbox_rows, queued_messages
+from harness.processes import TEST_SIGNING_KEY, pipeline_env, relay_service
 from harness.waiting import wait_until
 from order_service.models import outbox
 from order_service.relay import build_relay
@@ -201,9 +202,14 @@ def naive(url: str, client: redis.Redis, prefix: str) -> Result:
 
 def floor(url: str, client: redis.Redis, prefix: str) -> Result:
     """Claim + pipelined LPUSH of same-size bytes + mark: no Celery, no per-message encoding."""
-    settings = Settings(broker_url=REDIS_URL, queue_prefix=prefix)
-    sample = PendingMessage(0, uuid.uuid4(), "order.placed", "agg-0", order_payload("agg-0"), {"x": 1}, 0)
-    publisher = RedisPipelinePublisher.from_url(publishing_app(settings, "floor"), REDIS_URL, ROUTES, prefix)
+    settings = Settings(broker_url=REDIS_URL, queue_prefix=prefix, message_signing_key=TEST_SIGNING_KEY)
+    sample = PendingMessage(
+        0, uuid.uuid4(), "order.placed", aggregate(0), order_payload(aggregate(0)), {"x": 1}, 0
+    )
+    signer = MessageSigner.from_settings(settings)
+    publisher = RedisPipelinePublisher.from_url(
+        publishing_app(settings, "floor"), REDIS_URL, ROUTES, signer, prefix
+    )
     queue, data = publisher.encode(sample, ROUTE)
     publisher.close()
     conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
@@ -353,7 +359,12 @@ class Drain:
 
 def drain_backlog(url: str, client: redis.Redis, prefix: str, backlog: str) -> Drain:
     """The product relay (its claim, pipelined publisher and mark), batch after batch until empty."""
-    settings = Settings(orders_database_url=url, broker_url=REDIS_URL, queue_prefix=prefix)
+    settings = Settings(
+        orders_database_url=url,
+        broker_url=REDIS_URL,
+        queue_prefix=prefix,
+        message_signing_key=TEST_SIGNING_KEY,
+    )
     engine = create_db_engine(url, pool_size=2)
     relay = build_relay(settings, engine)
     timings: list[float] = []

@@ -24,6 +24,11 @@ from order_service.models import outbox
 from shared.contracts import ORDER_PLACED, OrderPlaced
 
 
+def aggregate(n: int) -> str:
+    """The ``n``th test order id: a canonical UUID, as the contracts require, the same in every run."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"agg-{n}"))
+
+
 def order_payload(order_id: str, seq: int = 0) -> dict[str, Any]:
     """A valid ``order.placed`` payload; ``seq`` rides along in the line's sku to check ordering."""
     return OrderPlaced(
@@ -43,15 +48,15 @@ def outbox_rows(
     now = utcnow()
     rows = []
     for n in range(start, start + count):
-        aggregate = f"agg-{n % aggregates}"
+        order_id = aggregate(n % aggregates)
         rows.append(
             {
                 "message_id": uuid.uuid4(),
                 "topic": topic,
                 "aggregate_type": "order",
-                "aggregate_id": aggregate,
-                "bucket": bucket_of(aggregate),
-                "payload": order_payload(aggregate, n // aggregates),
+                "aggregate_id": order_id,
+                "bucket": bucket_of(order_id),
+                "payload": order_payload(order_id, n // aggregates),
                 "headers": {"schema_version": 1, "correlation_id": f"corr-{n}"},
                 "created_at": now,
                 "available_at": now,

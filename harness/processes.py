@@ -18,6 +18,8 @@ from shared.config import Settings
 BIN = Path(sys.executable).parent
 TEST_API_KEY = "osk_test_" + "k" * 40
 """The key every pipeline started by the tests accepts (``API_KEYS``); clients send it as a Bearer token."""
+TEST_SIGNING_KEY = "test-signing-" + "s" * 20 + "0123456789"
+"""The ``MESSAGE_SIGNING_KEY`` of every Redis pipeline the tests and benches start or build in process."""
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -48,6 +50,7 @@ def pipeline_env(
         RELAY_POLL_INTERVAL="0.5",
         PYTHONUNBUFFERED="1",
         API_KEYS=TEST_API_KEY,
+        MESSAGE_SIGNING_KEY=TEST_SIGNING_KEY,
         RATE_LIMIT="100000 per minute",
         # Health/metrics on a free port each: pipelines of parallel tests (pytest -n) share this host.
         METRICS_PORT="0",

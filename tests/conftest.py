@@ -22,6 +22,7 @@ from flask_outbox.db import create_db_engine
 from sqlalchemy import Engine
 
 from harness.databases import DatabasePair, PostgresFactory
+from harness.processes import TEST_SIGNING_KEY
 from shared.config import Settings
 
 TEST_POSTGRES_URL = os.environ.get(
@@ -155,6 +156,7 @@ def pg_settings(pg_databases: DatabasePair, redis_url: str, queue_prefix: str, t
         broker_url=redis_url,
         queue_prefix=queue_prefix,
         var_dir=tmp_path / "var",
+        message_signing_key=TEST_SIGNING_KEY,
     )
 
 

@@ -20,7 +20,7 @@ from examples.signups.app import create_app
 from examples.signups.contract import ROUTES, USER_SIGNED_UP, SignupSettings
 from examples.signups.models import WelcomeMail, db, inbox, outbox
 from harness.databases import PostgresFactory
-from harness.processes import BIN, Service
+from harness.processes import BIN, TEST_SIGNING_KEY, Service
 from harness.waiting import wait_until
 
 SIGNUPS = 5
@@ -36,6 +36,7 @@ def settings(
         broker_url=redis_url,
         queue_prefix=queue_prefix,
         var_dir=tmp_path / "var",
+        message_signing_key=TEST_SIGNING_KEY,
     )
 
 
@@ -67,6 +68,7 @@ def processes(app: Flask, settings: SignupSettings, tmp_path: Path) -> Iterator[
         "BROKER_URL": settings.broker_url,
         "QUEUE_PREFIX": settings.queue_prefix,
         "VAR_DIR": str(settings.var_dir),
+        "MESSAGE_SIGNING_KEY": settings.message_signing_key,
         "LOG_FORMAT": "json",
         "RELAY_POLL_INTERVAL": "0.2",
         "METRICS_PORT": "0",

@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, text
 
 from harness.databases import PostgresFactory
 from harness.processes import (
+    TEST_SIGNING_KEY,
     Service,
     api_service,
     free_port,
@@ -143,6 +144,7 @@ def observed(
         broker_url=redis_url,
         queue_prefix=prefix,
         var_dir=root / "var",
+        message_signing_key=TEST_SIGNING_KEY,
     )
     running = _start(settings, root / "logs")
     try:

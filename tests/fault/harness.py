@@ -19,6 +19,7 @@ import httpx
 
 from harness.databases import DatabasePair
 from harness.processes import (
+    TEST_SIGNING_KEY,
     Service,
     api_service,
     free_port,
@@ -81,6 +82,7 @@ class Cluster:
                 "QUEUE_PREFIX": self.queue_prefix,
                 "VAR_DIR": str(self.root / "var"),
                 "API_KEYS": self.api_key,
+                "MESSAGE_SIGNING_KEY": TEST_SIGNING_KEY,
                 "LOG_FORMAT": "json",
                 "METRICS_PORT": "0",  # a free port each: several processes share this host
                 **self.overrides,

@@ -6,6 +6,7 @@ import random
 from collections.abc import Iterable
 from typing import Any
 
+from harness.processes import TEST_SIGNING_KEY
 from order_service import create_app
 from order_service.extensions import db
 from shared.config import Settings
@@ -30,6 +31,7 @@ def cluster_settings(cluster: Cluster) -> Settings:
         broker_url=cluster.redis.url,
         queue_prefix=cluster.queue_prefix,
         api_keys=cluster.api_key,
+        message_signing_key=TEST_SIGNING_KEY,
         rate_limit="1000000 per minute",
         var_dir=cluster.root / "var",
     )

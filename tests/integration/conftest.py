@@ -8,7 +8,9 @@ import pytest
 from flask import Flask
 from flask_outbox import WorkerDatabase
 from flask_outbox.consumer import Consumer, DeliveryPolicy
+from flask_outbox.signing import MessageSigner
 
+from harness.processes import TEST_SIGNING_KEY
 from invoice_worker import invoicing
 from invoice_worker.models import inbox as invoice_inbox
 from order_service import create_app, invoice_answers
@@ -16,6 +18,9 @@ from order_service.extensions import db
 from order_service.models import inbox as order_inbox
 from shared.config import Settings
 from shared.contracts import INVOICE_CREATED, ORDER_PLACED, ROUTES, InvoiceCreated, OrderPlaced
+
+SIGNER = MessageSigner(TEST_SIGNING_KEY.encode())
+"""What the relays of ``pg_settings`` sign with (``MESSAGE_SIGNING_KEY``)."""
 
 
 @pytest.fixture
@@ -37,7 +42,7 @@ def pg_invoice_db(pg_settings: Settings) -> Iterator[WorkerDatabase]:
 def invoice_consumer(pg_invoice_db: WorkerDatabase) -> Consumer[OrderPlaced]:
     """The invoice worker's consumer of ``order.placed`` (as ``invoice_worker.celery_app`` registers it)."""
     return Consumer(
-        invoicing.HANDLER, pg_invoice_db, invoice_inbox, DeliveryPolicy(), ROUTES[ORDER_PLACED].task
+        invoicing.HANDLER, pg_invoice_db, invoice_inbox, DeliveryPolicy(), ROUTES[ORDER_PLACED].task, SIGNER
     )
 
 
@@ -53,5 +58,10 @@ def pg_orders_db(pg_settings: Settings) -> Iterator[WorkerDatabase]:
 def order_consumer(pg_orders_db: WorkerDatabase) -> Consumer[InvoiceCreated]:
     """The order consumer of ``invoice.created`` (as ``order_service.worker`` registers it)."""
     return Consumer(
-        invoice_answers.HANDLER, pg_orders_db, order_inbox, DeliveryPolicy(), ROUTES[INVOICE_CREATED].task
+        invoice_answers.HANDLER,
+        pg_orders_db,
+        order_inbox,
+        DeliveryPolicy(),
+        ROUTES[INVOICE_CREATED].task,
+        SIGNER,
     )

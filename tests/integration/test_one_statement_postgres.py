@@ -28,7 +28,8 @@ from order_service.invoice_answers import Outcome as Applied
 from order_service.models import Order
 from order_service.models import inbox as order_inbox
 from order_service.models import outbox as order_outbox
-from shared.contracts import ORDER_PLACED, InvoiceCreated, OrderPlaced, parse_invoice_created
+from shared.contracts import INVOICE_CREATED, ORDER_PLACED, InvoiceCreated, OrderPlaced, parse_invoice_created
+from tests.integration.conftest import SIGNER
 from tests.support.events import order_placed_event
 
 pytestmark = pytest.mark.integration
@@ -221,7 +222,11 @@ def test_answer_for_a_row_acknowledged_already_still_moves_nothing_twice(
 
 
 def _item(message_id: uuid.UUID, payload: dict[str, object], correlation: str) -> BatchItem:
-    return BatchItem(message_id, payload, {"x_request_id": correlation})
+    """A batch entry as the relay sends it: its correlation id and its signature."""
+    topic = INVOICE_CREATED if "causation_id" in payload else ORDER_PLACED
+    return BatchItem(
+        message_id, payload, SIGNER.signed_headers(message_id, topic, payload, {"x_request_id": correlation})
+    )
 
 
 def test_a_batch_invoices_each_new_order_once_and_answers_every_message(

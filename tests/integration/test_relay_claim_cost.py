@@ -18,7 +18,7 @@ from flask_outbox import store
 from flask_outbox.messages import BatchOutcome, PendingMessage, Publisher
 from sqlalchemy import Connection, Engine, event, text
 
-from harness.outbox import consumed, insert_rows, order_violations, outbox_rows
+from harness.outbox import aggregate, consumed, insert_rows, order_violations, outbox_rows
 from order_service.models import outbox
 from order_service.relay import build_relay
 from shared.config import Settings
@@ -125,7 +125,7 @@ class CountingPublisher:
 def test_backlog_after_an_outage_drains_in_full_batches_in_order_around_a_parked_row(
     pg_settings: Settings, orders_engine: Engine, redis_client: redis.Redis
 ) -> None:
-    rows, aggregates = 3_000, 750  # four rows per aggregate; agg-0's first row is parked
+    rows, aggregates = 3_000, 750  # four rows per aggregate; aggregate(0)'s first row is parked
     _after_outage(orders_engine, rows, aggregates, analyze_first=False)
     relay = build_relay(pg_settings, orders_engine)
     publisher = relay.publisher = CountingPublisher(relay.publisher)
@@ -139,5 +139,5 @@ def test_backlog_after_an_outage_drains_in_full_batches_in_order_around_a_parked
     assert len(publisher.batches) <= math.ceil(published / relay.policy.batch_size) + 1
     deliveries = consumed(redis_client, pg_settings.queue("invoices"))
     assert len({d.task_id for d in deliveries}) == published
-    assert "agg-0" not in {d.aggregate for d in deliveries}
+    assert aggregate(0) not in {d.aggregate for d in deliveries}
     assert order_violations(deliveries) == []

@@ -21,6 +21,7 @@ from order_service.models import outbox
 from order_service.relay import build_relay, main
 from shared.config import Settings
 from shared.contracts import ROUTES
+from tests.integration.conftest import SIGNER
 
 
 @pytest.fixture
@@ -49,12 +50,13 @@ def test_pipelined_message_is_the_one_send_task_pushes(
     route = ROUTES[row["topic"]]
     queue = f"{queue_prefix}{route.queue}"
     app = publishing_app(pg_settings, "probe")
+    signed = SIGNER.signed_headers(message.message_id, message.topic, message.payload, message.headers)
     app.send_task(
         route.task,
         kwargs={"payload": message.payload},
         task_id=str(message.message_id),
         queue=queue,
-        headers=message.headers,
+        headers=signed,
         retry=False,
     )
     app.close()

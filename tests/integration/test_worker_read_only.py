@@ -14,6 +14,7 @@ from invoice_worker.invoicing import HANDLER
 from invoice_worker.models import Invoice, inbox
 from shared.config import Settings
 from shared.contracts import ORDER_PLACED, ROUTES, OrderPlaced
+from tests.integration.conftest import SIGNER
 from tests.support.events import order_placed_event
 from tests.support.read_only import set_read_only
 
@@ -30,7 +31,7 @@ def read_only_invoices(pg_settings: Settings) -> Iterator[str]:
 
 @pytest.fixture
 def consumer(pg_invoice_db: WorkerDatabase) -> Consumer[OrderPlaced]:
-    return Consumer(HANDLER, pg_invoice_db, inbox, POLICY, ROUTES[ORDER_PLACED].task)
+    return Consumer(HANDLER, pg_invoice_db, inbox, POLICY, ROUTES[ORDER_PLACED].task, SIGNER)
 
 
 def counts(database: WorkerDatabase) -> tuple[int, int]:

@@ -19,10 +19,12 @@ import pytest
 from celery import Task
 from celery.exceptions import Reject
 from flask_outbox import DUPLICATE, InboxWorker
+from flask_outbox.signing import SIGNATURE_HEADER, MessageSigner
 from kombu.exceptions import OperationalError as BrokerUnavailable
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
+from harness.processes import TEST_SIGNING_KEY
 from invoice_worker.models import Invoice, outbox
 from shared.contracts import ORDER_PLACED, ROUTES
 from tests.unit.conftest import invoice_worker_on, worker_settings
@@ -30,6 +32,7 @@ from tests.unit.test_invoice_processing import failing, payload
 
 QUEUE = "test-invoices"
 ROUTE = ROUTES[ORDER_PLACED]
+SIGNER = MessageSigner(TEST_SIGNING_KEY.encode())
 
 
 class Broker:
@@ -48,7 +51,10 @@ class Broker:
 @pytest.fixture
 def worker(tmp_path: Path) -> Iterator[InboxWorker]:
     """The invoice worker on Redis (never contacted: what a split publishes is recorded by ``Broker``)."""
-    yield from invoice_worker_on(worker_settings(tmp_path / "var", broker_url="redis://127.0.0.1:6379/0"))
+    settings = worker_settings(
+        tmp_path / "var", broker_url="redis://127.0.0.1:6379/0", message_signing_key=TEST_SIGNING_KEY
+    )
+    yield from invoice_worker_on(settings)
 
 
 @pytest.fixture
@@ -60,9 +66,15 @@ def broker(monkeypatch: pytest.MonkeyPatch, worker: InboxWorker) -> Broker:
 
 
 def _entries(*payloads: Any) -> list[dict[str, Any]]:
+    """Batch entries as the relay sends them: each with its correlation id and its signature."""
+    ids = [uuid.uuid4() for _ in payloads]
     return [
-        {"message_id": str(uuid.uuid4()), "payload": body, "headers": {"x_request_id": f"corr-{n}"}}
-        for n, body in enumerate(payloads)
+        {
+            "message_id": str(message_id),
+            "payload": body,
+            "headers": SIGNER.signed_headers(message_id, ORDER_PLACED, body, {"x_request_id": f"corr-{n}"}),
+        }
+        for n, (message_id, body) in enumerate(zip(ids, payloads, strict=True))
     ]
 
 
@@ -114,7 +126,7 @@ def test_first_delivery_invoices_the_valid_messages_and_splits_off_the_invalid_o
         QUEUE,
     )
     assert single["kwargs"] == {"payload": messages[2]["payload"]}
-    assert single["headers"] == {"x_request_id": "corr-2"}
+    assert single["headers"] == messages[2]["headers"]  # its correlation id and its signature
 
 
 @pytest.mark.parametrize(("redelivered", "retries"), [(True, 0), (False, 1)], ids=["redelivered", "retried"])
@@ -177,3 +189,15 @@ def test_a_copy_of_a_processed_message_in_a_batch_is_answered_again_and_counted_
         counted = {row.message_id: row.deliveries for row in session.execute(select(deliveries))}
     assert counted == {uuid.UUID(entry["message_id"]): 2}
     assert broker.sent == []
+
+
+def test_a_badly_signed_entry_is_split_off_and_the_single_task_parks_it(
+    broker: Broker, deliver: Any, worker: InboxWorker
+) -> None:
+    """An entry pushed without the relay's key never reaches the inbox: its single task dead-letters it."""
+    messages = _entries(payload(), payload(), payload())
+    messages[1]["payload"] = payload(customer_id="cus_forged")  # signed for another payload
+    del messages[2]["headers"][SIGNATURE_HEADER]
+    assert deliver(messages) == ["created", "split", "split"]
+    assert _count(worker, Invoice) == 1
+    assert [m["task_id"] for m in broker.sent] == [messages[1]["message_id"], messages[2]["message_id"]]

@@ -166,9 +166,13 @@ def test_each_worker_prunes_in_passing_after_a_delivery(invoice_worker: InboxWor
     assert invoice_worker.pruner.interval == 300.0
     _seed(invoice_worker, age=timedelta(days=31), count=2)
     task = invoice_worker.app.tasks[ROUTES[ORDER_PLACED].task]
-    task.push_request(id=str(uuid.uuid4()), retries=0, called_directly=False, delivery_info={})
+    message_id, body = uuid.uuid4(), order_placed_event().to_payload()
+    signature = invoice_worker.signer.sign(message_id, ORDER_PLACED, body)
+    task.push_request(
+        id=str(message_id), retries=0, called_directly=False, delivery_info={}, outbox_signature=signature
+    )
     try:
-        assert task.run(order_placed_event().to_payload()) == Outcome.CREATED
+        assert task.run(body) == Outcome.CREATED
     finally:
         task.pop_request()
     assert _counts(invoice_worker) == (1, 1)  # the 2 old rows went; this delivery's stays

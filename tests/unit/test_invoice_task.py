@@ -19,6 +19,7 @@ from celery import Task
 from celery.canvas import Signature
 from celery.exceptions import Reject, Retry
 from flask_outbox import InboxTables, InboxWorker
+from flask_outbox.signing import SIGNATURE_HEADER
 from kombu.exceptions import OperationalError as BrokerUnavailable
 from sqlalchemy.exc import DBAPIError, InternalError, OperationalError
 
@@ -60,8 +61,8 @@ def task(invoice_worker: InboxWorker) -> Task:
 
 
 @pytest.fixture
-def delivery(task: Task) -> Iterator[uuid.UUID]:
-    """The request context a worker pushes around one delivery (not ``called_directly``)."""
+def delivery(task: Task, invoice_worker: InboxWorker) -> Iterator[uuid.UUID]:
+    """The request context a worker pushes around one delivery (not ``called_directly``), signed."""
     message_id = uuid.uuid4()
     body = payload()
     task.push_request(
@@ -71,6 +72,7 @@ def delivery(task: Task) -> Iterator[uuid.UUID]:
         retries=0,
         called_directly=False,
         delivery_info={"exchange": "", "routing_key": "invoices"},
+        **{SIGNATURE_HEADER: invoice_worker.signer.sign(message_id, ORDER_PLACED, body)},
     )
     yield message_id
     task.pop_request()

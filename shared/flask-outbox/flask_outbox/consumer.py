@@ -5,6 +5,11 @@ A service gives a ``Handler``: how to read a payload (its contract) and how to a
 was recorded in the inbox. The consumer owns everything else: the inbox, delivery counts, retries
 with backoff, dead letters and their replay. ``flask_outbox.tasks`` registers it as Celery tasks.
 
+A message from the broker is first checked for the relay's signature (``receive``; a batch's entries
+in ``apply_batch``): one that does not verify never reaches the inbox or the handler and is parked as
+a dead letter whose reason starts ``bad signature``. ``deliver`` and ``apply`` take a message the
+caller trusts (a verified one, or an operator's replay).
+
 A delivery ends in exactly one of three ways: the effect is committed (or was already: a duplicate),
 the message is parked as a dead letter (it can never succeed), or ``RetryLater`` (the caller puts it
 back). Deliveries are counted in the database before the work starts, which bounds every kind of
@@ -33,6 +38,7 @@ from flask_outbox.batches import BatchItem, message_context
 from flask_outbox.inbox import InboxTables
 from flask_outbox.logs import CORRELATION_ID
 from flask_outbox.settings import OutboxSettings
+from flask_outbox.signing import BAD_SIGNATURE, SIGNATURE_HEADER, MessageSigner
 from flask_outbox.worker_db import WorkerDatabase
 
 __all__ = [
@@ -189,6 +195,10 @@ class Consumer(Generic[M]):
     inbox: InboxTables
     policy: DeliveryPolicy
     task_name: str
+    signer: MessageSigner
+
+    def _signed(self, message_id: uuid.UUID, payload: Any, signature: object) -> bool:
+        return self.signer.verifies(message_id, self.handler.topic, payload, signature)
 
     def _park(self, message_id: uuid.UUID, payload: Any, reason: str, attempts: int) -> str:
         with self.database.session() as session:
@@ -226,8 +236,36 @@ class Consumer(Generic[M]):
         nothing can have preceded. Database trouble is bounded by ``retries``; after that the message
         is parked if the database takes it, else kept in the broker at the longest backoff.
         """
+        return self._bounded(
+            message_id, payload, retries, lambda: self._deliver(message_id, payload, first_delivery)
+        )
+
+    def receive(
+        self,
+        message_id: uuid.UUID,
+        payload: Any,
+        signature: object,
+        retries: int,
+        *,
+        first_delivery: bool = False,
+    ) -> str:
+        """``deliver`` a message from the broker whose signature verifies; park any other, applying nothing.
+
+        A refused message writes nothing but its dead letter: no inbox row, no delivery count, no effect.
+        """
+        if self._signed(message_id, payload, signature):
+            return self.deliver(message_id, payload, retries, first_delivery=first_delivery)
+        reason = (
+            f"{BAD_SIGNATURE}: no valid {SIGNATURE_HEADER} header for this message's id, topic and payload"
+        )
+        return self._bounded(
+            message_id, payload, retries, lambda: self._park(message_id, payload, reason, retries + 1)
+        )
+
+    def _bounded(self, message_id: uuid.UUID, payload: Any, retries: int, work: Callable[[], str]) -> str:
+        """``work``'s outcome; database trouble retried up to ``retries``, then the message parked or kept."""
         try:
-            return self._deliver(message_id, payload, first_delivery)
+            return work()
         except DATABASE_ERRORS as exc:
             reason = f"database trouble: {describe(exc)}"
             log.warning("inbox.database_trouble", retries=retries, error=reason)
@@ -279,6 +317,8 @@ class Consumer(Generic[M]):
             log.warning("inbox.copy_not_counted", error=describe(exc))
 
     def _read(self, item: BatchItem) -> Delivery[M] | None:
+        if not self._signed(item.message_id, item.payload, item.headers.get(SIGNATURE_HEADER)):
+            return None  # the single task it is split into parks it
         try:
             return self.handler.read(item.message_id, item.payload, item.correlation_id)
         except self.handler.permanent_errors:
@@ -287,10 +327,11 @@ class Consumer(Generic[M]):
     def apply_batch(self, items: Sequence[BatchItem]) -> list[str | None]:
         """A batch's first delivery: apply every message it can in one transaction.
 
-        Returns an outcome per item; ``None`` for one left to the single task (unreadable, or one the
-        handler's batch path did not apply: nothing of it is written). Any exception means nothing of
-        the transaction committed; the caller splits the batch. Duplicates get ``on_duplicate`` each
-        in a transaction of its own after the commit, and each is counted as a copy (``_count_copy``).
+        Returns an outcome per item; ``None`` for one left to the single task (badly signed, unreadable,
+        or one the handler's batch path did not apply: nothing of it is written). Any exception means
+        nothing of the transaction committed; the caller splits the batch. Duplicates get
+        ``on_duplicate`` each in a transaction of its own after the commit, and each is counted as a
+        copy (``_count_copy``).
         No other delivery is counted: a batch that kills its worker comes back flagged as redelivered
         and is split, each message counted from there.
         """

@@ -20,6 +20,7 @@ from sqlalchemy import select, update
 from flask_outbox.db import utcnow
 from flask_outbox.logs import configure_logging
 from flask_outbox.retention import InboxRetention, prune_inbox
+from flask_outbox.signing import BAD_SIGNATURE
 from flask_outbox.worker import InboxWorker
 
 __all__ = ["Replay", "add_commands", "main", "pending_ids", "replay", "run_command"]
@@ -45,7 +46,8 @@ def pending_ids(worker: InboxWorker) -> list[int]:
 def replay(worker: InboxWorker, letter_id: int) -> Replay:
     """Apply the parked message again; the inbox makes a second replay (or a late redelivery) a no-op.
 
-    A replay that fails again stays pending, with the new reason and one more attempt.
+    A replay that fails again stays pending, with the new reason and one more attempt. A message
+    refused for its signature is never replayed: it did not come from a relay, so nothing vouches for it.
     """
     letters = worker.inbox.dead_letters
     with worker.database.session() as session:
@@ -53,6 +55,9 @@ def replay(worker: InboxWorker, letter_id: int) -> Replay:
     if letter is None:
         raise LookupError(f"no dead letter {letter_id}")
     message_id, payload = letter.message_id, letter.payload
+    if letter.reason.startswith(BAD_SIGNATURE):
+        log.warning("dead_letter.replay_refused", letter_id=letter_id, message_id=str(message_id))
+        return Replay(letter_id, message_id, f"not replayed: {letter.reason}", succeeded=False)
     structlog.contextvars.bind_contextvars(message_id=str(message_id))
     try:
         outcome = worker.consumer(letter.task_name).apply(message_id, payload)

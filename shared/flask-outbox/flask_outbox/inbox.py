@@ -139,7 +139,11 @@ class InboxTables:
         reason: str,
         attempts: int,
     ) -> None:
-        """Keep a message that cannot succeed as a dead letter; a redelivery updates the same row. Commits."""
+        """Keep a message that cannot succeed as a dead letter; a redelivery updates the same row. Commits.
+
+        The row keeps the latest message parked under the id with its reason, so a replay applies the
+        payload the reason was given for (a forged copy parked first is replaced, never replayed).
+        """
         statement = self._insert(session, self.dead_letters).values(
             message_id=message_id,
             task_name=task_name,
@@ -151,6 +155,8 @@ class InboxTables:
         statement = statement.on_conflict_do_update(
             index_elements=["message_id"],
             set_={
+                "task_name": statement.excluded.task_name,
+                "payload": statement.excluded.payload,
                 "reason": statement.excluded.reason,
                 "attempts": statement.excluded.attempts,
                 "replayed_at": None,

@@ -12,6 +12,7 @@ from flask_outbox.messages import BatchOutcome, PendingMessage, Publisher, route
 from flask_outbox.redis_publisher import RedisPipelinePublisher
 from flask_outbox.routes import Route
 from flask_outbox.settings import OutboxSettings as Settings
+from flask_outbox.signing import MessageSigner
 
 __all__ = ["MESSAGES_PER_TASK", "CeleryPublisher", "publisher_for"]
 
@@ -21,13 +22,16 @@ class CeleryPublisher:
 
     The portable path, for brokers without a pipelined publisher (the embedded filesystem
     broker). The task id is the outbox ``message_id``: the consumer's dedup key; the row's headers
-    (correlation id, trace context) go out as message headers. A broker error fails the rest of
-    the batch (not attempted) so the relay can back off.
+    (correlation id, trace context) and the message's signature go out as message headers. A broker
+    error fails the rest of the batch (not attempted) so the relay can back off.
     """
 
-    def __init__(self, app: Celery, routes: Mapping[str, Route], queue_prefix: str = "") -> None:
+    def __init__(
+        self, app: Celery, routes: Mapping[str, Route], signer: MessageSigner, queue_prefix: str = ""
+    ) -> None:
         self._app = app
         self._routes = routes
+        self._signer = signer
         self._queue_prefix = queue_prefix
 
     def publish(self, messages: list[PendingMessage]) -> BatchOutcome:
@@ -44,7 +48,9 @@ class CeleryPublisher:
                             kwargs={"payload": message.payload},
                             task_id=str(message.message_id),
                             queue=f"{self._queue_prefix}{route.queue}",
-                            headers=headers,
+                            headers=self._signer.signed_headers(
+                                message.message_id, message.topic, message.payload, headers
+                            ),
                             producer=producer,
                             retry=False,
                         )
@@ -70,10 +76,14 @@ backlog costs the workers one task per hundred messages, few enough that one tas
 
 
 def publisher_for(settings: Settings, routes: Mapping[str, Route], name: str = "outbox_relay") -> Publisher:
-    """The pipelined Redis publisher on a Redis broker; ``send_task`` on any other transport."""
+    """The pipelined Redis publisher on a Redis broker; ``send_task`` on any other transport.
+
+    Raises ``WeakSigningKey`` (before connecting) when ``MESSAGE_SIGNING_KEY`` cannot sign.
+    """
+    signer = MessageSigner.from_settings(settings)
     app = publishing_app(settings, name)
     if settings.broker_url.startswith(("redis://", "rediss://")):
         return RedisPipelinePublisher.from_url(
-            app, settings.broker_url, routes, settings.queue_prefix, MESSAGES_PER_TASK
+            app, settings.broker_url, routes, signer, settings.queue_prefix, MESSAGES_PER_TASK
         )
-    return CeleryPublisher(app, routes, settings.queue_prefix)
+    return CeleryPublisher(app, routes, signer, settings.queue_prefix)

@@ -9,8 +9,9 @@ priority-0 message. What is left out on purpose: ``saferepr`` of the arguments (
 only shown by monitoring tools; we pass a short summary) and per-message queue declaration (the
 worker declares its queues; a list needs no declaring to be pushed to).
 
-The outbox row's headers (correlation id, trace context) become Celery message headers, which the
-worker sees as ``task.request`` attributes. With tracing on, each message gets a producer span
+The outbox row's headers (correlation id, trace context) and the message's signature
+(``flask_outbox.signing``) become Celery message headers, which the worker sees as ``task.request``
+attributes; in a batch task each entry carries its own. With tracing on, each message gets a producer span
 under the row's stored trace context, and its ``traceparent`` goes out instead (``flask_outbox.tracing``).
 """
 
@@ -31,6 +32,7 @@ from flask_outbox import tracing
 from flask_outbox.broker import BROKER_ERRORS
 from flask_outbox.messages import BatchOutcome, PendingMessage, routed
 from flask_outbox.routes import Route
+from flask_outbox.signing import MessageSigner
 
 __all__ = ["RedisPipelinePublisher"]
 
@@ -57,12 +59,14 @@ class RedisPipelinePublisher:
         app: Celery,
         client: redis.Redis,
         routes: Mapping[str, Route],
+        signer: MessageSigner,
         queue_prefix: str = "",
         messages_per_task: int = 1,
     ) -> None:
         self._app = app
         self._client = client
         self._routes = routes
+        self._signer = signer
         self._queue_prefix = queue_prefix
         self._messages_per_task = messages_per_task
         self._origin = anon_nodename()
@@ -73,6 +77,7 @@ class RedisPipelinePublisher:
         app: Celery,
         url: str,
         routes: Mapping[str, Route],
+        signer: MessageSigner,
         queue_prefix: str = "",
         messages_per_task: int = 1,
     ) -> RedisPipelinePublisher:
@@ -80,7 +85,7 @@ class RedisPipelinePublisher:
         client = redis.Redis.from_url(
             url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30, max_connections=1
         )
-        return cls(app, client, routes, queue_prefix, messages_per_task)
+        return cls(app, client, routes, signer, queue_prefix, messages_per_task)
 
     def encode(self, message: PendingMessage, route: Route) -> tuple[str, bytes]:
         """The queue and the exact bytes kombu's Redis transport would push for ``send_task``."""
@@ -94,7 +99,11 @@ class RedisPipelinePublisher:
         if route.batch_task is None:
             raise ValueError(f"route {route.task} takes no batches")
         items = [
-            {"message_id": str(message.message_id), "payload": message.payload, "headers": message.headers}
+            {
+                "message_id": str(message.message_id),
+                "payload": message.payload,
+                "headers": self._signed(message, message.headers),
+            }
             for message in messages
         ]
         summary = f"{{'messages': <{len(messages)} {messages[0].topic}>}}"
@@ -103,7 +112,11 @@ class RedisPipelinePublisher:
     def _encode(self, message: PendingMessage, route: Route, headers: Mapping[str, Any]) -> tuple[str, bytes]:
         summary = f"{{'payload': <{message.topic} {message.aggregate_id}>}}"
         kwargs = {"payload": message.payload}
-        return self._envelope(route, str(message.message_id), route.task, kwargs, summary, headers)
+        signed = self._signed(message, headers)
+        return self._envelope(route, str(message.message_id), route.task, kwargs, summary, signed)
+
+    def _signed(self, message: PendingMessage, headers: Mapping[str, Any]) -> dict[str, Any]:
+        return self._signer.signed_headers(message.message_id, message.topic, message.payload, headers)
 
     def _envelope(
         self,

@@ -78,6 +78,14 @@ class PipelineSettings(BaseSettings):
         validation_alias="QUEUE_PREFIX",
         description="Prefix of every queue and Redis key, so several pipelines can share one Redis",
     )
+    message_signing_key: str = Field(
+        default="",
+        repr=False,
+        validation_alias="MESSAGE_SIGNING_KEY",
+        description="HMAC-SHA256 key the relays sign messages with and the consuming workers check them "
+        "with: the same secret in each, at least 32 characters; default (file broker only): one generated "
+        "into VAR_DIR/signing-key",
+    )
     var_dir: Path = Field(
         default=Path("var"),
         validation_alias="VAR_DIR",

@@ -18,6 +18,7 @@ from celery import Celery, Task
 
 from flask_outbox.batches import SPLIT, batch_items, has_repeats, is_first_delivery, split
 from flask_outbox.consumer import Consumer, RetryLater
+from flask_outbox.signing import SIGNATURE_HEADER
 from flask_outbox.task_retry import retry_or_requeue
 
 __all__ = ["register_tasks"]
@@ -58,9 +59,10 @@ def register_tasks(
             retries = self.request.retries
             redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
             try:
-                return consumer.deliver(
+                return consumer.receive(
                     _message_id(self.request.id),
                     payload,
+                    getattr(self.request, SIGNATURE_HEADER, None),  # a message header is a request attribute
                     retries,
                     first_delivery=policy.is_first_delivery(retries, redelivered),
                 )

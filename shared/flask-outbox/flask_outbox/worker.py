@@ -21,6 +21,7 @@ from flask_outbox.logs import configure_logging
 from flask_outbox.retention import InboxPruner
 from flask_outbox.routes import Route
 from flask_outbox.settings import OutboxSettings
+from flask_outbox.signing import MessageSigner
 from flask_outbox.tasks import register_tasks
 from flask_outbox.worker_db import WorkerDatabase
 from flask_outbox.worker_metrics import OnOutcome, instrument_worker
@@ -47,6 +48,8 @@ class InboxWorker:
         self.database = WorkerDatabase(database_url)
         self.inbox = inbox
         self.policy = DeliveryPolicy.from_settings(settings)
+        # Refuses, at start, a MESSAGE_SIGNING_KEY that could be guessed (or none, outside the embedded mode).
+        self.signer = MessageSigner.from_settings(settings)
         # Refuses, at start, an inbox retention shorter than the longest redelivery (check_retention).
         self.pruner = InboxPruner.from_settings(settings, self.database, inbox)
         self.consumers: dict[str, Consumer[Any]] = {}
@@ -77,7 +80,7 @@ class InboxWorker:
 
     def register(self, route: Route, handler: Handler[M]) -> Consumer[M]:
         """Consume ``handler.topic`` as the route's tasks (one message, and a batch of several)."""
-        consumer = Consumer(handler, self.database, self.inbox, self.policy, route.task)
+        consumer = Consumer(handler, self.database, self.inbox, self.policy, route.task, self.signer)
         register_tasks(self.app, consumer, route.batch_task, self.pruner.prune_when_due)
         self.consumers[route.task] = consumer
         return consumer
