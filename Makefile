@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # make test's workers (pytest-xdist): groups that must not overlap are in tests/conftest.py; PYTEST_PARALLEL= runs serially.
 PYTEST_PARALLEL ?= -n 3 --dist loadgroup
 
-.PHONY: install migrate run test test-unit lint up down chaos
+.PHONY: install migrate run test test-unit lint up down chaos faults-long
 
 $(STAMP): pyproject.toml $(LIBRARY)/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ test: install lint
 chaos: install  ## N orders under random SIGKILLs of relays/workers and one Redis kill
 	$(BIN)/python -m tests.fault.chaos --orders $(or $(N),500) $(if $(SEED),--seed $(SEED)) $(if $(KEEP),--keep) \
 		--record bench/results/chaos-$(or $(N),500).txt
+
+# Faults at their real size (minutes), shipped defaults, one fresh loop per scenario (about 20 minutes);
+# SCENARIOS="redis-back-empty ..." runs some. The figures in docs/faults.md come from its results file.
+faults-long: install  ## Redis restarts and losses, workers down, a cut-off relay, a read-only database
+	$(BIN)/python -m tests.fault.long $(SCENARIOS) --record bench/results/faults-long.txt
 
 test-unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

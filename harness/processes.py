@@ -20,6 +20,8 @@ TEST_API_KEY = "osk_test_" + "k" * 40
 """The key every pipeline started by the tests accepts (``API_KEYS``); clients send it as a Bearer token."""
 TEST_SIGNING_KEY = "test-signing-" + "s" * 20 + "0123456789"
 """The ``MESSAGE_SIGNING_KEY`` of every Redis pipeline the tests and benches start or build in process."""
+TEST_SECRET_KEY = "test-secret-" + "x" * 32
+"""Signs the pipeline page's sessions: required to serve outside the embedded mode."""
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -51,6 +53,7 @@ def pipeline_env(
         PYTHONUNBUFFERED="1",
         API_KEYS=TEST_API_KEY,
         MESSAGE_SIGNING_KEY=TEST_SIGNING_KEY,
+        SECRET_KEY=TEST_SECRET_KEY,
         RATE_LIMIT="100000 per minute",
         # Health/metrics on a free port each: pipelines of parallel tests (pytest -n) share this host.
         METRICS_PORT="0",

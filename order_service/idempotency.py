@@ -19,10 +19,11 @@ checked by the database in the same statement, not by an earlier read.
   (the acknowledgement was lost), and its stored 201 must then stay for the retry to replay.
 
 **Pruning** expired keys is never one unbounded DELETE in a live request: each ``prune`` deletes at
-most ``PRUNE_BATCH`` rows in its own short transaction. Requests schedule one batch per
-``PRUNE_INTERVAL`` per process, run after their response is sent; the CLI
-``flask --app order_service idempotency-keys prune`` (``cli``) drains any backlog batch by batch (cron
-it if keys expire faster than that pace).
+most ``PRUNE_BATCH`` rows in its own short transaction, run after a response is sent. A process
+prunes once per ``PRUNE_INTERVAL``, and again at its next keyed request for as long as its batches
+come back full: each keyed request adds one key and may remove a thousand, so pruning keeps up with
+any insert rate, with no setting. The CLI ``flask --app order_service idempotency-keys prune``
+(``cli``) drains a backlog at once.
 
 **Commits.** ``claim``, ``release`` and ``prune`` each commit a short transaction of their own, outside
 the order's unit of work (``services.place_order``), on purpose: a claim must be visible to a
@@ -282,8 +283,7 @@ class _Pruner:
     """At most one bounded batch per interval per process, run after a response has been sent.
 
     Requests with an Idempotency-Key schedule it in passing, so expired keys never pile up even
-    without the CLI; a larger backlog (after a long outage) drains over several intervals, or at once
-    with ``flask --app order_service idempotency-keys prune``.
+    without the CLI: after a full batch the next keyed request prunes again, whatever the interval.
     """
 
     interval: float
@@ -304,6 +304,8 @@ class _Pruner:
             return
         if removed:
             log.info("idempotency.pruned", removed=removed, batch=self.batch)
+        if removed >= self.batch:
+            self.last = 0.0  # more keys have expired: the next keyed request prunes again
 
 
 _PRUNER: AppState[_Pruner] = AppState("order_service.idempotency_pruner")

@@ -19,6 +19,7 @@ import httpx
 
 from harness.databases import DatabasePair
 from harness.processes import (
+    TEST_SECRET_KEY,
     TEST_SIGNING_KEY,
     Service,
     api_service,
@@ -83,6 +84,7 @@ class Cluster:
                 "VAR_DIR": str(self.root / "var"),
                 "API_KEYS": self.api_key,
                 "MESSAGE_SIGNING_KEY": TEST_SIGNING_KEY,
+                "SECRET_KEY": TEST_SECRET_KEY,
                 "LOG_FORMAT": "json",
                 "METRICS_PORT": "0",  # a free port each: several processes share this host
                 **self.overrides,

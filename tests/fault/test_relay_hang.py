@@ -154,3 +154,23 @@ def test_sigstopped_relay_partitions_move_to_the_live_relay_within_the_stall_bou
     assert published_total(live_port) + published_total(frozen_port) == 50
     assert scalar(invoices_url, "SELECT coalesce(sum(deliveries - 1), 0) FROM message_deliveries") == 0
     assert "relay.database_unavailable" in frozen.logs()  # it noticed that its session was gone
+
+
+def test_a_relay_hung_in_a_database_call_exits_so_that_its_supervisor_restarts_it(cluster: Cluster) -> None:
+    """Its claim waits on a table lock that never ends: the loop is stuck in one call, not waiting.
+
+    ``RELAY_STALL_SECONDS=5`` (shipped 30 s, the lowest the settings accept): the watchdog's mechanism,
+    the same at any bound; the SIGSTOP test above keeps the shipped bound.
+    """
+    cluster.overrides["RELAY_STALL_SECONDS"] = "5"
+    relay = cluster.start_relay()
+    assert relay.process is not None
+    with orders_engine(cluster) as engine, engine.connect() as conn, conn.begin():
+        conn.execute(text("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE"))
+        locked_at = time.monotonic()
+        code = relay.process.wait(timeout=60)
+        exited_after = time.monotonic() - locked_at
+    print(f"hung relay exited with {code} {exited_after:.1f} s after its claim blocked")
+    assert code == 4
+    assert "relay.stalled_exiting" in relay.logs()
+    assert exited_after >= 5 - 1  # not before the bound (its last progress came up to a poll before)

@@ -23,7 +23,7 @@ from order_service.invoice_answers import Outcome
 from order_service.models import outbox
 from shared.contracts import ORDER_PLACED, InvoiceCreated
 
-RULE = RedriveRule(topics=frozenset({ORDER_PLACED}), after=60, max_interval=3600, max_redrives=20)
+RULE = RedriveRule(topics=frozenset({ORDER_PLACED}), after=60, max_redrives=20)
 
 
 def seed(engine: Engine, count: int, *, published_ago: str, acknowledged: bool, redrives: int = 0) -> None:
@@ -68,7 +68,7 @@ def test_the_redrive_touches_only_due_rows_through_its_index_on_a_50k_row_outbox
 ) -> None:
     seed(orders_engine, 40_000, published_ago="3 hours", acknowledged=True)  # answered history
     seed(orders_engine, 9_700, published_ago="10 seconds", acknowledged=False)  # answers still coming
-    seed(orders_engine, 200, published_ago="200 seconds", acknowledged=False, redrives=3)  # backing off
+    seed(orders_engine, 200, published_ago="30 seconds", acknowledged=False, redrives=3)  # re-driven lately
     seed(orders_engine, 100, published_ago="90 seconds", acknowledged=False)  # due: first re-drive
 
     document = plan(orders_engine, RULE)

@@ -230,9 +230,28 @@ def test_requests_prune_one_bounded_batch_after_the_response_is_sent(
 
     assert len(deletes) == 1
     assert "LIMIT" in deletes[0].upper()
-    assert (
-        row_counts()["idempotency_keys"] == 2
-    )  # one batch of 2 of the 3 expired; the next interval does more
+    assert row_counts()["idempotency_keys"] == 2  # a batch of 2 of the 3 expired; the next request does more
+
+
+def test_pruning_keeps_up_with_the_insert_rate_a_full_batch_makes_the_next_keyed_request_prune_again(
+    app: Flask, client: FlaskClient, row_counts: Callable[[], dict[str, int]]
+) -> None:
+    """A backlog of 50 expired keys, batches of 10: each keyed request adds one key and removes ten."""
+    for _ in range(50):
+        client.post("/orders", json=ORDER, headers=_key())
+    _expire_all(app)
+    pruner = app.extensions["order_service.idempotency_pruner"]
+    pruner.batch, pruner.last = 10, time.monotonic() - pruner.interval
+
+    with _deletes(app) as deletes:
+        for _ in range(6):
+            client.post("/orders", json=ORDER, headers=_key()).close()
+
+    assert row_counts()["idempotency_keys"] == 6  # the backlog gone within the interval; the new keys stay
+    assert len(deletes) == 6  # five full batches and the one that found none left
+    with _deletes(app) as deletes:
+        client.post("/orders", json=ORDER, headers=_key()).close()
+    assert deletes == []  # caught up: back to one prune per interval
 
 
 def test_a_commit_whose_acknowledgement_is_lost_is_replayed_not_placed_again(

@@ -25,7 +25,7 @@ from order_service.models import outbox
 from shared.config import Settings
 from shared.contracts import ORDER_PLACED
 
-RULE = RedriveRule(topics=frozenset({ORDER_PLACED}), after=60, max_interval=3600, max_redrives=20)
+RULE = RedriveRule(topics=frozenset({ORDER_PLACED}), after=60, max_redrives=20)
 
 
 @pytest.fixture
@@ -72,33 +72,20 @@ def row(engine: Engine, row_id: int) -> Any:
         return conn.execute(select(outbox).where(outbox.c.id == row_id)).one()
 
 
-def test_levels_double_from_redrive_after_up_to_the_ceiling_then_share_one_range() -> None:
-    assert RULE.levels() == [
-        (0, 0, 60),
-        (1, 1, 120),
-        (2, 2, 240),
-        (3, 3, 480),
-        (4, 4, 960),
-        (5, 5, 1920),
-        (6, 19, 3600),
-    ]
-    assert len(replace(RULE, max_redrives=10_000).levels()) == 7  # bounded whatever the cap
-    assert replace(RULE, max_redrives=3).levels() == [(0, 0, 60), (1, 1, 120), (2, 2, 240)]
-    assert replace(RULE, max_redrives=0).levels() == []
-    assert RULE.delay(10_000) == 3600  # no overflow
-
-
-def test_only_unacknowledged_rows_past_their_own_backoff_are_redriven(engine: Engine) -> None:
+def test_only_unacknowledged_rows_unanswered_for_the_delay_are_redriven_however_often_before(
+    engine: Engine,
+) -> None:
+    """Lost for the fifth time, a message comes back as fast as the first: no backoff grows with redrives."""
     due = {
         "first, just late": add_row(engine, published_ago=61),
-        "once, past 120 s": add_row(engine, published_ago=121, redrives=1),
-        "many, past the ceiling": add_row(engine, published_ago=3601, redrives=10),
-        "last allowed": add_row(engine, published_ago=3601, redrives=19),
+        "once, just late": add_row(engine, published_ago=61, redrives=1),
+        "five times, just late": add_row(engine, published_ago=61, redrives=5),
+        "last allowed": add_row(engine, published_ago=61, redrives=19),
     }
     not_due = {
         "answer may still come": add_row(engine, published_ago=59),
-        "once, backing off": add_row(engine, published_ago=119, redrives=1),
-        "many, backing off": add_row(engine, published_ago=3500, redrives=10),
+        "once, answer may still come": add_row(engine, published_ago=59, redrives=1),
+        "many, answer may still come": add_row(engine, published_ago=59, redrives=10),
         "acknowledged": add_row(engine, published_ago=9999, acknowledged=True),
         "not published yet": add_row(engine, published_ago=None),
         "out of redrives": add_row(engine, published_ago=99999, redrives=20),
@@ -174,8 +161,8 @@ def test_the_relay_republishes_an_unanswered_message_with_its_message_id_until_t
         conn.execute(update(outbox).where(outbox.c.id == answered).values(acknowledged_at=utcnow()))
 
     sent_per_tick = []
-    for tick in range(4):
-        set_published(engine, lost, ago=RULE.delay(tick) + 1)  # its backoff has passed
+    for _ in range(4):
+        set_published(engine, lost, ago=RULE.after + 1)  # unanswered for the delay, every time
         set_published(engine, answered, ago=99999)
         relay.redrive_unanswered()
         before = len(publisher.sent)
@@ -215,7 +202,7 @@ def test_retention_never_purges_an_unacknowledged_row_that_expects_an_answer(eng
 
 def test_no_redrive_while_tasks_still_wait_in_the_queue_then_one_once_it_is_empty(engine: Engine) -> None:
     """Evidence of loss: an unanswered message may still sit in a queue that holds tasks."""
-    unanswered = add_row(engine, published_ago=RULE.delay(0) + 1)
+    unanswered = add_row(engine, published_ago=RULE.after + 1)
     relay, publisher = relay_with(engine)
     publisher.waiting = lambda: 3  # type: ignore[method-assign]  # no worker has taken them yet
 

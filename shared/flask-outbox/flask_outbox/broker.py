@@ -16,6 +16,9 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuError, RedisError, OSErro
 """What a broker outage raises: a publisher reports these per row and never lets them escape."""
 
 
+UNACKED_MUTEX_EXPIRE_SECONDS = 10
+
+
 def broker_config(settings: Settings) -> dict[str, Any]:
     """Celery configuration keys for the broker named by ``settings.broker_url``."""
     options: dict[str, Any] = {"visibility_timeout": settings.broker_visibility_timeout}
@@ -52,6 +55,9 @@ def worker_broker_config(settings: Settings) -> dict[str, Any]:
             **config["broker_transport_options"],
             "unacked_restore_interval": sweep,
             "unacked_restore_throttle": 1,
+            # The restore lock: kombu keeps it 300 s, so a worker SIGKILLed mid-restore would block every
+            # restore (a lost worker's reservations) for 5 minutes. A restore takes well under a second.
+            "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE_SECONDS,
         }
     return config
 

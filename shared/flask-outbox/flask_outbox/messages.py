@@ -49,6 +49,10 @@ class Publisher(Protocol):
         """Tasks in this publisher's queues that no worker has taken yet (0 where it cannot tell)."""
         ...
 
+    def reachable(self) -> bool:
+        """Whether the broker answers now (a cheap probe; never raises)."""
+        ...
+
     def close(self) -> None: ...
 
 

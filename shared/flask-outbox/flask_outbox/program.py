@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,9 @@ __all__ = ["EXIT_ALREADY_RUNNING", "RelayProgram"]
 log = structlog.get_logger(__name__)
 
 EXIT_ALREADY_RUNNING = 3
+_STALLED_EXIT_CODE = 4
+"""The exit code of a relay whose loop hung (``relay.stalled_exiting``): restart it."""
+_WATCHDOG_EVERY = 1.0
 
 
 Settings = TypeVar("Settings", bound=OutboxSettings)
@@ -197,6 +202,26 @@ def _serve_health(relay: OutboxRelay, settings: OutboxSettings) -> HealthServer 
     return server
 
 
+def _exit_when_stalled(relay: OutboxRelay, stop: threading.Event) -> None:
+    """A loop that made no progress for the stall bound is hung, not waiting: end the process.
+
+    Waiting for a database or a broker counts as progress (the loop goes round); only a loop stuck
+    in one call does not. Its partitions are already on their way to live relays; exiting lets any
+    supervisor (compose's ``restart: unless-stopped``, systemd, Kubernetes) start a fresh one. The
+    process exits at once (``os._exit``): the stuck thread could never be joined.
+    """
+    checked = resumed = time.monotonic()
+    while not stop.wait(_WATCHDOG_EVERY):
+        now = time.monotonic()
+        if now - checked > 5 * _WATCHDOG_EVERY:  # the whole process was stopped (SIGSTOP, a frozen VM)
+            resumed = now  # the loop gets a fresh bound to find its session gone and go on
+        checked = now
+        age = min(relay.metrics.progress_age(), now - resumed)
+        if age > relay.policy.stall_seconds:
+            log.critical("relay.stalled_exiting", last_progress_age_s=round(age, 1))
+            os._exit(_STALLED_EXIT_CODE)
+
+
 def _serve(relay: OutboxRelay, settings: OutboxSettings) -> int:
     stop = threading.Event()
 
@@ -218,6 +243,7 @@ def _serve(relay: OutboxRelay, settings: OutboxSettings) -> int:
         publisher=type(relay.publisher).__name__,
         database=relay.engine.url.render_as_string(),
     )
+    threading.Thread(target=_exit_when_stalled, args=(relay, stop), name="watchdog", daemon=True).start()
     try:
         relay.run(stop, waiter.wait)
     finally:

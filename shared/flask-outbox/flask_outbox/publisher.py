@@ -66,6 +66,14 @@ class CeleryPublisher:
         """Not known on this transport: the relay never holds back here."""
         return 0
 
+    def reachable(self) -> bool:
+        try:
+            with self._app.connection_for_write() as connection:
+                connection.connect()
+        except BROKER_ERRORS:
+            return False
+        return True
+
     def close(self) -> None:
         self._app.close()
 

@@ -201,6 +201,12 @@ class RedisPipelinePublisher:
                 pipe.llen(queue)
             return sum(int(length) for length in pipe.execute())
 
+    def reachable(self) -> bool:
+        try:
+            return bool(self._client.ping())
+        except BROKER_ERRORS:
+            return False
+
     def close(self) -> None:
         self._client.close()
         self._app.close()

@@ -8,14 +8,17 @@ yet recorded as unacknowledged): the re-drive puts it back in the relay's queue
 (``published_at = NULL``), so the ordinary claim republishes it with the same ``message_id``
 (the consumer deduplicates a message that was merely slow).
 
-Each row backs off on its own: it is due ``min(after * 2**redrives, max_interval)`` after its
-last publication, and after ``max_redrives`` re-drives it is left for an operator (``relay
-status`` counts it; retention never purges it). Nothing here depends on another process having
-reported anything: the absence of an acknowledgement is the whole signal.
+A row is due ``after`` seconds after its last publication, however often it was re-driven before:
+a message lost for the fifth time comes back as fast as the first. What keeps a backlog from being
+copied again and again is the relay, which re-drives only on evidence of loss (no task waiting in
+its queue, ``OutboxRelay._redrive_when_due``), not a delay growing with time. After
+``max_redrives`` re-drives a row is left for an operator (``relay status`` counts it; retention
+never purges it). Nothing here depends on another process having reported anything: the absence of
+an acknowledgement is the whole signal.
 
 Cost: one UPDATE over a partial index on ``(redrives, published_at)`` of the unacknowledged
-published rows, with one index range per backoff level, so a tick touches only rows that are
-due, at most ``batch`` of them, whatever the backlog. Times come from the database's clock.
+published rows, so a tick touches only rows that are due, at most ``batch`` of them, whatever the
+backlog. Times come from the database's clock.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import BigInteger, Connection, Table, Update, and_, any_, func, or_, select, text, update
+from sqlalchemy import BigInteger, Connection, Table, Update, and_, any_, func, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -55,31 +58,10 @@ class RedriveRule:
     """Which topics expect an answer, and when an unanswered one is republished."""
 
     topics: frozenset[str]
-    after: float = 60.0
-    max_interval: float = 3600.0
+    after: float = 90.0
     max_redrives: int = 20
     batch: int = 5_000
     max_batches: int = 20
-
-    def delay(self, redrives: int) -> float:
-        """Seconds after its last publication that a row re-driven ``redrives`` times is due again."""
-        return min(self.after * 2.0 ** min(redrives, 64), self.max_interval)
-
-    def levels(self) -> list[tuple[int, int, float]]:
-        """``(first, last, delay)`` redrive counts sharing one delay: one level per doubling, then the cap.
-
-        Bounded by ``log2(max_interval / after)``, whatever ``max_redrives`` is.
-        """
-        levels: list[tuple[int, int, float]] = []
-        redrives = 0
-        while redrives < self.max_redrives:
-            delay = self.delay(redrives)
-            if delay >= self.max_interval:
-                levels.append((redrives, self.max_redrives - 1, self.max_interval))
-                break
-            levels.append((redrives, redrives, delay))
-            redrives += 1
-        return levels
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +87,9 @@ def _unacknowledged(t: Table, topics: Collection[str]) -> list[ColumnElement[boo
 
 
 def _due(t: Table, rule: RedriveRule, now: datetime) -> ColumnElement[bool]:
-    """One index range per level: ``redrives`` in the level and ``published_at`` before its cut-off."""
-    arms = []
-    for first, last, delay in rule.levels():
-        cut = now - timedelta(seconds=delay)
-        count = t.c.redrives == first if first == last else t.c.redrives.between(first, last)
-        arms.append(and_(count, t.c.published_at < cut))
-    return or_(*arms)
+    """Re-drives left, and published before the cut-off: one range of the partial index."""
+    cut = now - timedelta(seconds=rule.after)
+    return and_(t.c.redrives.between(0, rule.max_redrives - 1), t.c.published_at < cut)
 
 
 def redrive_statement(t: Table, rule: RedriveRule, *, now: datetime, postgres: bool) -> Update:

@@ -64,7 +64,7 @@ from flask_outbox.health import BacklogCollector, RelayMetrics
 from flask_outbox.logs import CORRELATION_HEADER
 from flask_outbox.messages import BatchOutcome, PendingMessage, Publisher
 from flask_outbox.partitions import LockKeys, PartitionLeases
-from flask_outbox.settings import REDRIVE_MAX, REDRIVE_MAX_INTERVAL_SECONDS
+from flask_outbox.settings import REDRIVE_MAX
 
 __all__ = ["OutboxRelay", "RelayPolicy"]
 
@@ -77,6 +77,9 @@ _LOOP_BACKOFF_MAX = 30.0
 _HOLD_TICK = 0.005
 """How often a relay holding back looks at its queues again: the most a held row waits past the moment
 a worker takes the last waiting task."""
+
+_BROKER_PROBE_EVERY = 1.0
+"""How often a relay whose broker failed asks it again: the most a broker that is back waits to be used."""
 
 _TAKEN_WITHIN = 1.0
 """How recently a queue must have gone down for the relay to hold back for it: workers are taking from it."""
@@ -121,7 +124,6 @@ class RelayPolicy:
     """Rows per purge DELETE: a short transaction whatever the table's size."""
     purge_max_batches: int = 20
     """DELETEs per purge round: the loop gets back to publishing within a second or so."""
-    redrive_max_interval: float = REDRIVE_MAX_INTERVAL_SECONDS
     redrive_max: int = REDRIVE_MAX
     redrive_interval: float = 5.0
     """Seconds between scans for unanswered messages: small against the re-drive delay (90 s)."""
@@ -138,7 +140,6 @@ class RelayPolicy:
         return redrive.RedriveRule(
             topics=self.expects_answer,
             after=self.redrive_after,
-            max_interval=self.redrive_max_interval,
             max_redrives=self.redrive_max,
             batch=self.redrive_batch,
         )
@@ -295,7 +296,17 @@ class OutboxRelay:
             max_backoff=self.policy.max_backoff,
         )
         self.metrics.parked.inc(sum(1 for failure in recorded if failure.parked))
+        refused = [failure for failure in recorded if failure.message.id in transient]
+        if refused:  # one line per batch: the broker is down, and every row says the same
+            log.warning(
+                "outbox.broker_refused",
+                rows=len(refused),
+                error=refused[0].error,
+                message_ids=[str(failure.message.message_id) for failure in refused[:_LOGGED_IDS]],
+            )
         for failure in recorded:
+            if failure.message.id in transient:
+                continue
             log.warning(
                 "outbox.publish_failed",
                 message_id=str(failure.message.message_id),
@@ -393,7 +404,9 @@ class OutboxRelay:
                             partitions=sorted(self._partitions or ()),
                         )
                         failures = 0
-                    if outcome.published and not outcome.failed and self.policy.gather:
+                    if outcome.transient:
+                        self._await_broker(stop)
+                    elif outcome.published and not outcome.failed and self.policy.gather:
                         stop.wait(self.policy.gather)  # then claim again: no notification needed
                     elif outcome.failed or len(outcome.published) < self.policy.batch_size:
                         wait()
@@ -403,6 +416,30 @@ class OutboxRelay:
                     self._back_off(exc, failures, stop)
         finally:
             self.disconnect()
+
+    def _await_broker(self, stop: threading.Event) -> None:
+        """The broker refused a publish: wait for it as one thing, probing it every second.
+
+        The failed rows stay due (``store.record_failures``), so everything that waited goes out in the
+        claims that follow the first answer. Half the stall bound into the wait, a relay that holds
+        partitions gives them up: the broker may well answer the other relays (a broken route or
+        password here is not an outage there), which take them at their next rebalance; this relay
+        takes its share again once its broker answers.
+        """
+        since = time.monotonic()
+        log.warning("relay.broker_unavailable", partitions=sorted(self._partitions or ()))
+        while not stop.wait(_BROKER_PROBE_EVERY):
+            self.metrics.progressed()  # alive and waiting: /readyz, not /healthz, reports the broker
+            if self.publisher.reachable():
+                log.info("relay.broker_back", waited_s=round(time.monotonic() - since, 1))
+                return
+            if self._conn is None:
+                continue
+            if self._partitions and time.monotonic() - since >= self.policy.stall_seconds / 2:
+                log.warning("relay.partitions_released", partitions=sorted(self._partitions))
+                self.disconnect()
+            else:
+                self.rebalance()  # the heartbeat of a relay that still holds its partitions
 
     def _workers_behind(self) -> bool:
         """Whether tasks published earlier still wait in a queue while workers are taking from it.
@@ -441,8 +478,13 @@ class OutboxRelay:
         self.metrics.progressed()
 
     def _back_off(self, exc: Exception, failures: int, stop: threading.Event) -> None:
-        """Log the failure, drop the session (its locks and any open batch go with it), wait."""
+        """Log the failure, drop the session (its locks and any open batch go with it), wait.
+
+        Backing off is progress of the loop (``/healthz`` stays 200, ``/readyz`` names the database):
+        a relay waiting out a database outage is alive, and its watchdog must not end it.
+        """
         self.metrics.loop_errors.inc()
+        self.metrics.progressed()
         delay = jittered_backoff(failures, self.policy.base_backoff, _LOOP_BACKOFF_MAX)
         if isinstance(exc, DBAPIError):
             sqlstate = getattr(exc.orig, "sqlstate", None)

@@ -31,7 +31,6 @@ from flask_outbox.credentials import check_url_password
 __all__ = [
     "LATENESS_BOUND_SECONDS",
     "REDRIVE_MAX",
-    "REDRIVE_MAX_INTERVAL_SECONDS",
     "ConsumerSettings",
     "OutboxSettings",
     "PipelineSettings",
@@ -47,9 +46,6 @@ LATENESS_BOUND_SECONDS = 120.0
 REDRIVE_MAX = 20
 """Re-drives per unanswered message; after that it stays unacknowledged for an operator (``relay status``)."""
 
-REDRIVE_MAX_INTERVAL_SECONDS = 3600.0
-"""Ceiling of the re-drive backoff (``OUTBOX_REDRIVE_AFTER_SECONDS * 2**redrives``): an hour between
-republishes of a message nobody answers is as often as is useful and as seldom as is safe."""
 
 
 def restore_sweep_seconds(visibility_timeout: float) -> float:
@@ -198,11 +194,6 @@ class RelaySettings(PipelineSettings):
     def outbox_redrive_max(self) -> int:
         """``REDRIVE_MAX`` (a constant since it stopped being a setting)."""
         return REDRIVE_MAX
-
-    @property
-    def outbox_redrive_max_interval(self) -> float:
-        """``REDRIVE_MAX_INTERVAL_SECONDS`` (a constant since it stopped being a setting)."""
-        return REDRIVE_MAX_INTERVAL_SECONDS
 
 
 class ConsumerSettings(PipelineSettings):

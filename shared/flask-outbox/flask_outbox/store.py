@@ -217,14 +217,19 @@ def record_failures(
 ) -> list[RecordedFailure]:
     """Back off each failed row; park it once it has used up its attempts, unless the broker was at fault.
 
-    Rows of one aggregate share one retry time, so they come due together and stay in order.
+    A row the broker failed (``transient``) stays due: the broker is one thing that is up or down, so
+    the relay waits for it as a whole and sends everything the moment it answers, instead of each row
+    waiting out a backoff of its own. Rows of one aggregate share one retry time, so they come due
+    together and stay in order.
     """
     delays: dict[str, timedelta] = {}
     recorded: list[RecordedFailure] = []
     for message, error in failures:
         attempts = message.attempts + 1
-        delay = delays.setdefault(message.aggregate_id, backoff(attempts, base_backoff, max_backoff))
-        parked = attempts >= max_attempts and message.id not in transient
+        broker_fault = message.id in transient
+        own = timedelta(0) if broker_fault else backoff(attempts, base_backoff, max_backoff)
+        delay = delays.setdefault(message.aggregate_id, own)
+        parked = attempts >= max_attempts and not broker_fault
         recorded.append(RecordedFailure(message, error, attempts, delay, parked))
     if not recorded:
         return recorded
