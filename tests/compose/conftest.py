@@ -29,6 +29,17 @@ from tests.compose.engine import (
 )
 
 REQUIRED_ENV = "COMPOSE_TEST_REQUIRED"
+SECRETS = (
+    "POSTGRES_PASSWORD",
+    "ORDERS_OWNER_PASSWORD",
+    "ORDERS_APP_PASSWORD",
+    "INVOICES_OWNER_PASSWORD",
+    "INVOICES_APP_PASSWORD",
+    "REDIS_PASSWORD",
+    "SECRET_KEY",
+    "MESSAGE_SIGNING_KEY",
+)
+"""The .env secrets made fresh for each stack (API_KEYS and FLOWER_BASIC_AUTH have shapes of their own)."""
 
 
 def free_port() -> int:
@@ -99,13 +110,14 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         api_key = "osk_" + secrets.token_urlsafe(32)
         port = free_port()
         # The secrets come from an .env file, as in production; only the image names differ from .env.example.
+        # Hex: no placeholder word can turn up in a random password by chance.
         env_file.write_text(
             "".join(
                 f"{key}={value}\n"
                 for key, value in {
-                    "POSTGRES_PASSWORD": secrets.token_hex(16),
+                    **{name: secrets.token_hex(24) for name in SECRETS},
                     "API_KEYS": api_key,
-                    "FLOWER_BASIC_AUTH": f"ops:{secrets.token_hex(12)}",
+                    "FLOWER_BASIC_AUTH": f"ops:{secrets.token_hex(24)}",
                     "API_PORT": str(port),
                     **images,
                 }.items()

@@ -222,6 +222,7 @@ class Container:
     health: str | None  # starting, healthy, unhealthy; None without a healthcheck
     exit_code: int
     published: tuple[str, ...]  # host ports bound, "0.0.0.0:8000->8000/tcp"
+    networks: tuple[str, ...]  # the compose networks it is on, without the project's prefix: "backend"
 
     @classmethod
     def of(cls, inspected: Mapping[str, Any]) -> Container:
@@ -239,6 +240,12 @@ class Container:
             health=(state.get("Health") or {}).get("Status"),
             exit_code=int(state["ExitCode"]),
             published=published,
+            networks=tuple(
+                sorted(
+                    name.removeprefix(f"{inspected['Config']['Labels']['com.docker.compose.project']}_")
+                    for name in inspected["NetworkSettings"].get("Networks") or {}
+                )
+            ),
         )
 
 

@@ -91,7 +91,10 @@ def scrape_inside(stack: Stack, service: str, port: int) -> str:
 
 
 def psql(stack: Stack, database: str, sql: str) -> list[list[str]]:
-    out = stack.project.exec("postgres", "psql", "-U", "outbox", "-d", database, "-At", "-F", "|", "-c", sql)
+    """As the bootstrap superuser, over the container's socket: the operator's way in, no service's."""
+    out = stack.project.exec(
+        "postgres", "psql", "-U", "postgres", "-d", database, "-At", "-F", "|", "-c", sql
+    )
     return [line.split("|") for line in out.splitlines() if line]
 
 
@@ -134,6 +137,9 @@ def test_every_service_is_healthy_and_only_the_api_publishes_a_port(stack: Stack
     assert (containers["migrate"].status, containers["migrate"].exit_code) == ("exited", 0)
     published = {service: c.published for service, c in containers.items() if c.published}
     assert set(published) == {"api"}, "Postgres and Redis must stay on the compose network"
+    on_edge = {service for service, c in containers.items() if "edge" in c.networks}
+    assert on_edge == {"api"}, "only the API is reachable from outside the internal backend network"
+    assert all("backend" in c.networks for c in containers.values())
     assert any(
         binding.endswith(f":{stack.base_url.rsplit(':', 1)[1]}->8000/tcp") for binding in published["api"]
     )
@@ -165,24 +171,107 @@ def test_orders_placed_through_the_api_port_come_back_invoiced(stack: Stack) -> 
         place_and_see_invoiced(stack, client, count=20, seed=11)
 
 
-def test_the_api_and_relays_serve_metrics(stack: Stack) -> None:
+def test_the_api_and_relays_serve_metrics_on_unpublished_ports(stack: Stack) -> None:
     with httpx.Client(base_url=stack.base_url, timeout=30) as client:
         place_and_see_invoiced(stack, client, count=5, seed=13)  # invoiced: both legs went round
-        api = metrics(client.get("/metrics").text)
+        assert client.get("/metrics").status_code in {401, 404}, "no metrics on the public port"
     placed = len(stack.accepted)
-    assert api["orders_placed_total"] >= placed
-    # No published port: scraped from inside the containers; the order relay publishes every order.placed.
+    # No published port: scraped from inside the containers (METRICS_PORT, 9101, in each).
+    assert metrics(scrape_inside(stack, "api", 9101))["orders_placed_total"] >= placed
+    # The order relay publishes every order.placed.
     assert metrics(scrape_inside(stack, "relay", 9101))["outbox_relay_published_total"] >= placed
     assert metrics(scrape_inside(stack, "invoice-relay", 9101))["outbox_relay_published_total"] >= placed
     for worker in ("worker", "order-consumer"):
         try:
-            scraped = metrics(scrape_inside(stack, worker, 9102))
+            scraped = metrics(scrape_inside(stack, worker, 9101))
         except EngineError as exc:
             if "Connection refused" not in str(exc):
                 raise
-            stack.notes.append(f"{worker}: nothing listens on WORKER_METRICS_PORT (9102), not scraped")
+            stack.notes.append(f"{worker}: nothing listens on METRICS_PORT (9101), not scraped")
         else:
             assert scraped, worker
+
+
+SCHEMA_CHANGES = """
+import os, sqlalchemy
+engine = sqlalchemy.create_engine(os.environ[{variable!r}])
+changes = ["CREATE TABLE sneaky (id int)", "DROP TABLE {table}", "ALTER TABLE outbox ADD COLUMN sneaky int"]
+for statement in changes:
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(statement)
+    except sqlalchemy.exc.ProgrammingError as exc:
+        print(exc.orig.sqlstate)
+    else:
+        print("allowed")
+other = engine.url.set(database={other!r})
+try:
+    sqlalchemy.create_engine(other).connect().close()
+except sqlalchemy.exc.OperationalError as exc:
+    print("permission denied for database" in str(exc))
+else:
+    print("connected")
+"""
+"""Run in a service's container with its own URL: every schema change, then the other service's database."""
+
+
+@pytest.mark.parametrize(
+    ("service", "variable", "table", "other"),
+    [
+        ("relay", "ORDERS_DATABASE_URL", "orders", "invoices"),
+        ("worker", "INVOICES_DATABASE_URL", "invoices", "orders"),
+    ],
+)
+def test_the_services_connect_as_app_roles_that_cannot_change_the_schema(
+    stack: Stack, service: str, variable: str, table: str, other: str
+) -> None:
+    code = SCHEMA_CHANGES.format(variable=variable, table=table, other=other)
+    assert stack.project.exec(service, "python", "-c", code).split() == ["42501", "42501", "42501", "True"]
+    sessions = psql(
+        stack,
+        "postgres",
+        "SELECT DISTINCT datname, usename FROM pg_stat_activity "
+        "WHERE datname IN ('orders', 'invoices') AND backend_type = 'client backend'",
+    )
+    assert {tuple(row) for row in sessions} == {("orders", "orders_app"), ("invoices", "invoices_app")}
+
+
+REDIS_ACCESS = """
+import os, redis
+def attempt(client, *command):
+    try:
+        client.execute_command(*command)
+    except redis.RedisError as exc:
+        return type(exc).__name__
+    return "allowed"
+anonymous = redis.Redis(host="redis")
+app = redis.Redis.from_url(os.environ["BROKER_URL"])
+print(attempt(anonymous, "PING"), attempt(anonymous, "LPUSH", "invoices", "forged"))
+print(attempt(app, "PING"), attempt(app, "FLUSHALL"), attempt(app, "CONFIG", "GET", "*"))
+"""
+"""From the API's container (the internet-facing one): Redis without credentials, then as the ACL user."""
+
+
+def test_redis_refuses_unauthenticated_clients_and_dangerous_commands(stack: Stack) -> None:
+    anonymous, app = stack.project.exec("api", "python", "-c", REDIS_ACCESS).splitlines()
+    assert anonymous.split() == ["AuthenticationError", "AuthenticationError"], "NOAUTH, nothing forged"
+    assert app.split() == ["allowed", "NoPermissionError", "NoPermissionError"]
+
+
+def test_flower_refuses_to_start_with_a_weak_password(stack: Stack) -> None:
+    weak = stack.project.run(
+        "run",
+        "--rm",
+        "--no-deps",
+        "-e",
+        "FLOWER_BASIC_AUTH=ops:change-me",
+        "flower",
+        timeout=120,
+        check=False,
+    )
+    assert weak.returncode == 2, weak.stdout + weak.stderr
+    assert "the password of FLOWER_BASIC_AUTH entry 1 is a placeholder" in weak.stderr + weak.stdout
+    assert "change-me" not in weak.stderr + weak.stdout
 
 
 class OrderStream(threading.Thread):

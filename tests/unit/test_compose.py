@@ -23,6 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 INIT_SCRIPT = ROOT / "deploy" / "postgres" / "init-databases.sh"
+ROLES_SQL = ROOT / "deploy" / "postgres" / "roles.sql"
+REDIS_START = ROOT / "deploy" / "redis" / "start.sh"
+ENV_EXAMPLE = ROOT / ".env.example"
 
 PIPELINE = {"api", "relay", "worker", "invoice-relay", "order-consumer"}
 """The five processes of the loop: orders -> invoices -> InvoiceCreated -> orders invoiced."""
@@ -31,7 +34,21 @@ APP_SERVICES = {"migrate", *PIPELINE}
 LONG_RUNNING = {"postgres", "redis", "flower", *PIPELINE}
 CELERY_WORKERS = ["worker", "order-consumer"]
 ALLOWED_CONDITIONS = {"service_healthy", "service_completed_successfully"}
-PASSWORD_INTERPOLATION = re.compile(r"^\$\{POSTGRES_PASSWORD(?::?[-?][^}]*)?\}$")
+SECRET_INTERPOLATION = re.compile(r"^\$\{[A-Z_]*(PASSWORD|KEY|KEYS|AUTH):\?[^}]*\}$")
+"""A secret from .env, required: ``${NAME:?message}`` (compose refuses to start without it)."""
+USERINFO = re.compile(r"://(?P<user>[^/:@\s]+):(?P<password>\$\{[^}]*\}|[^@\s]*)@")
+DATABASE_URLS = {"ORDERS_DATABASE_URL": "orders", "INVOICES_DATABASE_URL": "invoices"}
+DATABASES_USED = {
+    "api": {"orders"},
+    "relay": {"orders"},
+    "order-consumer": {"orders"},
+    "worker": {"invoices"},
+    "invoice-relay": {"invoices"},
+    "flower": set(),
+}
+"""Each long-running app service's databases: its own service's only, as its app role."""
+SIGNING = {"relay", "invoice-relay", "worker", "order-consumer"}
+"""The processes that sign (relays) or check (workers) messages: MESSAGE_SIGNING_KEY."""
 # Executables the app services run, and the distribution (in pyproject dependencies) that provides each.
 EXECUTABLE_DISTRIBUTIONS = {"gunicorn": "gunicorn", "celery": "celery", "flask": "flask"}
 
@@ -160,7 +177,12 @@ def check_program_exists(words: list[str]) -> None:
     elif program in {"python", "python3"}:
         assert_runnable_with_dash_m(option(words, "-m"))
     elif program == "gunicorn":
-        target = next(word for word in words[1:] if not word.startswith("-") and ":" in word)
+        config = option(words, "-c", "--config")
+        assert config.startswith("python:"), "the API's gunicorn hooks serve its /metrics off the public port"
+        assert_module_exists(config.removeprefix("python:"))
+        target = next(
+            word for word in words[1:] if not word.startswith("-") and ":" in word and word != config
+        )
         module_name, attribute = target.split(":", 1)
         spec = assert_module_exists(module_name)
         assert spec.origin is not None
@@ -240,20 +262,42 @@ def test_relays_and_workers_can_be_scaled(services: dict[str, Service], name: st
     assert "hostname" not in service
 
 
-def test_the_postgres_password_comes_from_the_environment(services: dict[str, Service]) -> None:
+def test_every_postgres_password_comes_from_the_environment(services: dict[str, Service]) -> None:
     postgres_env = environment(services["postgres"])
-    assert postgres_env["POSTGRES_USER"] == "outbox"
-    assert PASSWORD_INTERPOLATION.match(postgres_env["POSTGRES_PASSWORD"])
+    assert postgres_env["POSTGRES_USER"] == "postgres"  # the bootstrap superuser, for operators only
+    for name in ("POSTGRES", "ORDERS_OWNER", "ORDERS_APP", "INVOICES_OWNER", "INVOICES_APP"):
+        assert SECRET_INTERPOLATION.match(postgres_env[f"{name}_PASSWORD"]), name
 
 
 def test_no_literal_secret_is_written_in_the_compose_file(compose: dict[str, Any]) -> None:
     for service in compose["services"].values():
         for key, value in environment(service).items():
-            if re.search(r"PASSWORD|SECRET|TOKEN|API_KEYS", key):
-                assert value == "" or value.startswith("${"), f"{key} is hard-coded"
-    for text in all_strings(compose):
-        for userinfo in re.findall(r"://[^/@\s]+:([^@\s]*)@", text):
-            assert PASSWORD_INTERPOLATION.match(userinfo), f"literal password in {text!r}"
+            if re.search(r"PASSWORD|SECRET|TOKEN|API_KEYS|SIGNING|AUTH", key):
+                assert SECRET_INTERPOLATION.match(value), f"{key} is hard-coded or not required"
+    userinfos = [match for text in all_strings(compose) for match in USERINFO.finditer(text)]
+    assert len(userinfos) >= 5, "the database and broker URLs carry their passwords"
+    for userinfo in userinfos:
+        assert SECRET_INTERPOLATION.match(userinfo["password"]), f"literal password for {userinfo['user']}"
+
+
+def test_every_required_variable_is_in_env_example_and_empty_there() -> None:
+    """A copied .env.example does not start: compose stops at the first secret left empty."""
+    required = set(re.findall(r"\$\{([A-Z_]+):\?", COMPOSE_FILE.read_text(encoding="utf-8")))
+    assert {"REDIS_PASSWORD", "MESSAGE_SIGNING_KEY", "SECRET_KEY", "ORDERS_APP_PASSWORD"} <= required
+    example = dict(
+        line.split("=", 1)
+        for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines()
+        if re.match(r"^[A-Z]", line)
+    )
+    for name in sorted(required):
+        assert example.get(name) == "", f"{name} must be in .env.example, empty"
+    assert "secrets.token_urlsafe(32)" in ENV_EXAMPLE.read_text(encoding="utf-8")  # how to make one
+
+
+def url_user(url: str) -> str:
+    match = USERINFO.search(url)
+    assert match is not None, url
+    return match["user"]
 
 
 def test_app_services_share_one_image_and_the_fixed_environment(services: dict[str, Service]) -> None:
@@ -261,13 +305,58 @@ def test_app_services_share_one_image_and_the_fixed_environment(services: dict[s
     assert len(images) == 1
     for name in APP_SERVICES:
         env = environment(services[name])
-        assert env["ORDERS_DATABASE_URL"].startswith("postgresql+psycopg://outbox:")
-        assert env["ORDERS_DATABASE_URL"].endswith("@postgres:5432/orders")
-        assert env["INVOICES_DATABASE_URL"].endswith("@postgres:5432/invoices")
-        assert env["BROKER_URL"] == "redis://redis:6379/0"
         assert env["LOG_FORMAT"] == "json"
-        assert env["API_KEYS"].startswith("${API_KEYS:?"), "compose must refuse to start without API keys"
         assert services[name]["build"]["context"] == "."
+    assert environment(services["api"])["API_KEYS"].startswith("${API_KEYS:?"), "no API without keys"
+
+
+@pytest.mark.parametrize("name", sorted(DATABASES_USED))
+def test_each_service_connects_to_its_own_database_as_its_app_role_and_to_redis_as_app(
+    services: dict[str, Service], name: str
+) -> None:
+    env = environment(services[name])
+    used = {database for variable, database in DATABASE_URLS.items() if variable in env}
+    assert used == DATABASES_USED[name], "a service holds no credentials for the other service's database"
+    for variable, database in DATABASE_URLS.items():
+        if variable in env:
+            assert env[variable].startswith(f"postgresql+psycopg://{database}_app:")
+            assert env[variable].endswith(f"@postgres:5432/{database}")
+    assert env["BROKER_URL"].startswith("redis://app:${REDIS_PASSWORD:?")
+    assert env["BROKER_URL"].endswith("@redis:6379/0")
+    assert ("MESSAGE_SIGNING_KEY" in env) == (name in SIGNING)
+
+
+def test_only_migrate_connects_as_the_owners(services: dict[str, Service]) -> None:
+    env = environment(services["migrate"])
+    assert {url_user(env[variable]) for variable in DATABASE_URLS} == {"orders_owner", "invoices_owner"}
+    assert "BROKER_URL" not in env  # migrations need no broker
+    for name, service in services.items():
+        for value in environment(service).values():
+            if "://" in value and USERINFO.search(value):
+                assert url_user(value) in {"orders_app", "invoices_app", "app"} or name == "migrate", name
+
+
+def test_only_the_api_reaches_the_edge_network(compose: dict[str, Any], services: dict[str, Service]) -> None:
+    """Postgres, Redis and the pipeline sit on an internal network: no way in from the host, none out."""
+    assert compose["networks"]["backend"] == {"internal": True}
+    assert not compose["networks"]["edge"] or not compose["networks"]["edge"].get("internal")
+    for name, service in services.items():
+        networks = set(service["networks"])
+        assert networks == ({"backend", "edge"} if name == "api" else {"backend"}), name
+
+
+def test_redis_refuses_clients_without_the_app_users_password(services: dict[str, Service]) -> None:
+    redis = services["redis"]
+    command = argv(redis["command"])
+    assert command[:2] == ["sh", "/usr/local/share/order-outbox/redis-start.sh"]
+    assert f"./deploy/redis/start.sh:{command[1]}:ro" in redis["volumes"]
+    script = REDIS_START.read_text(encoding="utf-8")
+    assert "user default off" in script
+    assert "user app on #%s" in script  # the password's SHA-256, not the password
+    assert "-@dangerous" in script
+    env = environment(redis)
+    assert env["REDIS_PASSWORD"] == env["REDISCLI_AUTH"]  # the healthcheck's redis-cli authenticates
+    assert healthcheck_argv(redis)[:3] == ["redis-cli", "--user", "app"]
 
 
 def test_redis_persists_every_published_task(services: dict[str, Service]) -> None:
@@ -285,14 +374,18 @@ def test_postgres_creates_both_databases_at_init(services: dict[str, Service]) -
     assert source.resolve() == INIT_SCRIPT
     script = INIT_SCRIPT.read_text(encoding="utf-8")
     assert script.startswith("#!")
-    assert "orders" in script
-    assert "invoices" in script
+    assert "roles orders " in script
+    assert "roles invoices " in script
+    roles_path = re.search(r"ROLES_SQL:-([^}]+)\}", script)
+    assert roles_path is not None
+    assert f"./deploy/postgres/roles.sql:{roles_path[1]}:ro" in mounts  # the SQL the integration test runs
+    assert ROLES_SQL.is_file()
     assert any(m.endswith(":/var/lib/postgresql/data") for m in mounts)
 
 
 def test_compose_v1_accepts_the_file(compose: dict[str, Any]) -> None:
     """docker-compose 1.29 rejects a top-level ``name:``; ``make up`` passes the project name instead."""
-    assert set(compose) <= {"services", "volumes", "networks", "x-app"}
+    assert {key for key in compose if not key.startswith("x-")} <= {"services", "volumes", "networks"}
 
 
 @pytest.mark.parametrize(
@@ -316,10 +409,10 @@ def test_data_lives_in_named_volumes(compose: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("name", CELERY_WORKERS)
 def test_worker_healthcheck_asks_the_workers_readiness_probe(services: dict[str, Service], name: str) -> None:
-    """The parent process's /readyz on WORKER_METRICS_PORT: the database and the broker answer."""
+    """The parent process's /readyz on METRICS_PORT: the database and the broker answer."""
     probe = " ".join(healthcheck_argv(services[name]))
-    assert "http://127.0.0.1:9102/readyz" in probe
-    assert "WORKER_METRICS_PORT" not in environment(services[name])  # the default port, as probed
+    assert "http://127.0.0.1:9101/readyz" in probe
+    assert "METRICS_PORT" not in environment(services[name])  # the default port, as probed
 
 
 @pytest.mark.usefixtures("project_on_path")
@@ -381,7 +474,15 @@ def test_flower_watches_the_workers_behind_basic_auth_without_a_published_port(
     services: dict[str, Service],
 ) -> None:
     flower = services["flower"]
-    assert argv(flower["command"])[:4] == ["celery", "-A", "invoice_worker", "flower"]
+    check, start = simple_commands(argv(flower["command"]))
+    assert check == [
+        "python",
+        "-m",
+        "flask_outbox.credentials",
+        "FLOWER_BASIC_AUTH",
+    ]  # a weak password: exit 2
+    assert start[:5] == ["exec", "celery", "--broker", "$$BROKER_URL", "flower"]  # no app, no app settings
+    assert_runnable_with_dash_m("flask_outbox.credentials")
     assert environment(flower)["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")  # required, from .env
     assert "ports" not in flower
     assert "/healthcheck" in " ".join(healthcheck_argv(flower))  # the one page Flower serves without auth
