@@ -246,15 +246,19 @@ def run(factory: PostgresFactory, root: Path, name: str) -> Outcome:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.fault.long", description=__doc__)
-    parser.add_argument("scenarios", nargs="*", choices=list(SCENARIOS), default=list(SCENARIOS))
+    parser.add_argument("scenarios", nargs="*", help=f"some of {', '.join(SCENARIOS)} (default: all)")
     parser.add_argument("--postgres-url", default=os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES))
     parser.add_argument("--record", type=Path, help="also write the report here, with the commit it ran")
     args = parser.parse_args(argv)
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
+    names = args.scenarios or list(SCENARIOS)
     factory = PostgresFactory(args.postgres_url)
     started = time.monotonic()
     try:
         with tempfile.TemporaryDirectory(prefix="faults-long-") as temporary:
-            outcomes = [run(factory, Path(temporary), name) for name in args.scenarios]
+            outcomes = [run(factory, Path(temporary), name) for name in names]
     finally:
         factory.close()
     report = "\n".join(outcome.line() for outcome in outcomes)

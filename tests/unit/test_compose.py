@@ -262,6 +262,15 @@ def test_relays_and_workers_can_be_scaled(services: dict[str, Service], name: st
     assert "hostname" not in service
 
 
+@pytest.mark.parametrize("relay", ["relay", "invoice-relay"])
+def test_two_relays_of_each_kind_run_and_one_that_exits_is_restarted(
+    services: dict[str, Service], relay: str
+) -> None:
+    """A second relay takes the first's partitions when it dies, hangs (its watchdog exits) or loses Redis."""
+    assert services[f"{relay}-2"] == services[relay]
+    assert services[relay]["restart"] == "unless-stopped"
+
+
 def test_every_postgres_password_comes_from_the_environment(services: dict[str, Service]) -> None:
     postgres_env = environment(services["postgres"])
     assert postgres_env["POSTGRES_USER"] == "postgres"  # the bootstrap superuser, for operators only

@@ -51,10 +51,7 @@ _LOCK_KEY = zlib.crc32(b"flask_outbox:inbox-prune") & 0x7FFFFFFF
 
 def redelivery_window(settings: Settings) -> timedelta:
     """The longest a message can still arrive after it was first processed (an upper bound)."""
-    redrive = (
-        settings.outbox_redrive_after_seconds
-        + settings.outbox_redrive_max * _REDRIVE_SPACING_ALLOWED
-    )
+    redrive = settings.outbox_redrive_after_seconds + settings.outbox_redrive_max * _REDRIVE_SPACING_ALLOWED
     worker = (
         settings.worker_max_retries * settings.worker_retry_backoff_max
         + settings.worker_max_deliveries * settings.broker_visibility_timeout

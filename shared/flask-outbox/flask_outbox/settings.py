@@ -47,7 +47,6 @@ REDRIVE_MAX = 20
 """Re-drives per unanswered message; after that it stays unacknowledged for an operator (``relay status``)."""
 
 
-
 def restore_sweep_seconds(visibility_timeout: float) -> float:
     """How often a consuming worker sweeps Redis for expired unacknowledged tasks: a quarter of the
     visibility timeout, 1 to 10 s (``flask_outbox.broker.worker_broker_config`` configures it)."""
