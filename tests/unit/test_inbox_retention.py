@@ -81,6 +81,33 @@ def test_rows_older_than_the_retention_are_pruned_in_batches_and_younger_ones_ke
     assert _counts(worker) == (3, 3)
 
 
+def test_dead_letters_older_than_the_retention_are_pruned_too(worker: InboxWorker) -> None:
+    """A dead letter is an operator's to replay or drop; one older than the retention goes by itself."""
+    now = utcnow()
+    ages = [timedelta(days=31), timedelta(days=45), timedelta(days=29)]
+    with worker.database.engine.begin() as conn:
+        conn.execute(
+            insert(worker.inbox.dead_letters),
+            [
+                {
+                    "message_id": uuid.uuid4(),
+                    "task_name": "t",
+                    "payload": {},
+                    "reason": "r",
+                    "created_at": now - age,
+                }
+                for age in ages
+            ],
+        )
+
+    pruned = prune_inbox(worker.database.engine, worker.inbox, RETENTION)
+
+    assert pruned.dead_letters == 2
+    with worker.database.session() as session:
+        left = list(session.scalars(select(worker.inbox.dead_letters.c.created_at)))
+    assert len(left) == 1  # the 29-day-old one
+
+
 def test_a_bounded_prune_stops_after_its_batches(worker: InboxWorker) -> None:
     _seed(worker, age=timedelta(days=40), count=5)
 
@@ -193,7 +220,9 @@ def test_prune_command_prints_what_it_deleted(
 
     assert main(["prune"]) == 0
 
-    assert capsys.readouterr().out.strip() == "pruned processed_messages=4 message_deliveries=4"
+    assert (
+        capsys.readouterr().out.strip() == "pruned processed_messages=4 message_deliveries=4 dead_letters=0"
+    )
 
 
 def test_prune_command_refuses_a_retention_shorter_than_the_redelivery_window(

@@ -154,7 +154,10 @@ def _replay(worker: InboxWorker, letter_id: int | None, replay_all: bool) -> int
 
 def _prune(worker: InboxWorker) -> int:
     pruned = prune_inbox(worker.database.engine, worker.inbox, InboxRetention.from_settings(worker.settings))
-    counts = f"processed_messages={pruned.processed_messages} message_deliveries={pruned.message_deliveries}"
+    counts = (
+        f"processed_messages={pruned.processed_messages} message_deliveries={pruned.message_deliveries} "
+        f"dead_letters={pruned.dead_letters}"
+    )
     print(f"pruned {counts}")
     if pruned.skipped:
         print("another process holds the prune lock: it is pruning the rest", file=sys.stderr)

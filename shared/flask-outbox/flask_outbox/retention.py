@@ -88,12 +88,14 @@ class Pruned:
     message_deliveries: int = 0
     skipped: bool = False
     """Another process held the prune lock; it is doing this round."""
+    dead_letters: int = 0
 
     def __add__(self, other: Pruned) -> Pruned:
         return Pruned(
             self.processed_messages + other.processed_messages,
             self.message_deliveries + other.message_deliveries,
             self.skipped or other.skipped,
+            self.dead_letters + other.dead_letters,
         )
 
 
@@ -118,8 +120,13 @@ def _prune_batch(conn: Connection, tables: InboxTables, cutoff: datetime, batch:
         .limit(batch)
     )
     inbox = delete(tables.processed).where(processed_c.message_id.in_(processed.scalar_subquery()))
+    letters_c = tables.dead_letters.c
+    old_letters = select(letters_c.id).where(letters_c.created_at < cutoff).order_by(letters_c.created_at)
+    letters = delete(tables.dead_letters).where(letters_c.id.in_(old_letters.limit(batch).scalar_subquery()))
     return Pruned(
-        processed_messages=conn.execute(inbox).rowcount, message_deliveries=conn.execute(delivered).rowcount
+        processed_messages=conn.execute(inbox).rowcount,
+        message_deliveries=conn.execute(delivered).rowcount,
+        dead_letters=conn.execute(letters).rowcount,
     )
 
 
@@ -144,13 +151,14 @@ def prune_inbox(
                 return total + Pruned(skipped=True)
             pruned = _prune_batch(conn, tables, cutoff, policy.batch)
         total += pruned
-        if max(pruned.processed_messages, pruned.message_deliveries) < policy.batch:
+        if max(pruned.processed_messages, pruned.message_deliveries, pruned.dead_letters) < policy.batch:
             break
-    if total.processed_messages or total.message_deliveries:
+    if total.processed_messages or total.message_deliveries or total.dead_letters:
         log.info(
             "inbox.pruned",
             processed_messages=total.processed_messages,
             message_deliveries=total.message_deliveries,
+            dead_letters=total.dead_letters,
             cutoff=cutoff.isoformat(),
         )
     return total
