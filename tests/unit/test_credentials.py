@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from shared.config import Settings
 
-STRONG = secrets.token_urlsafe(32)
+STRONG = "q8Zr-Lm4tWx7Pc2-Hn6Vd9Ks3Bf5Jy1Gw0Tx"
+"""A fixed strong password: parametrized test ids must be the same in every xdist worker."""
 PLACEHOLDERS = ["change-me", "CHANGE_ME_PLEASE_0123456789", "replace-me", "password", "my-secret-value",
                 "example-example-example", "your-password-here-0000", "x" * 40]  # fmt: skip
 URL_VARIABLES = {
