@@ -24,9 +24,14 @@ from order_service.models import outbox
 from shared.contracts import ORDER_PLACED, OrderPlaced
 
 
+def order_id_for(label: str) -> str:
+    """The test order id named ``label``: a canonical UUID, as the contracts require, the same every run."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, label))
+
+
 def aggregate(n: int) -> str:
-    """The ``n``th test order id: a canonical UUID, as the contracts require, the same in every run."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"agg-{n}"))
+    """The ``n``th test order id."""
+    return order_id_for(f"agg-{n}")
 
 
 def order_payload(order_id: str, seq: int = 0) -> dict[str, Any]:

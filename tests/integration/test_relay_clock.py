@@ -20,7 +20,7 @@ from flask_outbox.writer import OutboxMessage, add_message
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
-from harness.outbox import consumed, order_payload
+from harness.outbox import consumed, order_id_for, order_payload
 from order_service.models import outbox
 from order_service.relay import PROGRAM, build_relay
 from shared.config import Settings
@@ -51,9 +51,8 @@ def _write(engine: Engine, aggregate: str, timezone: str = "UTC") -> datetime:
     """One message through the product writer; returns the database's ``now()`` of that transaction."""
     with Session(engine) as session, session.begin():
         session.execute(text("SELECT set_config('TimeZone', :tz, true)"), {"tz": timezone})
-        add_message(
-            session, outbox, OutboxMessage("order.placed", "order", aggregate, order_payload(aggregate))
-        )
+        message = OutboxMessage("order.placed", "order", aggregate, order_payload(aggregate))
+        add_message(session, outbox, message)
         database_now: datetime = session.execute(text("SELECT now()")).scalar_one()
     return database_now
 
@@ -67,7 +66,7 @@ def test_row_written_by_an_api_host_an_hour_ahead_is_claimed_at_once(
     timezone: str,
 ) -> None:
     monkeypatch.setattr("flask_outbox.writer.utcnow", _ahead)  # the API host's clock
-    database_now = _write(orders_engine, "skewed-writer", timezone)
+    database_now = _write(orders_engine, order_id_for("skewed-writer"), timezone)
     relay = build_relay(pg_settings, orders_engine)
     try:
         assert relay.drain() == 1, "the row was hidden until the API host's clock came round"
@@ -75,7 +74,8 @@ def test_row_written_by_an_api_host_an_hour_ahead_is_claimed_at_once(
         relay.disconnect()
         relay.publisher.close()
 
-    assert [d.aggregate for d in consumed(redis_client, pg_settings.queue("invoices"))] == ["skewed-writer"]
+    delivered = consumed(redis_client, pg_settings.queue("invoices"))
+    assert [d.aggregate for d in delivered] == [order_id_for("skewed-writer")]
     with orders_engine.connect() as conn:
         row = conn.execute(select(outbox.c.created_at, outbox.c.available_at)).one()
     assert row.created_at == row.available_at == database_now
@@ -84,7 +84,7 @@ def test_row_written_by_an_api_host_an_hour_ahead_is_claimed_at_once(
 def test_relay_an_hour_behind_claims_new_rows_at_once(
     relay_behind: OutboxRelay, orders_engine: Engine, redis_client: redis.Redis, pg_settings: Settings
 ) -> None:
-    _write(orders_engine, "skewed-relay")
+    _write(orders_engine, order_id_for("skewed-relay"))
 
     assert relay_behind.drain() == 1, "the relay's clock hid a row that is due by the database's"
     assert len(consumed(redis_client, pg_settings.queue("invoices"))) == 1
@@ -113,7 +113,7 @@ def test_backoff_and_publication_are_stamped_by_the_database_clock(
     pg_settings: Settings, orders_engine: Engine
 ) -> None:
     """A relay an hour ahead would otherwise put a failed row an hour into backoff."""
-    _write(orders_engine, "stamped")
+    _write(orders_engine, order_id_for("stamped"))
     relay = OutboxRelay(orders_engine, outbox, RefusesOnce(), PROGRAM.policy(pg_settings), clock=_ahead)
     try:
         with orders_engine.connect() as conn:

@@ -12,7 +12,14 @@ from flask_outbox.writer import OutboxMessage, add_message
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from harness.outbox import insert_rows, order_payload, outbox_rows, queued_messages, running_relay
+from harness.outbox import (
+    insert_rows,
+    order_id_for,
+    order_payload,
+    outbox_rows,
+    queued_messages,
+    running_relay,
+)
 from harness.waiting import wait_until
 from order_service.models import outbox
 from order_service.relay import build_relay
@@ -41,9 +48,8 @@ class FinishedBatches:
 def _commit_one_message(engine: Engine, order_id: str) -> None:
     """The writer's path: INSERT plus pg_notify in the order's transaction."""
     with Session(engine) as session, session.begin():
-        add_message(
-            session, outbox, OutboxMessage("order.placed", "order", order_id, order_payload(order_id))
-        )
+        message = OutboxMessage("order.placed", "order", order_id, order_payload(order_id))
+        add_message(session, outbox, message)
 
 
 def test_notify_publishes_a_commit_well_before_the_poll_interval(
@@ -57,7 +63,7 @@ def test_notify_publishes_a_commit_well_before_the_poll_interval(
         wait_until(lambda: batches.empty, timeout=10, message="the relay to find nothing and wait")
         for n in range(5):
             started = time.monotonic()
-            _commit_one_message(orders_engine, f"order-{n}")
+            _commit_one_message(orders_engine, order_id_for(f"order-{n}"))
             wait_until(
                 lambda n=n: queued_messages(redis_client, queue) > n, timeout=POLL_INTERVAL, interval=0.002
             )
