@@ -36,7 +36,10 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parents[2]
 STANDINS = ROOT / "deploy" / "standins" / "build.sh"
-LONG_RUNNING = ("postgres", "redis", "api", "relay", "worker", "invoice-relay", "order-consumer", "flower")
+LONG_RUNNING = (
+    "postgres", "redis", "api", "relay", "relay-2", "worker",
+    "invoice-relay", "invoice-relay-2", "order-consumer", "flower",
+)  # fmt: skip
 ONE_SHOT = ("migrate",)
 APT_PACKAGES = "docker.io docker-compose debootstrap"
 PASSED_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "XDG_CACHE_HOME", "ORDER_OUTBOX_CACHE")
