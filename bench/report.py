@@ -7,9 +7,11 @@ Every figure the documentation quotes is rendered from a results file, with the 
 - ``docs/performance.md``, block ``RELAY_START``/``RELAY_END``: ``bench/results/relay.json`` and
   ``relay_backlogs.json`` (``make bench-relay``);
 - ``docs/faults.md``, block ``SOAK_START``/``SOAK_END``: ``bench/results/chaos-10000.txt``
-  (``make chaos N=10000``).
+  (``make chaos N=10000``);
+- ``docs/faults.md``, block ``LONG_START``/``LONG_END``: ``bench/results/faults-long.txt``
+  (``make faults-long``).
 
-``python -m bench.report`` renders all three again from the files; ``tests/unit/test_bench_report.py`` fails
+``python -m bench.report`` renders them all again from the files; ``tests/unit/test_bench_report.py`` fails
 when a block and its committed file disagree.
 """
 
@@ -26,6 +28,7 @@ __all__ = [
     "HEADER",
     "PERFORMANCE",
     "TARGETS",
+    "render_long",
     "render_markdown",
     "render_relay",
     "render_soak",
@@ -43,6 +46,7 @@ RESULTS = RESULTS_DIR / "e2e.json"
 RELAY_RESULTS = RESULTS_DIR / "relay.json"
 BACKLOG_RESULTS = RESULTS_DIR / "relay_backlogs.json"
 SOAK_RESULTS = RESULTS_DIR / "chaos-10000.txt"
+LONG_RESULTS = RESULTS_DIR / "faults-long.txt"
 START = "<!-- figures: rendered by bench/report.py from bench/results/e2e.json; do not edit -->"
 END = "<!-- end of figures -->"
 RELAY_START = (
@@ -54,6 +58,10 @@ SOAK_START = (
     "<!-- soak figures: rendered by bench/report.py from bench/results/chaos-10000.txt; do not edit -->"
 )
 SOAK_END = "<!-- end of soak figures -->"
+LONG_START = (
+    "<!-- long fault figures: rendered by bench/report.py from bench/results/faults-long.txt; do not edit -->"
+)
+LONG_END = "<!-- end of long fault figures -->"
 TIMES, DASH = "\u00d7", "\u2013"  # the prose's multiplication sign and range dash
 TARGETS = {"e2e_rps": (">=", 0.9), "post_rps": (">=", 0.9), "p50": ("<=", 1.5)}
 EVERY_ROUND_TARGETS = {**TARGETS, "p95": ("<=", 2.0), "p99": ("<=", 2.0)}
@@ -268,6 +276,14 @@ def render_soak(record: str) -> str:
     )
 
 
+def render_long(record: str) -> str:
+    """The long fault tier's block: its provenance line, then one line per scenario as recorded."""
+    first, _, report = record.strip("\n").partition("\n")
+    if not first.startswith("make faults-long: commit ") or not report:
+        raise ValueError("not a make faults-long record (tests/fault/long.py --record)")
+    return "\n".join([LONG_START, f"Measured by `{first}`:", "", "```text", report, "```", LONG_END])
+
+
 def replace_block(doc: Path, start: str, end: str, rendered: str) -> None:
     """Replace the block between ``start`` and ``end`` (both included in ``rendered``) in ``doc``."""
     text = doc.read_text()
@@ -290,9 +306,10 @@ def main() -> int:
         PERFORMANCE, RELAY_START, RELAY_END, render_relay(relay, json.loads(BACKLOG_RESULTS.read_text()))
     )
     replace_block(FAULTS, SOAK_START, SOAK_END, render_soak(SOAK_RESULTS.read_text()))
+    replace_block(FAULTS, LONG_START, LONG_END, render_long(LONG_RESULTS.read_text()))
     for doc, sources in (
         (PERFORMANCE, (RESULTS, RELAY_RESULTS, BACKLOG_RESULTS)),
-        (FAULTS, (SOAK_RESULTS,)),
+        (FAULTS, (SOAK_RESULTS, LONG_RESULTS)),
     ):
         print(f"{doc.relative_to(ROOT)}: figures rendered from {', '.join(p.name for p in sources)}")
     return 0

@@ -11,6 +11,9 @@ from bench.report import (
     BACKLOG_RESULTS,
     END,
     FAULTS,
+    LONG_END,
+    LONG_RESULTS,
+    LONG_START,
     PERFORMANCE,
     RELAY_END,
     RELAY_RESULTS,
@@ -20,6 +23,7 @@ from bench.report import (
     SOAK_RESULTS,
     SOAK_START,
     START,
+    render_long,
     render_markdown,
     render_relay,
     render_soak,
@@ -50,6 +54,15 @@ def test_the_relay_figures_are_the_committed_results_files_rendered() -> None:
 
 def test_the_soak_figures_are_the_committed_record_rendered() -> None:
     assert _block(FAULTS, SOAK_START, SOAK_END) == render_soak(SOAK_RESULTS.read_text())
+
+
+def test_the_long_fault_figures_are_the_committed_record_rendered() -> None:
+    rendered = render_long(LONG_RESULTS.read_text())
+
+    assert _block(FAULTS, LONG_START, LONG_END) == rendered
+    assert "shipped defaults" in rendered
+    with pytest.raises(ValueError, match="not a make faults-long record"):
+        render_long("something else\n")
 
 
 def test_the_soak_headline_reads_the_record() -> None:
