@@ -183,16 +183,20 @@ def test_a_relay_without_answered_topics_never_redrives(engine: Engine) -> None:
     assert relay.redrive_unanswered() == 0
 
 
-def test_retention_never_purges_an_unacknowledged_row_that_expects_an_answer(engine: Engine) -> None:
+def test_retention_keeps_an_unanswered_row_while_it_may_be_redriven_and_purges_it_once_exhausted(
+    engine: Engine,
+) -> None:
     week = 8 * 24 * 3600
-    kept = add_row(engine, published_ago=week, redrives=20)
+    kept = add_row(engine, published_ago=week, redrives=19)  # one re-drive left: the only record of it
     purged = [
         add_row(engine, published_ago=week, acknowledged=True),
         add_row(engine, published_ago=week, topic="invoice.created"),
+        add_row(engine, published_ago=week, redrives=20),  # exhausted, shown by the gauge all week
     ]
     relay, _ = relay_with(engine, retention=timedelta(days=7))
+    assert relay.read_backlog().exhausted == 1
 
-    assert relay.purge_published() == 2
+    assert relay.purge_published() == 3
     assert row(engine, kept).id == kept
     with engine.connect() as conn:
         left = set(conn.scalars(select(outbox.c.id)))

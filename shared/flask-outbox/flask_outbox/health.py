@@ -124,7 +124,8 @@ class RelayMetrics:
 
 
 class BacklogCollector:
-    """``outbox_backlog``, ``outbox_oldest_due_age_seconds``, ``outbox_parked``: read when scraped.
+    """``outbox_backlog``, ``outbox_oldest_due_age_seconds``, ``outbox_parked`` and
+    ``outbox_unanswered_exhausted``: read when scraped.
 
     A failed read (database down) yields ``outbox_status_up 0`` and no stale numbers.
     """
@@ -153,6 +154,11 @@ class BacklogCollector:
                 backlog.oldest_due_age_s,
             ),
             ("outbox_parked", "Unpublished rows parked after their last attempt", backlog.parked),
+            (
+                "outbox_unanswered_exhausted",
+                "Published rows that used up their re-drives without an answer (purged after the retention)",
+                backlog.exhausted,
+            ),
         ):
             family = GaugeMetricFamily(name, doc, labels=["table"])
             family.add_metric([self._table], value)

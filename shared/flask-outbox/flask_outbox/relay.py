@@ -44,6 +44,7 @@ Liveness (the stall bound, ``RelayPolicy.stall_seconds`` = ``RELAY_STALL_SECONDS
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import threading
@@ -186,7 +187,11 @@ class OutboxRelay:
         with self.engine.connect() as conn:
             if is_postgres(conn.dialect):
                 conn.execute(text("SELECT set_config('statement_timeout', '5000', true)"))
-            return status.read_backlog(conn, self.outbox)
+            backlog = status.read_backlog(conn, self.outbox)
+            if not self.policy.expects_answer:
+                return backlog
+            unanswered = redrive.unanswered(conn, self.outbox, self.policy.redrive_rule(), now=utcnow())
+            return dataclasses.replace(backlog, exhausted=unanswered.exhausted)
 
     @property
     def partitions(self) -> frozenset[int] | None:
@@ -346,6 +351,7 @@ class OutboxRelay:
                     cutoff=cutoff,
                     limit=self.policy.purge_batch,
                     expects_answer=self.policy.expects_answer,
+                    redrive_max=self.policy.redrive_max,
                 )
             total += deleted
             if deleted < self.policy.purge_batch:

@@ -31,6 +31,8 @@ class Backlog:
     backlog: int
     oldest_due_age_s: float
     parked: int
+    exhausted: int = 0
+    """Published rows that used up their re-drives unanswered (a topic that expects an answer)."""
 
 
 def read_backlog(conn: Connection, t: Table, now: datetime | None = None) -> Backlog:

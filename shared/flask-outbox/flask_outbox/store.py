@@ -261,12 +261,20 @@ def record_failures(
 
 
 def purge_published(
-    conn: Connection, t: Table, *, cutoff: datetime, limit: int, expects_answer: Collection[str] = ()
+    conn: Connection,
+    t: Table,
+    *,
+    cutoff: datetime,
+    limit: int,
+    expects_answer: Collection[str] = (),
+    redrive_max: int | None = None,
 ) -> int:
     """Delete up to ``limit`` rows published before ``cutoff`` (oldest first, by the published_at index).
 
-    A row of a topic in ``expects_answer`` goes only once acknowledged: until then it is the
-    re-drive's only record of a message that may still need sending.
+    A row of a topic in ``expects_answer`` goes only once acknowledged, or once it has used up its
+    ``redrive_max`` re-drives (published that many times and never answered; ``relay status`` and
+    the ``outbox_unanswered_exhausted`` gauge showed it for the whole retention): until then it is
+    the re-drive's only record of a message that may still need sending.
     """
     oldest = (
         select(t.c.id)
@@ -275,8 +283,13 @@ def purge_published(
         .limit(limit)
     )
     if expects_answer:
-        answered = t.c.acknowledged_at.is_not(None)
-        oldest = oldest.where(or_(answered, t.c.topic.not_in(sorted(expects_answer))))
+        done: list[ColumnElement[bool]] = [
+            t.c.acknowledged_at.is_not(None),
+            t.c.topic.not_in(sorted(expects_answer)),
+        ]
+        if redrive_max is not None:
+            done.append(t.c.redrives >= redrive_max)
+        oldest = oldest.where(or_(*done))
     return conn.execute(delete(t).where(t.c.id.in_(oldest.scalar_subquery()))).rowcount
 
 
