@@ -40,7 +40,7 @@ def _as_postgres_user(command: list[str], directory: Path) -> list[str]:
 
 @dataclass
 class PrivateRedis:
-    """A ``redis-server`` on a free loopback port with its data in ``directory``.
+    """A ``redis-server`` on a free port of ``host`` (loopback by default) with its data in ``directory``.
 
     ``appendfsync always`` is opt-in: it is what compose runs (see docker-compose.yml).
     """
@@ -48,22 +48,25 @@ class PrivateRedis:
     directory: Path
     persistent: bool = False
     port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
     _executor: TCPExecutor | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> PrivateRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
         persistence = (
             ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
         )
+        # No password: protected mode would refuse every client not on loopback.
+        exposed = [] if self.host == "127.0.0.1" else ["--protected-mode", "no"]
         command = [
-            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--dir", str(self.directory), *persistence,
+            "redis-server", "--port", str(self.port), "--bind", self.host, "--save", "",
+            "--dir", str(self.directory), *persistence, *exposed,
         ]  # fmt: skip
-        self._executor = TCPExecutor(command, host="127.0.0.1", port=self.port, timeout=30)
+        self._executor = TCPExecutor(command, host=self.host, port=self.port, timeout=30)
         self._executor.start()
         return self
 
@@ -83,17 +86,22 @@ class PrivateRedis:
 
 @dataclass
 class PrivatePostgres:
-    """A throwaway Postgres cluster (initdb + pg_ctl) on a free loopback port, trust auth."""
+    """A throwaway Postgres cluster (initdb + pg_ctl) on a free port of ``host`` (loopback by default).
+
+    Trust auth for loopback, and for the network ``trusted`` (CIDR) if given: clients on other hosts.
+    """
 
     directory: Path
     port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
+    trusted: str | None = None
 
     @property
     def data(self) -> Path:
         return self.directory / "data"
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql+psycopg://postgres@{self.host}:{self.port}/{database}"
 
     def init(self) -> PrivatePostgres:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -107,10 +115,13 @@ class PrivatePostgres:
         )
         if result.returncode != 0:
             raise RuntimeError(f"initdb failed ({result.returncode}): {result.stdout}{result.stderr}")
+        if self.trusted is not None:
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {self.trusted} trust\n")
         return self
 
     def start(self) -> PrivatePostgres:
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.directory} -c fsync=off"
+        options = f"-p {self.port} -c listen_addresses={self.host} -k {self.directory} -c fsync=off"
         self._pg_ctl("-o", options, "-l", str(self.directory / "log"), "-w", "start")
         wait_until(self._accepting, timeout=30, message="private postgres to accept connections")
         return self
@@ -118,7 +129,7 @@ class PrivatePostgres:
     def _accepting(self) -> bool:
         try:
             with psycopg.connect(
-                f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", connect_timeout=1
+                f"host={self.host} port={self.port} user=postgres dbname=postgres", connect_timeout=1
             ):
                 return True
         except psycopg.OperationalError:
