@@ -4,12 +4,13 @@ Behind the order endpoints' API keys, without putting a key in a URL: a login fo
 (judged as a Bearer key is, throttles included: ``auth.presented_key_valid``) and keeps only its
 SHA-256 digest and a random session id in Flask's signed session cookie. Every request re-checks the
 key (a revoked key logs the page out) and the session id: signing out records the id as signed out
-(``SignedOutSessions``) for as long as a cookie carrying it could still be presented, so a cookie
-captured before sign-out is refused after it. The form and logout carry a per-session CSRF token. The
-cookie is ``Secure`` when ``SESSION_COOKIE_SECURE`` is set, and signed with ``SECRET_KEY``, or, in
-the embedded mode only, with a key generated once into ``var/secret-key`` (so every gunicorn worker
-of the host signs alike). Charts use uPlot, vendored under ``static/vendor`` (no CDN, no build step);
-a strict Content-Security-Policy allows only this origin's scripts and styles.
+in the orders database (``models.SignedOutSession``) for as long as a cookie carrying it could still
+be presented, so a cookie captured before sign-out is refused after it, by every API process. The
+form and logout carry a per-session CSRF token. The cookie is ``Secure`` when
+``SESSION_COOKIE_SECURE`` is set, and signed with ``SECRET_KEY``, or, in the embedded mode only,
+with a key generated once into ``var/secret-key`` (so every gunicorn worker of the host signs
+alike). Charts use uPlot, vendored under ``static/vendor`` (no CDN, no build step); a strict
+Content-Security-Policy allows only this origin's scripts and styles.
 """
 
 from __future__ import annotations
@@ -24,16 +25,18 @@ from typing import Any, TypeVar, cast
 
 import structlog
 from flask import Blueprint, Flask, Response, jsonify, redirect, render_template, request, session, url_for
-from limits.storage import MemoryStorage, Storage, storage_from_string
+from flask_outbox import utcnow
+from sqlalchemy import delete
 from werkzeug.wrappers import Response as BaseResponse
 
 from order_service.auth import client_id, digest, key_valid, presented_key_valid
-from order_service.extensions import AppState, db
+from order_service.extensions import db
+from order_service.models import SignedOutSession
 from order_service.pipeline import COUNT_CAP, read_snapshot
 from order_service.problems import problem
 from shared.config import Settings
 
-__all__ = ["MissingSecretKey", "SignedOutSessions", "bp", "init_dashboard", "require_secret_key"]
+__all__ = ["MissingSecretKey", "bp", "init_dashboard", "require_secret_key"]
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +54,6 @@ SESSION_HOURS = 8
 _KEY = "key_sha256"
 _SESSION_ID = "sid"
 _CSRF = "csrf"
-_SIGNED_OUT: AppState[SignedOutSessions] = AppState("order_service.signed_out_sessions")
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -60,41 +62,19 @@ _CSP = (
 View = TypeVar("View", bound=Callable[..., Any])
 
 
-class SignedOutSessions:
-    """Ids of signed-out sessions, kept ``keep`` (the session lifetime): no older cookie verifies anyway.
+def _sign_out(session_id: str) -> None:
+    """Record the session as signed out, for every API process; prune sign-outs past the session lifetime.
 
-    In Redis when the broker is Redis (every API process sees a sign-out), else in the process, as the
-    rate limits. Each sign-out is also kept in the process, which answers when Redis cannot.
+    Its own short transaction, like an Idempotency-Key claim: nothing else is written on this request.
     """
+    expired = utcnow() - timedelta(hours=SESSION_HOURS)
+    db.session.execute(delete(SignedOutSession).where(SignedOutSession.signed_out_at < expired))
+    db.session.merge(SignedOutSession(session_id=session_id, signed_out_at=utcnow()))
+    db.session.commit()
 
-    def __init__(self, storage_uri: str, namespace: str, keep: timedelta) -> None:
-        self._storage = cast(Storage, storage_from_string(storage_uri))  # memory:// or redis://: not async
-        self._local = MemoryStorage()
-        self._namespace = namespace
-        self._keep = int(keep.total_seconds())
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SignedOutSessions:
-        namespace = f"{settings.queue_prefix}orders-dashboard-signed-out"
-        return cls(settings.rate_limit_storage, namespace, timedelta(hours=SESSION_HOURS))
-
-    def sign_out(self, session_id: str) -> None:
-        key = f"{self._namespace}:{session_id}"
-        self._local.incr(key, self._keep)
-        try:
-            self._storage.incr(key, self._keep)
-        except Exception as error:  # Redis down: this process still refuses the cookie
-            log.warning("dashboard.sign_out_storage_unavailable", error=str(error))
-
-    def signed_out(self, session_id: str) -> bool:
-        key = f"{self._namespace}:{session_id}"
-        if self._local.get(key):
-            return True
-        try:
-            return bool(self._storage.get(key))
-        except Exception as error:  # Redis down: only this process's sign-outs are known
-            log.warning("dashboard.sign_out_storage_unavailable", error=str(error))
-            return False
+def _signed_out(session_id: str) -> bool:
+    return db.session.get(SignedOutSession, session_id) is not None
 
 
 class MissingSecretKey(ValueError):
@@ -163,7 +143,7 @@ def _signed_in() -> bool:
     if (
         isinstance(key_hash, str)
         and isinstance(session_id, str)
-        and not _SIGNED_OUT.get().signed_out(session_id)
+        and not _signed_out(session_id)
         and key_valid(key_hash)
     ):
         return True
@@ -237,7 +217,7 @@ def logout() -> BaseResponse:
         return problem(400, "Bad Request", "Missing or stale form token.")
     session_id = session.get(_SESSION_ID)
     if isinstance(session_id, str):
-        _SIGNED_OUT.get().sign_out(session_id)
+        _sign_out(session_id)
     session.clear()
     return redirect(url_for("dashboard.login"))
 
@@ -261,5 +241,4 @@ def init_dashboard(app: Flask, settings: Settings) -> None:
         SESSION_COOKIE_SECURE=settings.session_cookie_secure,
         PERMANENT_SESSION_LIFETIME=timedelta(hours=SESSION_HOURS),
     )
-    _SIGNED_OUT.init_app(app, SignedOutSessions.from_settings(settings))
     app.register_blueprint(bp)

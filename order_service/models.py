@@ -26,6 +26,7 @@ __all__ = [
     "LineFields",
     "Order",
     "OrderLine",
+    "SignedOutSession",
     "inbox",
     "line_fields",
     "outbox",
@@ -97,6 +98,19 @@ class ApiKey(db.Model):  # type: ignore[name-defined,misc]
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class SignedOutSession(db.Model):  # type: ignore[name-defined,misc]
+    """A pipeline-page session ended by sign-out: every API process refuses its cookie from then on.
+
+    Kept as long as such a cookie could still verify (the session lifetime), then pruned by the next
+    sign-out (``dashboard``).
+    """
+
+    __tablename__ = "signed_out_sessions"
+
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    signed_out_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
 class IdempotencyKey(db.Model):  # type: ignore[name-defined,misc]
