@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from harness.databases import DatabasePair, PostgresFactory
 from harness.processes import TEST_SIGNING_KEY
 from shared.config import Settings
+from tests.support.rabbitmq import BrokerUser, Vhost, broker_user, private_vhost, rabbitmqctl_missing
 
 TEST_POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -49,6 +50,7 @@ shipped timings (a loaded machine must not eat their margin), those with a Postg
 SERIAL_MODULES = (
     "tests/fault/test_chaos.py",  # the soak: lateness bound on the shipped defaults
     "tests/fault/test_relay_hang.py",  # the shipped 30 s stall bound
+    "tests/fault/test_rabbitmq_cluster.py",  # three RabbitMQ nodes, the 120 s bound on the shipped defaults
     "tests/e2e/test_dashboard_browser.py",  # Chromium beside the whole loop
 )
 SERIAL_FIXTURES = frozenset({"private_postgres"})
@@ -158,6 +160,29 @@ def pg_settings(pg_databases: DatabasePair, redis_url: str, queue_prefix: str, t
         var_dir=tmp_path / "var",
         message_signing_key=TEST_SIGNING_KEY,
     )
+
+
+@pytest.fixture(scope="session")
+def rabbit_user() -> Iterator[BrokerUser]:
+    """This session's RabbitMQ user (a strong password); skips when there is no local RabbitMQ."""
+    reason = rabbitmqctl_missing()
+    if reason is not None:
+        pytest.skip(reason)
+    with broker_user() as user:
+        yield user
+
+
+@pytest.fixture
+def rabbit_vhost(rabbit_user: BrokerUser) -> Iterator[Vhost]:
+    """A vhost of its own on the machine's RabbitMQ, for this test alone; deleted afterwards."""
+    with private_vhost(rabbit_user) as vhost:
+        yield vhost
+
+
+@pytest.fixture
+def amqp_settings(pg_settings: Settings, rabbit_vhost: Vhost) -> Settings:
+    """``pg_settings`` on RabbitMQ: this test's databases, queue prefix and vhost."""
+    return pg_settings.model_copy(update={"broker_url": rabbit_vhost.url})
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from amqp.exceptions import AMQPError, MessageNacked
 from celery import Celery
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
@@ -12,8 +13,16 @@ from flask_outbox.settings import OutboxSettings as Settings
 
 __all__ = ["BROKER_ERRORS", "broker_config", "publishing_app", "worker_broker_config"]
 
-BROKER_ERRORS: tuple[type[BaseException], ...] = (KombuError, RedisError, OSError, TimeoutError)
-"""What a broker outage raises: a publisher reports these per row and never lets them escape."""
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    KombuError,
+    RedisError,
+    AMQPError,
+    MessageNacked,
+    OSError,
+    TimeoutError,
+)
+"""What a broker outage raises (RabbitMQ: a closed connection or channel, a refused vhost, a nack): a
+publisher reports these per row and never lets them escape."""
 
 
 UNACKED_MUTEX_EXPIRE_SECONDS = 10
@@ -21,6 +30,8 @@ UNACKED_MUTEX_EXPIRE_SECONDS = 10
 
 def broker_config(settings: Settings) -> dict[str, Any]:
     """Celery configuration keys for the broker named by ``settings.broker_url``."""
+    if settings.uses_amqp_broker:
+        return {**_common(settings), **_amqp_config()}
     options: dict[str, Any] = {"visibility_timeout": settings.broker_visibility_timeout}
     if settings.uses_embedded_broker:
         folder = settings.broker_folder
@@ -30,9 +41,31 @@ def broker_config(settings: Settings) -> dict[str, Any]:
             "control_folder": str(folder / "control"),  # kombu's default is ./control, in the cwd
             "store_processed": False,
         }
+    return {**_common(settings), "broker_transport_options": options}
+
+
+def _amqp_config() -> dict[str, Any]:
+    """RabbitMQ: quorum queues, each on a topic exchange of its name, and publisher confirms.
+
+    Every queue Celery declares (the worker's ``-Q``, the default queue, a queue a publisher names) is
+    a durable quorum queue; the relay declares the same through the same app before it publishes
+    (``flask_outbox.amqp_publisher``). A topic exchange, not Celery's direct default, so a retry's
+    countdown takes Celery's native delayed delivery (the broker holds it) instead of a prefetch slot
+    of the worker, whose prefetch is static on quorum queues. ``confirm_publish``: each kombu publish
+    (a retry, a batch split, ``send_task``) returns only once the broker acknowledged it.
+    """
+    return {
+        "broker_transport_options": {"confirm_publish": True},
+        "task_default_queue_type": "quorum",
+        "task_default_exchange_type": "topic",
+        "task_create_missing_queue_type": "quorum",
+        "task_create_missing_queue_exchange_type": "topic",
+    }
+
+
+def _common(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker_url,
-        "broker_transport_options": options,
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -43,13 +76,14 @@ def broker_config(settings: Settings) -> dict[str, Any]:
 
 
 def worker_broker_config(settings: Settings) -> dict[str, Any]:
-    """``broker_config`` for a consuming worker: sweep for expired unacked messages every ``VT // 4`` s.
+    """``broker_config`` for a consuming worker; on Redis, a sweep for expired unacked tasks every VT // 4 s.
 
+    RabbitMQ needs no sweep: a lost worker's unacknowledged messages come back when its channel closes.
     Kombu's default sweep runs every ~100 s whatever the visibility timeout, so a lost worker's
     reservations would come back that late; tie the sweep to the timeout (at most every 10 s).
     """
     config = broker_config(settings)
-    if not settings.uses_embedded_broker:
+    if settings.uses_redis_broker:
         sweep = max(1, min(10, settings.broker_visibility_timeout // 4))
         config["broker_transport_options"] = {
             **config["broker_transport_options"],

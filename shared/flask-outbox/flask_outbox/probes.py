@@ -11,10 +11,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import redis
+from kombu.connection import Connection
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.pool import NullPool
 
 from flask_outbox.db import is_postgres
+from flask_outbox.rabbitmq import connect, is_amqp_url
 
 __all__ = ["Check", "broker_check", "database_check", "probe_engine", "run_checks"]
 
@@ -39,7 +41,10 @@ def database_check(engine: Engine) -> Check:
 
 
 def broker_check(broker_url: str, broker_folder: Path) -> Check:
-    """Redis: ``PING`` on one kept connection (re-opened after a failure); the file broker: its folder."""
+    """Redis: ``PING`` on one kept connection (re-opened after a failure); RabbitMQ: a connection opened
+    (handshake, credentials, vhost) and closed, any host of a failover list; the file broker: its folder."""
+    if is_amqp_url(broker_url):
+        return _amqp_check(broker_url)
     if broker_url.startswith("filesystem://"):
 
         def folder_exists() -> None:
@@ -57,6 +62,18 @@ def broker_check(broker_url: str, broker_folder: Path) -> Check:
             client.ping()
 
     return ping
+
+
+def _amqp_check(broker_url: str) -> Check:
+    def handshake() -> None:
+        options = {"read_timeout": PROBE_TIMEOUT_S, "write_timeout": PROBE_TIMEOUT_S}
+        connection = Connection(  # type: ignore[no-untyped-call]
+            broker_url, connect_timeout=PROBE_TIMEOUT_S, transport_options=options
+        )
+        with connection:
+            connect(connection)
+
+    return handshake
 
 
 def run_checks(checks: Mapping[str, Check]) -> tuple[bool, dict[str, str]]:

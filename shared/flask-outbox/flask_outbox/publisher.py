@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from celery import Celery
 
 from flask_outbox import tracing
+from flask_outbox.amqp_publisher import AmqpConfirmPublisher
 from flask_outbox.broker import BROKER_ERRORS, publishing_app
 from flask_outbox.messages import BatchOutcome, PendingMessage, Publisher, routed
 from flask_outbox.redis_publisher import RedisPipelinePublisher
@@ -20,7 +21,7 @@ __all__ = ["MESSAGES_PER_TASK", "CeleryPublisher", "publisher_for"]
 class CeleryPublisher:
     """Publishes each message with ``send_task`` over one held producer connection.
 
-    The portable path, for brokers without a pipelined publisher (the embedded filesystem
+    The portable path, for brokers without a batch publisher of their own (the embedded filesystem
     broker). The task id is the outbox ``message_id``: the consumer's dedup key; the row's headers
     (correlation id, trace context) and the message's signature go out as message headers. A broker
     error fails the rest of the batch (not attempted) so the relay can back off.
@@ -79,19 +80,21 @@ class CeleryPublisher:
 
 
 MESSAGES_PER_TASK = 100
-"""Most messages a Redis relay packs into one batch task (``flask_outbox.batches``): enough that a
-backlog costs the workers one task per hundred messages, few enough that one task stays short."""
+"""Most messages a Redis or RabbitMQ relay packs into one batch task (``flask_outbox.batches``): enough
+that a backlog costs the workers one task per hundred messages, few enough that one task stays short."""
 
 
 def publisher_for(settings: Settings, routes: Mapping[str, Route], name: str = "outbox_relay") -> Publisher:
-    """The pipelined Redis publisher on a Redis broker; ``send_task`` on any other transport.
+    """The pipelined publisher on Redis, the batch-confirming one on RabbitMQ; ``send_task`` otherwise.
 
     Raises ``WeakSigningKey`` (before connecting) when ``MESSAGE_SIGNING_KEY`` cannot sign.
     """
     signer = MessageSigner.from_settings(settings)
     app = publishing_app(settings, name)
-    if settings.broker_url.startswith(("redis://", "rediss://")):
+    if settings.uses_redis_broker:
         return RedisPipelinePublisher.from_url(
             app, settings.broker_url, routes, signer, settings.queue_prefix, MESSAGES_PER_TASK
         )
+    if settings.uses_amqp_broker:
+        return AmqpConfirmPublisher(app, routes, signer, settings.queue_prefix, MESSAGES_PER_TASK)
     return CeleryPublisher(app, routes, signer, settings.queue_prefix)

@@ -65,7 +65,8 @@ class PipelineSettings(BaseSettings):
     broker_url: str = Field(
         default="",
         validation_alias="BROKER_URL",
-        description="The Celery broker: redis:// or rediss:// in production; "
+        description="The Celery broker: redis:// or rediss:// (the default choice in production), or "
+        "amqp:// / amqps:// for RabbitMQ (quorum queues; several as amqp://h1;amqp://h2); "
         "default: a file broker under VAR_DIR",
     )
     queue_prefix: str = Field(
@@ -138,6 +139,11 @@ class PipelineSettings(BaseSettings):
     def uses_redis_broker(self) -> bool:
         return self.broker_url.startswith(("redis://", "rediss://"))
 
+    @property
+    def uses_amqp_broker(self) -> bool:
+        """RabbitMQ: ``amqp://``, ``amqps://``, or kombu's failover list ``amqp://h1;amqp://h2``."""
+        return self.broker_url.startswith(("amqp://", "amqps://"))
+
     def ensure_var_dir(self) -> None:
         """Create the folders the embedded broker writes to."""
         if self.uses_embedded_broker:
@@ -208,7 +214,8 @@ class ConsumerSettings(PipelineSettings):
         default=60,
         ge=1,
         validation_alias="BROKER_VISIBILITY_TIMEOUT",
-        description="Seconds before Redis restores an unacknowledged task (a lost worker's reservations)",
+        description="Seconds before Redis restores an unacknowledged task (a lost worker's reservations); "
+        "not used on RabbitMQ, which returns them when the worker's channel closes",
     )
     inbox_retention_seconds: float = Field(
         default=30 * 24 * 3600,
@@ -240,7 +247,8 @@ class OutboxSettings(RelaySettings, ConsumerSettings):
         """
         problems = []
         restored = self.broker_visibility_timeout + restore_sweep_seconds(self.broker_visibility_timeout)
-        if self.outbox_redrive_after_seconds <= restored:
+        # RabbitMQ has no visibility timeout: a lost worker's messages come back when its channel closes.
+        if not self.uses_amqp_broker and self.outbox_redrive_after_seconds <= restored:
             problems.append(
                 f"OUTBOX_REDRIVE_AFTER_SECONDS={self.outbox_redrive_after_seconds:g} must exceed "
                 f"BROKER_VISIBILITY_TIMEOUT={self.broker_visibility_timeout:g} plus the restore sweep "
