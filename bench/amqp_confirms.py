@@ -61,6 +61,7 @@ def main() -> None:
     with Connection(url) as connection:
         for route in ROUTES.values():
             connection.default_channel.queue_delete(f"{prefix}{route.queue}")
+            connection.default_channel.exchange_delete(f"{prefix}{route.queue}")
 
 
 if __name__ == "__main__":
