@@ -12,6 +12,12 @@ what the broker lost comes back through the order relay's re-drive
 acknowledged, both outboxes published, both queues and ``unacked`` empty, two identical reads)
 the checker (tests/fault/checker.py) reads the verdict: lost, doubled, totals, numbers, re-drives,
 duplicates and lateness on the database clock.
+
+``--broker rabbitmq`` runs the same loop on a private RabbitMQ node (quorum queues): the node is
+SIGKILLed once and started again on its data, and the broker loses messages once through
+purging both queues (AMQP ``queue.purge``, what ``rabbitmqctl purge_queue`` does: their ready
+messages; what workers hold unacknowledged stays), repaired by the same re-drive. Redis's second loss (``FLUSHALL``: kombu's bindings too) has no
+RabbitMQ counterpart here.
 """
 
 from __future__ import annotations
@@ -39,9 +45,12 @@ from harness.databases import PostgresFactory
 from harness.processes import Service
 from tests.fault.checker import Accepted, Findings, audit
 from tests.fault.evidence import PRIORITY_SEPARATOR, PRIORITY_STEPS, InvoicedWatch, Snapshot
-from tests.fault.harness import Cluster
+from tests.fault.harness import Broker, Cluster
 from tests.support.orders import order_body
+from tests.support.private_rabbit import PrivateRabbit
 from tests.support.servers import PrivateRedis
+
+BROKERS = ("redis", "rabbitmq")
 
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 LATENESS_BOUND = 120.0
@@ -89,7 +98,7 @@ class Result:
             if rest
             else f"NO: not quiet within {DRAIN_TIMEOUT:.0f} s of the last fault; last read {self.last_seen}"
         )
-        broker = [line for line in self.timeline if " broker_" in line or " redis_" in line]
+        broker = [line for line in self.timeline if any(f" {kind}_" in line for kind in ("broker", *BROKERS))]
         return [
             f"seed: {self.seed}",
             f"faults injected: {', '.join(f'{k}={n}' for k, n in sorted(self.faults.items()))}",
@@ -216,11 +225,15 @@ class Driver:
         for kind in ("worker_kill", "consumer_kill"):
             for service in self.groups[kind].running:
                 service.wait_for_log("ready", timeout=90)
-        self.broker_faults: list[tuple[float, str, Callable[[], None]]] = [
-            (0.40, "redis_kill", self.restart_redis),
-            (0.55, "broker_loss", self.lose_queues),
-            (0.80, "broker_flushall", self.flush_broker),
-        ]
+        self.broker_faults: list[tuple[float, str, Callable[[], None]]] = (
+            [(0.40, "rabbitmq_kill", self.restart_rabbit), (0.55, "broker_purge", self.purge_queues)]
+            if isinstance(cluster.redis, PrivateRabbit)
+            else [
+                (0.40, "redis_kill", self.restart_redis),
+                (0.55, "broker_loss", self.lose_queues),
+                (0.80, "broker_flushall", self.flush_broker),
+            ]
+        )
         self.stop = threading.Event()
         self.lock = threading.Lock()
         """Held while a kill and its restart happen, so the supervisor never restarts a process twice."""
@@ -246,6 +259,19 @@ class Driver:
         self._injected("redis_kill", "redis")
         time.sleep(self.rng.uniform(0.5, 2.0))
         self.cluster.redis.start()
+
+    def restart_rabbit(self) -> None:
+        """SIGKILL the RabbitMQ node, then start it on its data: quorum queues keep what they confirmed."""
+        self.cluster.redis.kill()
+        self._injected("rabbitmq_kill", "rabbitmq")
+        time.sleep(self.rng.uniform(0.5, 2.0))
+        self.cluster.redis.start()
+
+    def purge_queues(self) -> None:
+        """Purge both queues: their ready messages are gone, as orders flow."""
+        assert isinstance(self.cluster.redis, PrivateRabbit)
+        purged = self.cluster.redis.purge(self.cluster.queue, self.cluster.orders_queue)
+        self._injected("broker_purge", f"queue.purge: {purged} ready messages purged")
 
     def _broker(self) -> redis.Redis:
         return redis.Redis.from_url(self.cluster.redis.url, socket_timeout=10)
@@ -319,12 +345,17 @@ def run_chaos(
     seed: int,
     concurrency: int = 8,
     drain_timeout: float = DRAIN_TIMEOUT,
+    broker_kind: str = "redis",
 ) -> Result:
     rng = random.Random(seed)
     bodies = soak_bodies(orders, seed)
-    redis = PrivateRedis(root / "redis", persistent=True).start()
+    broker: Broker = (
+        PrivateRabbit(root / "rabbit").start()
+        if broker_kind == "rabbitmq"
+        else PrivateRedis(root / "redis", persistent=True).start()
+    )
     cluster = Cluster(
-        root=root, redis=redis, databases=factory.fresh_pair(), overrides=SOAK_ENV, shipped_defaults=True
+        root=root, redis=broker, databases=factory.fresh_pair(), overrides=SOAK_ENV, shipped_defaults=True
     )
     started = time.monotonic()
     try:
@@ -378,6 +409,8 @@ def run_chaos(
         raise
     finally:
         cluster.close()
+        if isinstance(broker, PrivateRabbit):
+            broker.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -385,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--orders", type=int, default=500)
     parser.add_argument("--seed", type=int, default=None, help="replay a run (default: random, printed)")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--broker", choices=BROKERS, default="redis", help="the private broker's kind")
     parser.add_argument("--postgres-url", default=os.environ.get("TEST_POSTGRES_URL", DEFAULT_POSTGRES))
     parser.add_argument("--keep", action="store_true", help="keep the processes' logs (printed path)")
     parser.add_argument("--record", type=Path, help="also write the report here, with the commit it ran")
@@ -395,27 +429,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.keep:
             root = Path(tempfile.mkdtemp(prefix="chaos-"))
             print(f"logs: {root / 'logs'}")
-            result = run_chaos(factory, root, args.orders, seed, args.concurrency)
+            result = run_chaos(factory, root, args.orders, seed, args.concurrency, broker_kind=args.broker)
         else:
             with tempfile.TemporaryDirectory(prefix="chaos-") as temporary:
-                result = run_chaos(factory, Path(temporary), args.orders, seed, args.concurrency)
+                result = run_chaos(
+                    factory, Path(temporary), args.orders, seed, args.concurrency, broker_kind=args.broker
+                )
     finally:
         factory.close()
     report = "\n".join(result.lines())
     print(report)
     if args.record:
         args.record.parent.mkdir(parents=True, exist_ok=True)
-        args.record.write_text(f"{_provenance(args.orders)}\n{report}\n", encoding="utf-8")
+        args.record.write_text(f"{_provenance(args.orders, args.broker)}\n{report}\n", encoding="utf-8")
     return 0 if result.ok else 1
 
 
-def _provenance(orders: int) -> str:
+def _provenance(orders: int, broker: str = "redis") -> str:
     """Which code ran, on what: a recorded figure names the commit it describes."""
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
     dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=False)
     load = " ".join(f"{value:.1f}" for value in os.getloadavg())
+    on = f" BROKER={broker}" if broker != "redis" else ""
     return (
-        f"make chaos N={orders}: commit {commit.stdout.strip() or 'unknown'}"
+        f"make chaos N={orders}{on}: commit {commit.stdout.strip() or 'unknown'}"
         f"{' (dirty tree)' if dirty.stdout.strip() else ''}, {os.cpu_count()} cores, load average {load}"
     )
 

@@ -1,4 +1,9 @@
-"""Fault tests: each owns a private Redis (a private Postgres where it restarts one) and real processes."""
+"""Fault tests: each owns a private broker (a private Postgres where it restarts one) and real processes.
+
+Most own a private Redis; a test about what any broker does when it stops, dies or loses a consumer takes
+``broker_cluster`` instead and runs twice, on a private Redis (append-only, as compose runs it) and on
+a private RabbitMQ node (quorum queues).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from harness.databases import DatabasePair, PostgresFactory
-from tests.fault.harness import Cluster
+from tests.fault.harness import Broker, Cluster
+from tests.support.private_rabbit import PrivateRabbit
+from tests.support.rabbit_cluster import rabbitmq_available
 from tests.support.servers import PrivatePostgres, PrivateRedis
 
 
@@ -39,8 +46,35 @@ def persistent_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.stop()
 
 
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
+    """A private broker of each kind in turn: Redis with its append-only file, or a RabbitMQ node."""
+    if request.param == "redis":
+        redis = PrivateRedis(tmp_path / "redis", persistent=True).start()
+        yield redis
+        redis.stop()
+        return
+    if not rabbitmq_available():
+        pytest.skip("needs the RabbitMQ server (rabbitmq-server)")
+    rabbit = PrivateRabbit(tmp_path / "rabbit")
+    try:
+        yield rabbit.start()
+    finally:
+        if request.node.stash.get(FAILED, True) and rabbit.nodes.nodes:
+            print(rabbit.nodes.tail(rabbit.node))
+        rabbit.close()
+
+
+@pytest.fixture
+def broker_cluster(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres: PostgresFactory, broker: Broker
+) -> Iterator[Cluster]:
+    """Databases on the shared Postgres, the private ``broker`` (Redis, then RabbitMQ)."""
+    yield from _cluster(request, tmp_path, broker, postgres)
+
+
 def _cluster(
-    request: pytest.FixtureRequest, root: Path, redis: PrivateRedis, factory: PostgresFactory
+    request: pytest.FixtureRequest, root: Path, redis: Broker, factory: PostgresFactory
 ) -> Iterator[Cluster]:
     cluster = Cluster(root=root, redis=redis, databases=factory.fresh_pair())
     yield cluster

@@ -1,4 +1,4 @@
-"""Reading a cluster's evidence: both databases, the broker's private Redis, and the workers' JSON logs.
+"""Reading a cluster's evidence: both databases, the private broker, and the workers' JSON logs.
 
 ``Checker.verdict``/``settled`` are the quick counts the single-fault tests poll; ``Checker.evidence``
 feeds ``tests.fault.checker.audit`` once ``Checker.wait_quiescent`` has seen the whole loop at rest
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -238,12 +239,20 @@ class Checker:
     """Reads both databases with engines of its own (so it can poll cheaply while faults happen)."""
 
     def __init__(
-        self, orders_url: str, invoices_url: str, broker_url: str | None = None, queues: Sequence[str] = ()
+        self,
+        orders_url: str,
+        invoices_url: str,
+        broker_url: str | None = None,
+        queues: Sequence[str] = (),
+        counts: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
+        """``counts`` reads (queued, unacknowledged) from a broker other than Redis (``PrivateRabbit``);
+        without it, and with no Redis URL, the broker's counts are unknown (``None``)."""
         self._orders = create_engine(orders_url, pool_pre_ping=True, pool_size=1)
         self._invoices = create_engine(invoices_url, pool_pre_ping=True, pool_size=1)
         self._broker_url = broker_url
         self._queues = tuple(queues)
+        self._counts = counts
 
     def verdict(self) -> Verdict:
         with self._orders.connect() as conn:
@@ -273,7 +282,12 @@ class Checker:
 
     def _broker_counts(self) -> tuple[int | None, int | None]:
         """Messages waiting in the queues (every priority list), and delivered but unacknowledged."""
-        if self._broker_url is None or not self._queues:
+        if self._counts is not None:
+            try:
+                return self._counts()
+            except (RuntimeError, subprocess.TimeoutExpired, ValueError):
+                return None, None
+        if self._broker_url is None or not self._broker_url.startswith("redis") or not self._queues:
             return None, None
         client = redis.Redis.from_url(self._broker_url, socket_timeout=2, socket_connect_timeout=2)
         try:

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -34,7 +34,7 @@ from harness.processes import (
 from harness.waiting import wait_until
 from shared.config import Settings
 from tests.fault.evidence import Checker, Verdict
-from tests.support.servers import PrivateRedis
+from tests.support.private_rabbit import PrivateRabbit
 
 FAULT_ENV = {
     "BROKER_VISIBILITY_TIMEOUT": "4",
@@ -52,6 +52,23 @@ SETTINGS_ENV = frozenset(str(f.validation_alias) for f in Settings.model_fields.
 """Every variable ``Settings`` reads: a cluster on the shipped defaults inherits none of them."""
 
 
+class Broker(Protocol):
+    """The cluster's broker: ``PrivateRedis`` or ``PrivateRabbit`` (tests/support), private to the test."""
+
+    @property
+    def url(self) -> str: ...
+
+    def start(self) -> object: ...
+
+    def stop(self) -> None:
+        """Graceful: what the broker keeps on disk survives (Redis's append-only file, quorum queues)."""
+
+    def kill(self) -> None:
+        """SIGKILL."""
+
+    def restart(self) -> None: ...
+
+
 def order_headers(api_key: str) -> dict[str, str]:
     """Every order request's headers, in one place: the API key and a fresh Idempotency-Key."""
     return {"Authorization": f"Bearer {api_key}", "Idempotency-Key": str(uuid.uuid4())}
@@ -60,7 +77,8 @@ def order_headers(api_key: str) -> dict[str, str]:
 @dataclass
 class Cluster:
     root: Path
-    redis: PrivateRedis
+    redis: Broker
+    """The broker, Redis or RabbitMQ (the name is older than the second broker)."""
     databases: DatabasePair
     overrides: dict[str, str] = field(default_factory=dict)
     shipped_defaults: bool = False
@@ -121,6 +139,7 @@ class Cluster:
                 self.databases.invoices_url,
                 self.redis.url,
                 (self.queue, self.orders_queue),
+                counts=self.redis.counts if isinstance(self.redis, PrivateRabbit) else None,
             )
         return self._checker
 
