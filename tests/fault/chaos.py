@@ -14,10 +14,10 @@ the checker (tests/fault/checker.py) reads the verdict: lost, doubled, totals, n
 duplicates and lateness on the database clock.
 
 ``--broker rabbitmq`` runs the same loop on a private RabbitMQ node (quorum queues): the node is
-SIGKILLed once and started again on its data, and the broker loses messages once through
-purging both queues (AMQP ``queue.purge``, what ``rabbitmqctl purge_queue`` does: their ready
-messages; what workers hold unacknowledged stays), repaired by the same re-drive. Redis's second loss (``FLUSHALL``: kombu's bindings too) has no
-RabbitMQ counterpart here.
+SIGKILLed once and started again on its data, and the broker loses messages once: both queues
+purged (AMQP ``queue.purge``, what ``rabbitmqctl purge_queue`` does: their ready messages; what
+workers hold unacknowledged stays), repaired by the same re-drive. Redis's second loss
+(``FLUSHALL``: kombu's bindings too) has no RabbitMQ counterpart here.
 """
 
 from __future__ import annotations
