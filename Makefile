@@ -64,8 +64,10 @@ down:
 
 # Benchmarks (bench/): `make bench` runs the product and the naive Flask+Celery baseline
 # (bench/naive_app.py) in paired rounds on the local Postgres and Redis, and profiles the product with
-# py-spy; BENCH_QUICK=1 for a smoke run (written to e2e-quick.json). `make load` runs the locust file
-# against a running stack at HOST.
+# py-spy; BENCH_QUICK=1 for a smoke run (written to e2e-quick.json). BROKER=rabbitmq: both on the local
+# RabbitMQ instead, on a vhost and user the bench makes with rabbitmqctl and deletes (e2e-rabbitmq.json).
+# `make load` runs the locust file against a running stack at HOST.
+BROKER ?= redis
 HOST ?= http://127.0.0.1:8000
 LOAD_USERS ?= 20
 LOAD_SPAWN_RATE ?= 5
@@ -74,14 +76,16 @@ LOAD_TIME ?= 60s
 
 bench: install
 	@$(BIN)/python -c "import aiohttp, psutil" 2>/dev/null && test -x $(BIN)/py-spy || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e $(LIBRARY) -e '.[dev,bench]'
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.e2e
+	BENCH_BROKER=$(BROKER) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.e2e
 
 load: install
 	@$(BIN)/python -c "import locust" 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e $(LIBRARY) -e '.[dev,load]'
 	$(BIN)/locust -f bench/locustfile.py --headless --host $(HOST) -u $(LOAD_USERS) -r $(LOAD_SPAWN_RATE) -t $(LOAD_TIME) --only-summary
 
-# The relay benchmark (bench/relay.py): own databases on the local Postgres, own queues on Redis.
+# The relay benchmark (bench/relay.py): own databases on the local Postgres, own queues on Redis;
+# BROKER=rabbitmq: the relay against the raw confirmed-publish floor on a bench vhost (bench/relay_rabbitmq.py).
+# BENCH_QUICK=1 for a smoke run (written to *-quick.json).
 .PHONY: bench-relay
 bench-relay: install
 	@$(BIN)/python -c "import psutil" 2>/dev/null || $(BIN)/python -m pip install --quiet --disable-pip-version-check -e $(LIBRARY) -e '.[dev,bench]'
-	$(BIN)/python -m bench.relay
+	$(BIN)/python -m $(if $(filter rabbitmq,$(BROKER)),bench.relay_rabbitmq,bench.relay)

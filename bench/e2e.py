@@ -7,6 +7,10 @@ is ``bench.spy``, py-spy over every product process, into ``bench/results/spy_*.
 BENCH_BACKLOG / BENCH_BACKLOG_RUNS for the product-only backlog drain; the tuning in
 ``bench.stack.Knobs``; BENCH_POSTGRES_URL (an admin URL: the bench creates and drops its own
 databases) and BENCH_REDIS_URL.
+
+BENCH_BROKER=rabbitmq (``make bench BROKER=rabbitmq``): both stacks on the local RabbitMQ instead, on a
+vhost and user the bench makes and deletes (``bench.rabbitmq``); written to ``e2e-rabbitmq.json``
+(profiles to ``spy-rabbitmq_*.txt``) and rendered into its own block of docs/performance.md.
 """
 
 from __future__ import annotations
@@ -20,7 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from bench.provenance import machine, source
-from bench.report import HEADER, rows, update_docs
+from bench.rabbitmq import bench_broker, queue_types
+from bench.report import (
+    HEADER,
+    PERFORMANCE,
+    RABBIT_END,
+    RABBIT_START,
+    render_markdown,
+    replace_block,
+    rows,
+    update_docs,
+)
 from bench.scenarios import Plan, backlog_drain, paired_rounds
 from bench.spy import spy_profile
 from bench.stack import StackFactory
@@ -37,41 +51,58 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def main() -> int:
+    broker = os.environ.get("BENCH_BROKER", "redis")
+    with bench_broker(broker, REDIS_URL) as broker_url:
+        return run(broker, broker_url)
+
+
+def run(broker: str, broker_url: str) -> int:
     plan = Plan.from_env()
     scenarios = os.environ.get("BENCH_SCENARIOS", "pairs,profile").split(",")
+    quick = bool(os.environ.get("BENCH_QUICK"))
     results: dict[str, Any] = {
         "source": source(),
-        "machine": machine(POSTGRES_URL, REDIS_URL),
+        "machine": machine(POSTGRES_URL, broker_url),
+        "broker": broker,
         "plan": plan.as_dict(),
-        "quick": bool(os.environ.get("BENCH_QUICK")),
+        "quick": quick,
         "started_at": time.time(),
     }
     shutil.rmtree(LOGS, ignore_errors=True)
-    factory = StackFactory(POSTGRES_URL, REDIS_URL, LOGS)
+    factory = StackFactory(POSTGRES_URL, broker_url, LOGS)
     results["knobs"] = factory.knobs.__dict__
     try:
         if "pairs" in scenarios:
             results["pairs"] = paired_rounds(factory, plan)
         if "profile" in scenarios:
-            results["profile"] = spy_profile(factory, seconds=3 if results["quick"] else 10)
+            # A smoke run's profiles go with its logs: the committed spy files stay those of a full run.
+            spies = (LOGS, "spy_") if quick else (RESULTS, "spy_" if broker == "redis" else f"spy-{broker}_")
+            results["profile"] = spy_profile(factory, 3 if quick else 10, *spies)
         if "backlog" in scenarios:
             results["backlog"] = backlog_drain(factory, plan)
+        if broker == "rabbitmq":  # the product's quorum queues, the naive app's classic one
+            results["queues"] = queue_types(broker_url)
     finally:
         factory.close()
     results["load_average_after"] = os.getloadavg()
     results["seconds"] = time.time() - results["started_at"]
     dirty = " DIRTY TREE" if results["source"]["dirty"] else ""
     title = (
-        f"make bench: product vs naive, {plan.rounds} paired rounds, {os.cpu_count()} cores, "
+        f"make bench: product vs naive on {broker}, {plan.rounds} paired rounds, {os.cpu_count()} cores, "
         f"load {results['machine']['load_average'][0]:.1f}, {results['source']['commit'][:8]}{dirty}"
     )
     table = format_table(rows(results), title=title, header=HEADER)
     print(table)
-    out = RESULTS / ("e2e-quick.json" if results["quick"] else "e2e.json")  # a smoke run never overwrites
+    name = "e2e" if broker == "redis" else f"e2e-{broker}"
+    out = RESULTS / f"{name}{'-quick' if quick else ''}.json"  # a smoke run never overwrites
     write_results(out, {**results, "table": table.splitlines()})
     print(f"\nwritten to {out} in {results['seconds']:.0f} s")
-    if not results["quick"] and "pairs" in results:
-        update_docs(json.loads(out.read_text()))
+    if not quick and "pairs" in results:
+        written = json.loads(out.read_text())
+        if broker == "redis":
+            update_docs(written)
+        else:
+            replace_block(PERFORMANCE, RABBIT_START, RABBIT_END, render_markdown(written))
         print("docs/performance.md: the performance figures rendered from it (bench.report)")
     return 0
 

@@ -2,7 +2,10 @@
 
 ``celery -A bench.naive_worker worker -Q <QUEUE_PREFIX>invoices`` with ``NAIVE_INVOICES_DATABASE_URL``
 and ``BROKER_URL``. Celery's defaults otherwise (early acknowledgement: a worker killed mid-task
-loses the invoice), as the first version of such an app has them.
+loses the invoice), as the first version of such an app has them. On RabbitMQ (``amqp://``) that is
+a durable *classic* queue on a direct exchange and no publisher confirms: ``.delay()`` returns once
+the message is written to the socket, not once the broker has it. Kept so on purpose: the baseline
+is the minimal app, not a safer one; the product's relay waits for the broker's confirms.
 """
 
 from __future__ import annotations

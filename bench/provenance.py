@@ -17,6 +17,8 @@ import psycopg
 import redis
 from sqlalchemy import make_url
 
+from bench.rabbitmq import rabbitmq_version
+
 __all__ = ["machine", "source"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +30,7 @@ _PACKAGES = (
     "celery",
     "kombu",
     "redis",
+    "amqp",
     "gunicorn",
     "pydantic",
     "aiohttp",
@@ -44,23 +47,28 @@ def source() -> dict[str, Any]:
     return {"commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain", "--", "."))}
 
 
-def machine(postgres_url: str, redis_url: str) -> dict[str, Any]:
-    """Core count, load and versions: what a reader needs to compare two result files."""
+def machine(postgres_url: str, broker_url: str) -> dict[str, Any]:
+    """Core count, load and versions: what a reader needs to compare two result files.
+
+    The broker's version under its name: ``redis`` for a ``redis://`` URL, else ``rabbitmq``."""
     conninfo = make_url(postgres_url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(conninfo) as conn:
         postgres = conn.execute("SHOW server_version").fetchone()
-    client = redis.Redis.from_url(redis_url)
-    try:
-        redis_version = client.info("server")["redis_version"]
-    finally:
-        client.close()
+    if broker_url.startswith("redis"):
+        client = redis.Redis.from_url(broker_url)
+        try:
+            broker = {"redis": client.info("server")["redis_version"]}
+        finally:
+            client.close()
+    else:
+        broker = {"rabbitmq": rabbitmq_version(broker_url)}
     return {
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "postgres": postgres[0] if postgres else "?",
-        "redis": redis_version,
+        **broker,
         "packages": {name: version(name) for name in _PACKAGES},
         "nproc_available": len(os.sched_getaffinity(0)),
     }

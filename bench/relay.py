@@ -12,8 +12,10 @@ the product relay in this process (``OutboxRelay.relay_batch`` until a batch is 
 ``relay --once`` does): *fresh* (as written), *after_outage* (every row failed before: attempts > 0,
 due again) and *one_parked* (the first row parked). Each round drains the three from clones of one
 template and reports msg/s and each rate against fresh in that round; the figure is the median of
-the rounds. Smoke run: ``BENCH_RELAY_BACKLOG_ROWS=20000 BENCH_RELAY_BACKLOG_ROUNDS=1``;
-``BENCH_RELAY_PARTS=backlogs`` (or ``variants``) runs one part only.
+the rounds. ``BENCH_RELAY_PARTS=backlogs`` (or ``variants``) runs one part only.
+
+Smoke run: ``BENCH_QUICK=1`` (10 000 rows, one 20 000-row backlog round, written to ``relay-quick.json``
+and ``relay_backlogs-quick.json``: never the committed files). On RabbitMQ: ``bench.relay_rabbitmq``.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from sqlalchemy.orm import Session
 from bench.backlog import fill_outbox
 from bench.provenance import machine, source
 from harness.databases import PostgresFactory
-from harness.outbox import aggregate, order_payload, outbox_rows, queued_messages
+from harness.outbox import aggregate, order_id_for, order_payload, outbox_rows, queued_messages
 from harness.processes import TEST_SIGNING_KEY, pipeline_env, relay_service
 from harness.waiting import wait_until
 from order_service.models import outbox
@@ -56,18 +58,21 @@ from order_service.relay import build_relay
 from shared.config import Settings
 from shared.contracts import ROUTES
 
-ROWS = int(os.environ.get("BENCH_RELAY_ROWS", "100000"))
+QUICK = bool(os.environ.get("BENCH_QUICK"))
+ROWS = int(os.environ.get("BENCH_RELAY_ROWS", "10000" if QUICK else "100000"))
 NAIVE_ROWS = ROWS
 """The naive relay drains the same rows as the others: one table, one load."""
 POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-RESULTS = Path(__file__).parent / "results" / "relay.json"
+RESULTS = Path(__file__).parent / "results" / ("relay-quick.json" if QUICK else "relay.json")
 LOGS = Path(__file__).parent / "results" / "relay-logs"
 ROUTE = ROUTES["order.placed"]
 PARTS = set(os.environ.get("BENCH_RELAY_PARTS", "variants,backlogs").split(","))
-BACKLOG_ROWS = int(os.environ.get("BENCH_RELAY_BACKLOG_ROWS", "200000"))
-BACKLOG_ROUNDS = int(os.environ.get("BENCH_RELAY_BACKLOG_ROUNDS", "3"))
-BACKLOG_RESULTS = Path(__file__).parent / "results" / "relay_backlogs.json"
+BACKLOG_ROWS = int(os.environ.get("BENCH_RELAY_BACKLOG_ROWS", "20000" if QUICK else "200000"))
+BACKLOG_ROUNDS = int(os.environ.get("BENCH_RELAY_BACKLOG_ROUNDS", "1" if QUICK else "3"))
+BACKLOG_RESULTS = (
+    Path(__file__).parent / "results" / ("relay_backlogs-quick.json" if QUICK else "relay_backlogs.json")
+)
 _PROVENANCE: dict[str, object] = {}
 BACKLOGS = {
     "fresh": (),
@@ -126,15 +131,15 @@ class Sampler:
 class Databases:
     """One prefilled template, cloned per variant; everything made here is dropped at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, count: int = ROWS) -> None:
         self.factory = PostgresFactory(POSTGRES_URL, run_id=f"bench_{uuid.uuid4().hex[:6]}")
         self.admin = make_url(POSTGRES_URL).set(drivername="postgresql").render_as_string(hide_password=False)
         self.template = self.factory.fresh_pair().orders_url
         engine = create_db_engine(self.template)
         later = utcnow() + timedelta(days=1)
-        rows = [{**row, "available_at": later} for row in outbox_rows(ROWS, ROWS // 4)]
+        rows = [{**row, "available_at": later} for row in outbox_rows(count, count // 4)]
         with engine.begin() as conn:
-            for start in range(0, ROWS, 5_000):
+            for start in range(0, count, 5_000):
                 conn.execute(outbox.insert(), rows[start : start + 5_000])
         with engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE outbox"))
@@ -246,7 +251,7 @@ def product(url: str, client: redis.Redis, prefix: str, processes: int, tag: str
     relays = [relay_service(env, LOGS, name=f"{tag}-{n}").start() for n in range(processes)]
     engine = create_db_engine(url)
     try:
-        wait_until(lambda: _balanced(engine, processes), timeout=60, message="relays to share the partitions")
+        wait_until(lambda: balanced(engine, processes), timeout=60, message="relays to share the partitions")
         time.sleep(1.0)  # let imports and connections settle before the CPU baseline
         sampler = Sampler([r.process.pid for r in relays if r.process])
         release(engine)
@@ -263,7 +268,7 @@ def product(url: str, client: redis.Redis, prefix: str, processes: int, tag: str
     return result
 
 
-def _balanced(engine: Engine, processes: int) -> bool:
+def balanced(engine: Engine, processes: int) -> bool:
     with engine.connect() as conn:
         held = conn.execute(
             text(
@@ -286,11 +291,12 @@ def latency(url: str, client: redis.Redis, prefix: str, samples: int = 60) -> di
     queue = prefix + ROUTE.queue
     timings = []
     try:
-        wait_until(lambda: _balanced(engine, 1), timeout=60, message="the relay to hold its partitions")
+        wait_until(lambda: balanced(engine, 1), timeout=60, message="the relay to hold its partitions")
         for n in range(samples):
             time.sleep(0.05)
             with Session(engine) as session, session.begin():
-                message = OutboxMessage("order.placed", "order", f"lat-{n}", order_payload(f"lat-{n}"))
+                order_id = order_id_for(f"lat-{n}")
+                message = OutboxMessage("order.placed", "order", order_id, order_payload(order_id))
                 add_message(session, outbox, message)
                 started = time.perf_counter()
             client.brpop([queue], timeout=10)

@@ -6,6 +6,10 @@ Every figure the documentation quotes is rendered from a results file, with the 
   after writing the file);
 - ``docs/performance.md``, block ``RELAY_START``/``RELAY_END``: ``bench/results/relay.json`` and
   ``relay_backlogs.json`` (``make bench-relay``);
+- ``docs/performance.md``, blocks ``RABBIT_START``/``RABBIT_END`` and ``RABBIT_RELAY_START``/
+  ``RABBIT_RELAY_END``: ``bench/results/e2e-rabbitmq.json`` (``make bench BROKER=rabbitmq``, which renders
+  it) and ``relay-rabbitmq.json`` (``make bench-relay BROKER=rabbitmq``, likewise); while a file is absent
+  its block says "not measured yet" (``render_pending``);
 - ``docs/faults.md``, block ``SOAK_START``/``SOAK_END``: ``bench/results/chaos-10000.txt``
   (``make chaos N=10000``);
 - ``docs/faults.md``, block ``LONG_START``/``LONG_END``: ``bench/results/faults-long.txt``
@@ -20,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,9 +33,12 @@ __all__ = [
     "HEADER",
     "PERFORMANCE",
     "TARGETS",
+    "rabbitmq_blocks",
     "render_long",
     "render_markdown",
+    "render_pending",
     "render_relay",
+    "render_relay_rabbitmq",
     "render_soak",
     "replace_block",
     "rows",
@@ -45,6 +53,8 @@ RESULTS_DIR = ROOT / "bench" / "results"
 RESULTS = RESULTS_DIR / "e2e.json"
 RELAY_RESULTS = RESULTS_DIR / "relay.json"
 BACKLOG_RESULTS = RESULTS_DIR / "relay_backlogs.json"
+RABBIT_RESULTS = RESULTS_DIR / "e2e-rabbitmq.json"
+RABBIT_RELAY_RESULTS = RESULTS_DIR / "relay-rabbitmq.json"
 SOAK_RESULTS = RESULTS_DIR / "chaos-10000.txt"
 LONG_RESULTS = RESULTS_DIR / "faults-long.txt"
 START = "<!-- figures: rendered by bench/report.py from bench/results/e2e.json; do not edit -->"
@@ -54,6 +64,15 @@ RELAY_START = (
     "relay_backlogs.json; do not edit -->"
 )
 RELAY_END = "<!-- end of relay figures -->"
+RABBIT_START = (
+    "<!-- RabbitMQ figures: rendered by bench/report.py from bench/results/e2e-rabbitmq.json; do not edit -->"
+)
+RABBIT_END = "<!-- end of RabbitMQ figures -->"
+RABBIT_RELAY_START = (
+    "<!-- RabbitMQ relay figures: rendered by bench/report.py from bench/results/relay-rabbitmq.json; "
+    "do not edit -->"
+)
+RABBIT_RELAY_END = "<!-- end of RabbitMQ relay figures -->"
 SOAK_START = (
     "<!-- soak figures: rendered by bench/report.py from bench/results/chaos-10000.txt; do not edit -->"
 )
@@ -153,17 +172,34 @@ def _loads(plan: dict[str, Any]) -> str:
 
 
 def render_markdown(results: dict[str, Any]) -> str:
-    """The end-to-end figures block: where and when they were measured, the table, CPU by process."""
+    """The end-to-end figures block: where and when they were measured, the table, CPU by process.
+
+    A RabbitMQ run (``"broker": "rabbitmq"``) renders into its own block, after a paragraph saying what
+    differs; a file without ``broker`` is a Redis run and renders as it always did."""
     source, machine, plan = results["source"], results["machine"], results["plan"]
     tree = "a DIRTY tree (the figures describe no commit)" if source["dirty"] else "a clean tree"
     load_before, load_after = machine["load_average"][0], results["load_average_after"][0]
-    lines = [
-        START,
-        f"Measured by `make bench` at commit `{source['commit'][:7]}` on {tree}: {plan['rounds']} paired "
+    rabbitmq = results.get("broker", "redis") == "rabbitmq"
+    lines = [START, f"Measured by `make bench` at commit `{source['commit'][:7]}` on {tree}: "]
+    if rabbitmq:
+        lines = [
+            RABBIT_START,
+            f"**On RabbitMQ** {machine['rabbitmq']} (a vhost and user of the bench's own): the same paired "
+            "rounds with both stacks on the broker. The product on durable quorum queues, its relays waiting "
+            "for the broker's confirms once per batch; the naive app as Celery's defaults make it, a "
+            "classic queue and no publisher confirms (`.delay()` returns once the message is on the socket). "
+            "No Redis: the product's rate-limit counters live in each process.",
+            "",
+            f"Measured by `make bench BROKER=rabbitmq` at commit `{source['commit'][:7]}` on {tree}: ",
+        ]
+    lines[-1] += (
+        f"{plan['rounds']} paired "
         f"rounds of {plan['seconds']:g} s at {plan['concurrency']} clients and {plan['latency_seconds']:g} s "
         f"at each steady load ({_loads(plan)} of the naive capacity), {machine['cpu_count']} cores, "
         "load average "
-        f"{load_before:.1f} at the start and {load_after:.1f} at the end.",
+        f"{load_before:.1f} at the start and {load_after:.1f} at the end."
+    )
+    lines += [
         "",
         "| " + " | ".join(HEADER) + " |",
         "|---|" + "---:|" * 3 + "---|---|",
@@ -182,7 +218,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"naive api {_f(naive.get('cpu_ms_api'), 2)}, worker {_f(naive.get('cpu_ms_worker'), 2)}, "
             f"postgres {_f(naive.get('cpu_ms_postgres'), 2)}.",
         ]
-    return "\n".join([*lines, END])
+    return "\n".join([*lines, RABBIT_END if rabbitmq else END])
 
 
 def _provenance(results: dict[str, Any]) -> str:
@@ -234,6 +270,86 @@ def render_relay(relay: dict[str, Any], backlogs: dict[str, Any]) -> str:
         )
     lines += ["", f"Target: every backlog at least {backlogs['target_ratio']:g}{TIMES} the fresh drain."]
     return "\n".join([*lines, RELAY_END])
+
+
+_RABBIT_VARIANTS = {
+    "relay": "product relay, 1 process (claim, publish, confirms, mark)",
+    "floor": "floor: py-amqp, one message per row, no database",
+    "floor_tasks": "py-amqp, the relay's batch tasks, no database",
+}
+
+
+def render_relay_rabbitmq(results: dict[str, Any]) -> str:
+    """The RabbitMQ relay block: the relay against the raw confirmed-publish floor, paired by round."""
+    rounds, batch = results["per_round"], results["batch"]
+    load_before, load_after = results["machine"]["load_average"][0], results["load_average_after"][0]
+    ratio, target = results["ratio"], results["target_ratio"]
+    verdict = "met" if ratio >= target else "MISSED"
+    lines = [
+        RABBIT_RELAY_START,
+        f"**On RabbitMQ.** Measured by `make bench-relay BROKER=rabbitmq` at {_provenance(results)}, "
+        f"{results['cpus']} cores, load average {load_before:.1f} at the start and {load_after:.1f} at the "
+        f"end, RabbitMQ {results['machine']['rabbitmq']}: {_n(results['rows'])} rows onto quorum queues in "
+        f"{results['rounds']} paired rounds (the order alternating). The product relay claims {batch} rows, "
+        f"publishes them as batch tasks of {results['messages_per_task']} messages, waits once for their "
+        f"confirms and marks them; the floor publishes as many messages with py-amqp (the relay's encoding "
+        f"of one row each), one confirm wait per {batch}, no database: the fastest the broker takes "
+        "confirmed messages here. The last row publishes exactly the relay's batch tasks the floor's way. "
+        "CPU is the publishing process's (the broker's is not counted).",
+        "",
+        "| variant | msg/s (median) | per round | AMQP messages | CPU s per 10 000 | peak RSS MiB |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for key, label in _RABBIT_VARIANTS.items():
+        per_round = " ".join(_n(r[key]["rate"]) for r in rounds)
+        last = rounds[-1][key]
+        lines.append(
+            f"| {label} | {_n(results['median_rate'][key])} | {per_round} | {_n(last['amqp_messages'])} "
+            f"| {statistics.median(r[key]['cpu_s_per_10k'] for r in rounds):.2f} "
+            f"| {max(r[key]['rss_peak_mb'] for r in rounds):.0f} |"
+        )
+    per_round_ratios = " ".join(f"{r['ratio']:.2f}" for r in rounds)
+    lines += [
+        "",
+        f"The relay against the floor: **{ratio:.2f}{TIMES}** (per round {per_round_ratios}; "
+        f"target at least {target:g}{TIMES}: {verdict}); "
+        f"against the relay's own batch tasks published without a database: "
+        f"**{results['ratio_tasks']:.2f}{TIMES}**.",
+        RABBIT_RELAY_END,
+    ]
+    return "\n".join(lines)
+
+
+def render_pending(start: str, end: str, command: str, results: Path) -> str:
+    """The block of a results file not measured yet: replaced by the figures once the file exists."""
+    return "\n".join(
+        [
+            start,
+            f"**On RabbitMQ.** Not measured yet: `{command}` writes `bench/results/{results.name}` "
+            "and renders this block from it.",
+            end,
+        ]
+    )
+
+
+def rabbitmq_blocks() -> list[tuple[str, str, str]]:
+    """(start, end, rendered) of each RabbitMQ block: its results file rendered, or "not measured yet"."""
+    blocks = []
+    for start, end, command, path, render in (
+        (RABBIT_START, RABBIT_END, "make bench BROKER=rabbitmq", RABBIT_RESULTS, render_markdown),
+        (
+            RABBIT_RELAY_START,
+            RABBIT_RELAY_END,
+            "make bench-relay BROKER=rabbitmq",
+            RABBIT_RELAY_RESULTS,
+            render_relay_rabbitmq,
+        ),
+    ):
+        if path.exists():
+            blocks.append((start, end, render(json.loads(path.read_text()))))
+        else:
+            blocks.append((start, end, render_pending(start, end, command, path)))
+    return blocks
 
 
 _SOAK_HEADLINE = re.compile(
@@ -305,13 +421,18 @@ def main() -> int:
     replace_block(
         PERFORMANCE, RELAY_START, RELAY_END, render_relay(relay, json.loads(BACKLOG_RESULTS.read_text()))
     )
+    for start, end, rendered in rabbitmq_blocks():
+        replace_block(PERFORMANCE, start, end, rendered)
     replace_block(FAULTS, SOAK_START, SOAK_END, render_soak(SOAK_RESULTS.read_text()))
     replace_block(FAULTS, LONG_START, LONG_END, render_long(LONG_RESULTS.read_text()))
     for doc, sources in (
-        (PERFORMANCE, (RESULTS, RELAY_RESULTS, BACKLOG_RESULTS)),
+        (PERFORMANCE, (RESULTS, RELAY_RESULTS, BACKLOG_RESULTS, RABBIT_RESULTS, RABBIT_RELAY_RESULTS)),
         (FAULTS, (SOAK_RESULTS, LONG_RESULTS)),
     ):
-        print(f"{doc.relative_to(ROOT)}: figures rendered from {', '.join(p.name for p in sources)}")
+        rendered = ", ".join(p.name for p in sources if p.exists())
+        missing = [p.name for p in sources if not p.exists()]
+        print(f"{doc.relative_to(ROOT)}: figures rendered from {rendered}", end="")
+        print(f" ({', '.join(missing)}: not measured yet)" if missing else "")
     return 0
 
 

@@ -62,8 +62,11 @@ def summarize_raw(raw: str, limit: int = 60) -> tuple[int, list[tuple[str, int]]
     return busy, inclusive.most_common(limit), own.most_common(limit // 2)
 
 
-def spy_profile(factory: StackFactory, seconds: float, out: Path = RESULTS) -> dict[str, Any]:
-    """Profile every process of a product stack under a closed-loop load; write and return the summary."""
+def spy_profile(
+    factory: StackFactory, seconds: float, out: Path = RESULTS, prefix: str = "spy_"
+) -> dict[str, Any]:
+    """Profile every process of a product stack under a closed-loop load; write and return the summary
+    (``out/<prefix><service>.txt``)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     variant = Variant("product", factory.stack("spy").start_product())
     scratch = Path(tempfile.mkdtemp(prefix="bench-spy-"))
@@ -92,7 +95,7 @@ def spy_profile(factory: StackFactory, seconds: float, out: Path = RESULTS) -> d
                 "self time:",
                 *(f"{100 * n / max(busy, 1):5.1f}%  {frame}" for frame, n in own),
             ]
-            (out / f"spy_{name}.txt").write_text("\n".join(lines) + "\n")
+            (out / f"{prefix}{name}.txt").write_text("\n".join(lines) + "\n")
             summary[name] = {
                 "cpu_ms_per_order": cpu_ms,
                 "samples": busy,

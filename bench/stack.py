@@ -5,8 +5,9 @@ and the order consumer. The naive baseline (``bench.naive_app`` / ``bench.naive_
 and one Celery worker. Both run with the same gunicorn workers/threads and Celery concurrency.
 
 Each stack gets its own throwaway databases (the product's cloned from migrated templates, the naive
-one's made empty and given its tables) and its own queue prefix on Redis, so a bench never touches
-anyone else's data on shared servers; everything is dropped at the end.
+one's made empty and given its tables) and its own queue prefix on the broker (Redis, or a RabbitMQ
+vhost of the bench's own: ``bench.rabbitmq``), so a bench never touches anyone else's data on shared
+servers; everything is dropped at the end.
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ class StackFactory:
     """Makes stacks and cleans up after all of them: databases dropped, queues deleted, processes stopped."""
 
     admin_url: str
-    redis_url: str
+    broker_url: str
+    """``redis://…`` (keys deleted by prefix at the end), or ``amqp://…`` on a vhost its owner deletes."""
     root: Path
     knobs: Knobs = field(default_factory=Knobs)
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -167,7 +169,7 @@ class StackFactory:
         env = pipeline_env(
             orders_url=databases.orders_url,
             invoices_url=databases.invoices_url,
-            broker_url=self.redis_url,
+            broker_url=self.broker_url,
             var_dir=log_dir / "var",
             queue_prefix=prefix,
         )
@@ -180,7 +182,8 @@ class StackFactory:
             LOG_LEVEL=self.knobs.log_level,
             API_POOL_SIZE=str(self.knobs.gunicorn_threads),
             RELAY_BATCH_SIZE=str(self.knobs.relay_batch_size),
-            # On, and counting in Redis, but far above the load: the limiter's cost, never its 429s.
+            # On, and far above the load: the limiter's cost, never its 429s (counted in Redis on Redis,
+            # in each process on RabbitMQ: ``Settings.rate_limit_storage``).
             RATE_LIMIT=os.environ.get("BENCH_RATE_LIMIT", "1000000 per second"),
             **self.extra_env,
         )
@@ -192,7 +195,9 @@ class StackFactory:
         for stack in self._stacks:
             stack.stop()
         self._postgres.close()
-        client = redis.Redis.from_url(self.redis_url)
+        if not self.broker_url.startswith("redis"):
+            return
+        client = redis.Redis.from_url(self.broker_url)
         try:
             for prefix in self._prefixes:
                 keys: Iterator[bytes] = client.scan_iter(match=f"{prefix}*", count=1000)

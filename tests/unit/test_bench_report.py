@@ -15,6 +15,12 @@ from bench.report import (
     LONG_RESULTS,
     LONG_START,
     PERFORMANCE,
+    RABBIT_END,
+    RABBIT_RELAY_END,
+    RABBIT_RELAY_RESULTS,
+    RABBIT_RELAY_START,
+    RABBIT_RESULTS,
+    RABBIT_START,
     RELAY_END,
     RELAY_RESULTS,
     RELAY_START,
@@ -23,9 +29,12 @@ from bench.report import (
     SOAK_RESULTS,
     SOAK_START,
     START,
+    rabbitmq_blocks,
     render_long,
     render_markdown,
+    render_pending,
     render_relay,
+    render_relay_rabbitmq,
     render_soak,
     update_docs,
 )
@@ -50,6 +59,76 @@ def test_the_relay_figures_are_the_committed_results_files_rendered() -> None:
     relay, backlogs = json.loads(RELAY_RESULTS.read_text()), json.loads(BACKLOG_RESULTS.read_text())
 
     assert _block(PERFORMANCE, RELAY_START, RELAY_END) == render_relay(relay, backlogs)
+
+
+def test_the_rabbitmq_blocks_are_their_results_files_rendered_or_not_measured_yet() -> None:
+    """A block says "not measured yet" only while its results file is absent; once it exists the block
+    is that file rendered (``make bench BROKER=rabbitmq`` / ``python -m bench.report`` write it)."""
+    files = {RABBIT_START: RABBIT_RESULTS, RABBIT_RELAY_START: RABBIT_RELAY_RESULTS}
+
+    for start, end, rendered in rabbitmq_blocks():
+        assert _block(PERFORMANCE, start, end) == rendered
+        assert ("Not measured yet" in rendered) is not files[start].exists()
+
+
+def test_a_rabbitmq_run_renders_into_its_own_block_and_the_redis_one_stays_put() -> None:
+    redis_run = _results()
+    machine = {**redis_run["machine"], "rabbitmq": "3.10.8"}  # type: ignore[dict-item]
+    rabbit_run = {**redis_run, "broker": "rabbitmq", "machine": machine}
+
+    rendered = render_markdown(rabbit_run)
+
+    assert rendered.startswith(RABBIT_START)
+    assert rendered.endswith(RABBIT_END)
+    assert "`make bench BROKER=rabbitmq`" in rendered
+    assert "no publisher confirms" in rendered
+    assert render_markdown(redis_run).startswith(START)
+    pending = render_pending(RABBIT_START, RABBIT_END, "make bench BROKER=rabbitmq", RABBIT_RESULTS)
+    assert pending.startswith(RABBIT_START)
+    assert "Not measured yet" in pending
+
+
+def _rabbit_relay_round(number: int, relay: float, floor: float, tasks: float) -> dict[str, object]:
+    def variant(rate: float, messages: int) -> dict[str, float]:
+        return {"rate": rate, "cpu_s_per_10k": 1.0, "rss_peak_mb": 100.0, "amqp_messages": messages}
+
+    return {
+        "round": number,
+        "relay": variant(relay, 100),
+        "floor": variant(floor, 10_000),
+        "floor_tasks": variant(tasks, 100),
+        "ratio": relay / floor,
+        "ratio_tasks": relay / tasks,
+    }
+
+
+def test_the_rabbitmq_relay_block_gives_the_ratio_to_the_floor_and_its_verdict() -> None:
+    rounds = [_rabbit_relay_round(0, 7_000, 10_000, 20_000), _rabbit_relay_round(1, 6_000, 10_000, 20_000)]
+    results = {
+        **_results(),
+        "machine": {**_results()["machine"], "rabbitmq": "3.10.8"},  # type: ignore[dict-item]
+        "load_average_after": [1.0, 1.0, 1.0],
+        "rows": 10_000,
+        "rounds": 2,
+        "batch": 500,
+        "messages_per_task": 100,
+        "cpus": 2,
+        "median_rate": {"relay": 6_500.0, "floor": 10_000.0, "floor_tasks": 20_000.0},
+        "ratio": 0.65,
+        "ratio_tasks": 0.325,
+        "target_ratio": 0.7,
+        "per_round": rounds,
+    }
+
+    rendered = render_relay_rabbitmq(results)
+
+    assert rendered.startswith(RABBIT_RELAY_START)
+    assert rendered.endswith(RABBIT_RELAY_END)
+    assert "**0.65\u00d7** (per round 0.70 0.60; target at least 0.7\u00d7: MISSED)" in rendered
+    assert (
+        "| floor: py-amqp, one message per row, no database | 10 000 | 10 000 10 000 | 10 000 |" in rendered
+    )
+    assert "MISSED" not in render_relay_rabbitmq({**results, "ratio": 0.7})
 
 
 def test_the_soak_figures_are_the_committed_record_rendered() -> None:
