@@ -50,7 +50,11 @@ def unpublished(cluster: Cluster) -> int:
     return cluster.checker.verdict().unpublished
 
 
-def test_relay_killed_after_publishing_before_marking_republishes_and_invoices_once(cluster: Cluster) -> None:
+def test_relay_killed_after_publishing_before_marking_republishes_and_invoices_once(
+    broker_cluster: Cluster,
+) -> None:
+    """Mechanism (FAULT_ENV), on Redis and on RabbitMQ (a batch confirmed, then the relay dies unmarked)."""
+    cluster = broker_cluster
     cluster.start_worker()
     place_in_process(cluster, bodies(20, seed=1))
     engine = create_engine(cluster.databases.orders_url)
