@@ -52,15 +52,20 @@ test-unit: install
 # The Compose v2 plugin (`docker compose`) or the v1 client (`docker-compose`), whichever is installed. The
 # project name is passed (Compose v1 rejects a top-level `name:`); ENV_FILE=path reads secrets from another file
 # than ./.env. Local images instead of the official ones: see README, "Production shape: docker compose".
+# BROKER=rabbitmq: the RabbitMQ shape (docker-compose.rabbitmq.yml on top); `make down` stops either shape.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose' || echo docker-compose)
 COMPOSE_PROJECT ?= order-outbox
-COMPOSE_ARGS = -p $(COMPOSE_PROJECT) $(if $(ENV_FILE),--env-file $(ENV_FILE))
+COMPOSE_FILES = $(if $(filter rabbitmq,$(BROKER)),-f docker-compose.yml -f docker-compose.rabbitmq.yml,$(if \
+	$(filter-out redis,$(BROKER)),$(error BROKER=$(BROKER): redis (the default) or rabbitmq)))
+COMPOSE_ARGS = -p $(COMPOSE_PROJECT) $(COMPOSE_FILES) $(if $(ENV_FILE),--env-file $(ENV_FILE))
 
 up:
 	$(COMPOSE) $(COMPOSE_ARGS) up -d --build
 
+# --remove-orphans: a service of the other shape (rabbitmq after a `make up BROKER=rabbitmq`) is stopped too,
+# else it keeps the network busy and down fails.
 down:
-	$(COMPOSE) $(COMPOSE_ARGS) down
+	$(COMPOSE) $(COMPOSE_ARGS) down --remove-orphans
 
 # Benchmarks (bench/): `make bench` runs the product and the naive Flask+Celery baseline
 # (bench/naive_app.py) in paired rounds on the local Postgres and Redis, and profiles the product with

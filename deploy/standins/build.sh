@@ -3,6 +3,7 @@
 #   order-outbox/debian-base:local     debootstrap --variant=minbase bookworm, trimmed, `docker import`ed
 #   order-outbox/python-standin:local  Debian's python3.11 (for the Dockerfile's PYTHON_IMAGE)
 #   order-outbox/postgres-standin:local, order-outbox/redis-standin:local  Debian's PostgreSQL 15 and Redis 7
+#   order-outbox/rabbitmq-standin:local  Debian's RabbitMQ 3.10 with the management plugin (the RabbitMQ shape)
 # None of them carries an official image's name. Cached in ORDER_OUTBOX_CACHE (default ~/.cache/order-outbox):
 # the debootstrap tarball, and the built stand-ins as one `docker save` archive keyed by their sources, so a
 # fresh engine loads them in seconds. Images already on the engine are kept; FORCE=1 rebuilds everything.
@@ -28,6 +29,7 @@ print_images() {  # what to export so compose and the Dockerfile use them (the d
     printf 'PYTHON_IMAGE=order-outbox/python-standin:%s\n' "$tag"
     printf 'POSTGRES_IMAGE=order-outbox/postgres-standin:%s\n' "$tag"
     printf 'REDIS_IMAGE=order-outbox/redis-standin:%s\n' "$tag"
+    printf 'RABBITMQ_IMAGE=order-outbox/rabbitmq-standin:%s\n' "$tag"
 }
 
 have_image() { [ -z "${FORCE:-}" ] && "$docker" image inspect "$1" >/dev/null 2>&1; }
@@ -56,9 +58,10 @@ CFG
     : >"$root/etc/machine-id"
 }
 
-standins="order-outbox/python-standin:$tag order-outbox/postgres-standin:$tag order-outbox/redis-standin:$tag"
+standins="order-outbox/python-standin:$tag order-outbox/postgres-standin:$tag order-outbox/redis-standin:$tag
+order-outbox/rabbitmq-standin:$tag"
 # The archive's key: the stand-ins' sources, the base's shape and the CA bundle baked into the Python one.
-key=$( (cd "$here" && basename "$tarball" && find python postgres redis -type f | sort | while read -r f; do
+key=$( (cd "$here" && basename "$tarball" && find python postgres redis rabbitmq -type f | sort | while read -r f; do
     printf '%s\n' "$f" && cat "$f"; done && cat "$ca_bundle") | sha256sum | cut -c1-16)
 archive=$cache/standins-$tag-$key.tar
 
@@ -109,12 +112,13 @@ build() {  # build <name> <context dir>: the stand-in's folder plus the host's C
     log "built $image in $(( $(seconds) - start )) s"
 }
 
-# The three builds only share the base: side by side (mostly waiting on the mirror and dpkg).
+# The builds only share the base: side by side (mostly waiting on the mirror and dpkg).
 build python-standin "$here/python" & python_build=$!
 build postgres-standin "$here/postgres" & postgres_build=$!
 build redis-standin "$here/redis" & redis_build=$!
+build rabbitmq-standin "$here/rabbitmq" & rabbitmq_build=$!
 failed=0
-for pid in "$python_build" "$postgres_build" "$redis_build"; do wait "$pid" || failed=1; done
+for pid in "$python_build" "$postgres_build" "$redis_build" "$rabbitmq_build"; do wait "$pid" || failed=1; done
 [ "$failed" = 0 ] || { log "a stand-in build failed (see above)"; exit 1; }
 
 mkdir -p "$cache"

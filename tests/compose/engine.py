@@ -22,6 +22,8 @@ __all__ = [
     "APT_PACKAGES",
     "LONG_RUNNING",
     "ONE_SHOT",
+    "RABBITMQ_FILES",
+    "RABBITMQ_LONG_RUNNING",
     "ROOT",
     "STANDINS",
     "ComposeProject",
@@ -41,6 +43,10 @@ LONG_RUNNING = (
     "invoice-relay", "invoice-relay-2", "order-consumer", "flower",
 )  # fmt: skip
 ONE_SHOT = ("migrate",)
+RABBITMQ_FILES = ("docker-compose.yml", "docker-compose.rabbitmq.yml")
+"""``make up BROKER=rabbitmq``'s files: the RabbitMQ shape."""
+RABBITMQ_LONG_RUNNING = (*LONG_RUNNING, "rabbitmq")
+"""Redis stays in the RabbitMQ shape (the API's rate limits)."""
 APT_PACKAGES = "docker.io docker-compose debootstrap"
 PASSED_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "XDG_CACHE_HOME", "ORDER_OUTBOX_CACHE")
 """What the engine and compose inherit from the test's environment: nothing that compose would interpolate."""
@@ -254,16 +260,19 @@ class Container:
 
 @dataclass
 class ComposeProject:
-    """The repository's docker-compose.yml as one project on the engine, its variables from ``env_file``."""
+    """docker-compose.yml (or ``files``) as one project on the engine, its variables from ``env_file``."""
 
     engine: Engine
     name: str
     env_file: Path
     project_dir: Path
     command: list[str]
+    files: tuple[str, ...] = ()
+    """Compose files relative to ``project_dir``, as ``make up`` passes them; none: docker-compose.yml."""
 
     def run(self, *args: str, timeout: float = 120.0, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [*self.command, "-p", self.name, "--env-file", str(self.env_file), *args]
+        chosen = [option for file in self.files for option in ("-f", file)]
+        argv = [*self.command, "-p", self.name, *chosen, "--env-file", str(self.env_file), *args]
         return run(argv, env=self.engine.env(), timeout=timeout, check=check, cwd=self.project_dir)
 
     def exec(self, service: str, *argv: str, timeout: float = 60.0) -> str:

@@ -1,4 +1,4 @@
-"""The docker compose production shape, checked by parsing (no docker engine needed).
+"""The compose production shape and its RabbitMQ override, checked by parsing (no docker engine needed).
 
 Every process the compose file starts must exist in the code base: a renamed module or a removed
 entry point fails here instead of in a crash-looping container.
@@ -11,6 +11,7 @@ import importlib.machinery
 import importlib.util
 import re
 import shlex
+import subprocess
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+RABBITMQ_FILE = ROOT / "docker-compose.rabbitmq.yml"
+"""The RabbitMQ shape: merged on top of COMPOSE_FILE (``make up BROKER=rabbitmq``)."""
 DOCKERFILE = ROOT / "Dockerfile"
 INIT_SCRIPT = ROOT / "deploy" / "postgres" / "init-databases.sh"
 ROLES_SQL = ROOT / "deploy" / "postgres" / "roles.sql"
@@ -55,11 +58,20 @@ EXECUTABLE_DISTRIBUTIONS = {"gunicorn": "gunicorn", "celery": "celery", "flask":
 Service = dict[str, Any]
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    loaded = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+def load(path: Path) -> dict[str, Any]:
+    loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert isinstance(loaded, dict)
     return loaded
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load(COMPOSE_FILE)
+
+
+@pytest.fixture(scope="module")
+def override() -> dict[str, Any]:
+    return load(RABBITMQ_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -278,21 +290,25 @@ def test_every_postgres_password_comes_from_the_environment(services: dict[str, 
         assert SECRET_INTERPOLATION.match(postgres_env[f"{name}_PASSWORD"]), name
 
 
-def test_no_literal_secret_is_written_in_the_compose_file(compose: dict[str, Any]) -> None:
+@pytest.mark.parametrize("path", [COMPOSE_FILE, RABBITMQ_FILE], ids=lambda path: path.name)
+def test_no_literal_secret_is_written_in_the_compose_files(path: Path) -> None:
+    compose = load(path)
     for service in compose["services"].values():
         for key, value in environment(service).items():
             if re.search(r"PASSWORD|SECRET|TOKEN|API_KEYS|SIGNING|AUTH", key):
                 assert SECRET_INTERPOLATION.match(value), f"{key} is hard-coded or not required"
     userinfos = [match for text in all_strings(compose) for match in USERINFO.finditer(text)]
-    assert len(userinfos) >= 5, "the database and broker URLs carry their passwords"
+    assert userinfos, "the database and broker URLs carry their passwords"
     for userinfo in userinfos:
         assert SECRET_INTERPOLATION.match(userinfo["password"]), f"literal password for {userinfo['user']}"
 
 
 def test_every_required_variable_is_in_env_example_and_empty_there() -> None:
     """A copied .env.example does not start: compose stops at the first secret left empty."""
-    required = set(re.findall(r"\$\{([A-Z_]+):\?", COMPOSE_FILE.read_text(encoding="utf-8")))
+    text = COMPOSE_FILE.read_text(encoding="utf-8") + RABBITMQ_FILE.read_text(encoding="utf-8")
+    required = set(re.findall(r"\$\{([A-Z_]+):\?", text))
     assert {"REDIS_PASSWORD", "MESSAGE_SIGNING_KEY", "SECRET_KEY", "ORDERS_APP_PASSWORD"} <= required
+    assert "RABBITMQ_PASSWORD" in required
     example = dict(
         line.split("=", 1)
         for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines()
@@ -495,3 +511,63 @@ def test_flower_watches_the_workers_behind_basic_auth_without_a_published_port(
     assert environment(flower)["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")  # required, from .env
     assert "ports" not in flower
     assert "/healthcheck" in " ".join(healthcheck_argv(flower))  # the one page Flower serves without auth
+
+
+# The RabbitMQ shape: docker-compose.rabbitmq.yml, merged on top of docker-compose.yml by compose.
+AMQP_URL = "amqp://app:${RABBITMQ_PASSWORD:?set RABBITMQ_PASSWORD in .env}@rabbitmq:5672/order-outbox"
+
+
+def test_the_override_adds_only_rabbitmq_and_changes_only_broker_users(
+    override: dict[str, Any], services: dict[str, Service]
+) -> None:
+    assert {key for key in override if not key.startswith("x-")} <= {"services", "volumes"}  # Compose v1 too
+    changed = set(override["services"]) - {"rabbitmq"}
+    uses_broker = {name for name, service in services.items() if "BROKER_URL" in environment(service)}
+    assert changed == uses_broker - {"api"}, "every relay and worker and Flower; the API keeps Redis"
+    for name in sorted(changed):
+        assert set(override["services"][name]) == {"environment", "depends_on"}, name
+
+
+@pytest.mark.parametrize(
+    "name", ["relay", "relay-2", "worker", "invoice-relay", "invoice-relay-2", "order-consumer", "flower"]
+)
+def test_every_broker_user_connects_to_rabbitmq_as_app_once_it_is_healthy(
+    override: dict[str, Any], name: str
+) -> None:
+    service = override["services"][name]
+    assert environment(service) == {"BROKER_URL": AMQP_URL}
+    assert service["depends_on"] == {"rabbitmq": {"condition": "service_healthy"}}
+
+
+def test_the_api_keeps_redis_for_its_rate_limits(
+    override: dict[str, Any], services: dict[str, Service]
+) -> None:
+    """The API publishes nothing: its BROKER_URL locates the rate-limit counters its processes share."""
+    assert "api" not in override["services"]
+    assert environment(services["api"])["BROKER_URL"].startswith("redis://app:")
+
+
+def test_rabbitmq_runs_on_the_backend_network_only_with_its_own_user(override: dict[str, Any]) -> None:
+    rabbitmq = override["services"]["rabbitmq"]
+    assert rabbitmq["image"] == "${RABBITMQ_IMAGE:-rabbitmq:3-management}"  # official, overridable
+    assert rabbitmq["networks"] == ["backend"]
+    assert "ports" not in rabbitmq, "neither AMQP nor the management UI is published"
+    assert rabbitmq["restart"] == "unless-stopped"
+    assert rabbitmq["hostname"] == "rabbitmq", "the node's name, and so its database, survive a recreation"
+    env = environment(rabbitmq)
+    assert env["RABBITMQ_DEFAULT_USER"] == "app", "no guest: the default user replaces it"
+    assert SECRET_INTERPOLATION.match(env["RABBITMQ_DEFAULT_PASS"])
+    assert AMQP_URL.endswith("/" + env["RABBITMQ_DEFAULT_VHOST"])
+    assert "rabbitmq-data:/var/lib/rabbitmq" in rabbitmq["volumes"]
+    assert "rabbitmq-data" in override["volumes"]
+    assert healthcheck_argv(rabbitmq)[:2] == ["rabbitmq-diagnostics", "-q"]
+
+
+@pytest.mark.parametrize(("target", "broker"), [("up", "rabbitmq"), ("down", "rabbitmq"), ("up", "")])
+def test_make_passes_the_override_with_broker_rabbitmq(target: str, broker: str) -> None:
+    dry_run = subprocess.run(
+        ["make", "-s", "-n", "-C", str(ROOT), target, f"BROKER={broker}", "COMPOSE=compose"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    files = "-f docker-compose.yml -f docker-compose.rabbitmq.yml"
+    assert (files in dry_run.stdout) == (broker == "rabbitmq"), dry_run.stdout
