@@ -37,9 +37,11 @@ test: install lint
 
 # The soak runs the shipped defaults and no reconciliation; it fails on lost, doubled, wrong totals or
 # an order invoiced more than 120 s after the last fault. KEEP=1 keeps the processes' logs.
-chaos: install  ## N orders under random SIGKILLs of relays/workers and one Redis kill
+# BROKER=rabbitmq: the same soak on a private RabbitMQ node (recorded as chaos-rabbitmq-N.txt).
+chaos: install  ## N orders under random SIGKILLs of relays/workers and one broker kill
 	$(BIN)/python -m tests.fault.chaos --orders $(or $(N),500) $(if $(SEED),--seed $(SEED)) $(if $(KEEP),--keep) \
-		--record bench/results/chaos-$(or $(N),500).txt
+		$(if $(BROKER),--broker $(BROKER)) \
+		--record bench/results/chaos-$(if $(filter-out redis,$(BROKER)),$(BROKER)-)$(or $(N),500).txt
 
 # Faults at their real size (minutes), shipped defaults, one fresh loop per scenario (about 20 minutes);
 # SCENARIOS="redis-back-empty ..." runs some. The figures in docs/faults.md come from its results file.
