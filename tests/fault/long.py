@@ -16,13 +16,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import redis
 from flask_outbox.settings import LATENESS_BOUND_SECONDS
 from sqlalchemy import create_engine, text
@@ -30,7 +28,7 @@ from sqlalchemy import create_engine, text
 from harness.databases import PostgresFactory
 from harness.processes import invoice_relay_service, relay_service
 from tests.fault.harness import Cluster
-from tests.support.orders import order_body
+from tests.fault.orders import OrderFlow
 from tests.support.read_only import set_read_only
 from tests.support.servers import PrivateRedis
 
@@ -40,36 +38,6 @@ LONG_ENV = {"RATE_LIMIT": "1000000 per minute"}
 ORDERS_PER_SECOND = 2.0
 WAIT_AFTER_FAULT = LATENESS_BOUND_SECONDS + 120
 """How long a scenario waits for the last order after its last fault before it gives up (and fails)."""
-
-
-@dataclass
-class Flow:
-    """Orders posted at a steady pace from a thread, each accepted id kept."""
-
-    cluster: Cluster
-    accepted: list[str] = field(default_factory=list)
-    refused: list[int] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-
-    def start(self) -> Flow:
-        self.thread = threading.Thread(target=self._post, name="orders", daemon=True)
-        self.thread.start()
-        return self
-
-    def _post(self) -> None:
-        with httpx.Client(base_url=self.cluster.base_url, timeout=30) as client:
-            while not self.stop.wait(1 / ORDERS_PER_SECOND):
-                response = self.cluster.post_order(client, order_body())
-                if response.status_code == 201:
-                    self.accepted.append(response.json()["id"])
-                else:
-                    self.refused.append(response.status_code)
-
-    def finish(self) -> None:
-        self.stop.set()
-        if self.thread is not None:
-            self.thread.join(timeout=60)
 
 
 @dataclass(frozen=True)
@@ -116,6 +84,11 @@ def _invoiced(cluster: Cluster, accepted: list[str]) -> tuple[int, int, int]:
     return len(done & wanted), len(wanted - set(counts)), doubled
 
 
+def _flow(cluster: Cluster) -> OrderFlow:
+    """Orders at a steady pace for the whole scenario (far more bodies than its minutes need)."""
+    return OrderFlow(cluster, ORDERS_PER_SECOND, count=5_000, seed=int(time.time())).start()
+
+
 def _full_loop(cluster: Cluster, relays: int = 2) -> None:
     cluster.start_api(workers=2)
     for index in range(1, relays + 1):
@@ -126,25 +99,25 @@ def _full_loop(cluster: Cluster, relays: int = 2) -> None:
     cluster.start_order_consumer()
 
 
-def _settle(cluster: Cluster, flow: Flow, scenario: str, fault: str, fault_ended: float) -> Outcome:
+def _settle(cluster: Cluster, flow: OrderFlow, scenario: str, fault: str, fault_ended: float) -> Outcome:
     time.sleep(10)  # orders keep coming after the fault too
     flow.finish()
     late: float | None = None
     deadline = fault_ended + WAIT_AFTER_FAULT
     while time.monotonic() < deadline:
-        invoiced, _, _ = _invoiced(cluster, flow.accepted)
+        invoiced, _, _ = _invoiced(cluster, list(flow.accepted))
         if invoiced == len(flow.accepted):
             late = time.monotonic() - fault_ended
             break
         time.sleep(0.5)
-    _, lost, doubled = _invoiced(cluster, flow.accepted)
+    _, lost, doubled = _invoiced(cluster, list(flow.accepted))
     return Outcome(scenario, fault, len(flow.accepted), len(flow.refused), lost, doubled, late)
 
 
 def redis_restart_keeping_data(cluster: Cluster) -> Outcome:
     """Redis stopped for 3 minutes (a maintenance restart) and started again with its data."""
     _full_loop(cluster)
-    flow = Flow(cluster).start()
+    flow = _flow(cluster)
     time.sleep(20)
     cluster.redis.stop()
     time.sleep(180)
@@ -157,7 +130,7 @@ def redis_restart_keeping_data(cluster: Cluster) -> Outcome:
 def redis_back_empty(cluster: Cluster) -> Outcome:
     """Redis killed, down for 3 minutes, back without the tasks it held (no persistence)."""
     _full_loop(cluster)
-    flow = Flow(cluster).start()
+    flow = _flow(cluster)
     time.sleep(20)
     cluster.redis.kill()
     time.sleep(180)
@@ -168,7 +141,7 @@ def redis_back_empty(cluster: Cluster) -> Outcome:
 def workers_down_then_broker_loss(cluster: Cluster) -> Outcome:
     """Both invoice workers stopped for 4 minutes while orders queue up, then the broker loses it all."""
     _full_loop(cluster)
-    flow = Flow(cluster).start()
+    flow = _flow(cluster)
     time.sleep(20)
     workers = [service for service in cluster.services if service.name.startswith("worker-")]
     for worker in workers:
@@ -194,7 +167,7 @@ def relay_cut_off_from_redis(cluster: Cluster) -> Outcome:
         invoice_relay_service(broken, cluster.log_dir, name="invoice-relay-cut-off"),
     ):
         cluster.services.append(service.start())
-    flow = Flow(cluster).start()
+    flow = _flow(cluster)
     time.sleep(180)
     fault = "one of two order relays and of two invoice relays cut off from Redis, 180 s of orders"
     return _settle(cluster, flow, "relay-cut-off", fault, time.monotonic())
@@ -203,7 +176,7 @@ def relay_cut_off_from_redis(cluster: Cluster) -> Outcome:
 def invoice_database_read_only(cluster: Cluster) -> Outcome:
     """The invoices database read-only for 2 minutes, as after a failover onto a replica."""
     _full_loop(cluster)
-    flow = Flow(cluster).start()
+    flow = _flow(cluster)
     time.sleep(20)
     set_read_only(cluster.databases.invoices_url, True)
     time.sleep(120)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import random
+import threading
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
+
+import httpx
 
 from harness.processes import TEST_SIGNING_KEY
 from order_service import create_app
@@ -52,3 +57,57 @@ def place_in_process(cluster: Cluster, orders: Iterable[dict[str, Any]]) -> list
         with app.app_context():
             db.engine.dispose()
     return ids
+
+
+@dataclass
+class OrderFlow:
+    """Orders posted through the API at a steady pace from a thread; when each was accepted."""
+
+    cluster: Cluster
+    per_second: float
+    count: int
+    seed: int
+    accepted: dict[str, float] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def start(self) -> OrderFlow:
+        self.thread = threading.Thread(target=self._post, name="orders", daemon=True)
+        self.thread.start()
+        return self
+
+    def _post(self) -> None:
+        with httpx.Client(base_url=self.cluster.base_url, timeout=30) as client:
+            for body in bodies(self.count, seed=self.seed):
+                if self.stop.wait(1 / self.per_second):
+                    return
+                try:
+                    response = self.cluster.post_order(client, body)
+                except httpx.HTTPError as error:
+                    self.refused.append(repr(error))
+                    continue
+                if response.status_code == 201:
+                    self.accepted[response.json()["id"]] = time.monotonic()
+                else:
+                    self.refused.append(f"{response.status_code} {response.text[:200]}")
+
+    def finish(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=60)
+
+
+@dataclass
+class InvoicedSeen:
+    """When each order was first seen ``invoiced`` (polled: an upper bound within one poll)."""
+
+    cluster: Cluster
+    seen: dict[str, float] = field(default_factory=dict)
+
+    def poll(self) -> int:
+        _, invoiced = self.cluster.checker.invoiced_orders()
+        now = time.monotonic()
+        for order_id in invoiced:
+            self.seen.setdefault(order_id, now)
+        return len(self.seen)

@@ -23,13 +23,11 @@ the bound passes.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 from flask_outbox.partitions import LockKeys, relay_holdings
 from flask_outbox.relay import RelayPolicy
@@ -42,7 +40,7 @@ from harness.waiting import wait_until
 from tests.fault.conftest import FAILED
 from tests.fault.evidence import invoice_effects
 from tests.fault.harness import Cluster, report
-from tests.fault.orders import bodies
+from tests.fault.orders import InvoicedSeen, OrderFlow
 from tests.support import netns
 from tests.support.netns import Host, Network
 from tests.support.servers import PrivatePostgres, PrivateRedis
@@ -141,60 +139,9 @@ def shares(engine: Engine) -> list[int]:
 
 
 @dataclass
-class Flow:
-    """Orders posted through the API at a steady pace from a thread; when each was accepted."""
-
-    cluster: Cluster
-    accepted: dict[str, float] = field(default_factory=dict)
-    refused: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-
-    def start(self) -> Flow:
-        self.thread = threading.Thread(target=self._post, name="orders", daemon=True)
-        self.thread.start()
-        return self
-
-    def _post(self) -> None:
-        with httpx.Client(base_url=self.cluster.base_url, timeout=30) as client:
-            for body in bodies(MAX_ORDERS, seed=131):
-                if self.stop.wait(1 / ORDERS_PER_SECOND):
-                    return
-                try:
-                    response = self.cluster.post_order(client, body)
-                except httpx.HTTPError as error:
-                    self.refused.append(repr(error))
-                    continue
-                if response.status_code == 201:
-                    self.accepted[response.json()["id"]] = time.monotonic()
-                else:
-                    self.refused.append(f"{response.status_code} {response.text[:200]}")
-
-    def finish(self) -> None:
-        self.stop.set()
-        if self.thread is not None:
-            self.thread.join(timeout=60)
-
-
-@dataclass
-class Invoiced:
-    """When each order was first seen ``invoiced`` (polled: an upper bound within one poll)."""
-
-    cluster: Cluster
-    seen: dict[str, float] = field(default_factory=dict)
-
-    def poll(self) -> int:
-        _, invoiced = self.cluster.checker.invoiced_orders()
-        now = time.monotonic()
-        for order_id in invoiced:
-            self.seen.setdefault(order_id, now)
-        return len(self.seen)
-
-
-@dataclass
 class Outcome:
-    flow: Flow
-    invoiced: Invoiced
+    flow: OrderFlow
+    invoiced: InvoicedSeen
     cut_at: float
     handover_s: float | None
     """From the cut until relay 2 alone held every partition."""
@@ -227,8 +174,8 @@ def cut_while_orders_flow(site: Site, address: str, label: str) -> Outcome:
     cluster = site.cluster
     relay_host, live_host = site.hosts
     engine = create_engine(cluster.databases.orders_url)
-    flow = Flow(cluster)
-    invoiced = Invoiced(cluster)
+    flow = OrderFlow(cluster, ORDERS_PER_SECOND, MAX_ORDERS, seed=131)
+    invoiced = InvoicedSeen(cluster)
     try:
         wait_until(
             lambda: shares(engine) == [8, 8], timeout=30, message="two relays holding 8 partitions each"

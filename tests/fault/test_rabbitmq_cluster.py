@@ -12,16 +12,14 @@ takes 20-40 s); each test begins with every node running.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-import httpx
 import pytest
 from flask_outbox.settings import LATENESS_BOUND_SECONDS
 from kombu import Connection, Queue
@@ -32,7 +30,7 @@ from harness.waiting import wait_until
 from tests.fault.conftest import FAILED
 from tests.fault.evidence import invoice_effects
 from tests.fault.harness import Cluster, report
-from tests.fault.orders import bodies
+from tests.fault.orders import InvoicedSeen, OrderFlow
 from tests.support.rabbit_cluster import RabbitCluster, rabbitmq_available
 from tests.support.servers import PrivateRedis
 
@@ -201,54 +199,8 @@ def test_confirmed_messages_survive_the_quorum_leader_killed(rabbit_cluster: Rab
 
 
 @dataclass
-class Flow:
-    """Orders posted through the API at a steady pace from a thread; when each was accepted."""
-
-    cluster: Cluster
-    accepted: dict[str, float] = field(default_factory=dict)
-    refused: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-
-    def start(self) -> Flow:
-        self.thread = threading.Thread(target=self._post, name="orders", daemon=True)
-        self.thread.start()
-        return self
-
-    def _post(self) -> None:
-        with httpx.Client(base_url=self.cluster.base_url, timeout=30) as client:
-            for body in bodies(MAX_ORDERS, seed=173):
-                if self.stop.wait(1 / ORDERS_PER_SECOND):
-                    return
-                try:
-                    response = self.cluster.post_order(client, body)
-                except httpx.HTTPError as error:
-                    self.refused.append(repr(error))
-                    continue
-                if response.status_code == 201:
-                    self.accepted[response.json()["id"]] = time.monotonic()
-                else:
-                    self.refused.append(f"{response.status_code} {response.text[:200]}")
-
-    def finish(self) -> None:
-        self.stop.set()
-        if self.thread is not None:
-            self.thread.join(timeout=60)
-
-
-@dataclass
-class Invoiced:
-    """When each order was first seen ``invoiced`` (polled: an upper bound within one poll)."""
-
-    cluster: Cluster
-    seen: dict[str, float] = field(default_factory=dict)
-
-    def poll(self) -> int:
-        _, invoiced = self.cluster.checker.invoiced_orders()
-        now = time.monotonic()
-        for order_id in invoiced:
-            self.seen.setdefault(order_id, now)
-        return len(self.seen)
+class Invoiced(InvoicedSeen):
+    """``InvoicedSeen``, and a way to let orders flow while noting them."""
 
     def flow_for(self, seconds: float) -> None:
         """Let orders flow (and note when each turns ``invoiced``) for ``seconds``."""
@@ -266,7 +218,7 @@ def test_rabbitmq_nodes_killed_one_at_a_time_lose_no_order_with_the_shipped_defa
     rabbit_cluster: RabbitCluster, pipeline: Cluster
 ) -> None:
     rabbit, cluster = rabbit_cluster, pipeline
-    flow = Flow(cluster)
+    flow = OrderFlow(cluster, ORDERS_PER_SECOND, MAX_ORDERS, seed=173)
     invoiced = Invoiced(cluster)
     kills: list[tuple[str, int, float, float]] = []
     """(node, client connections it held, seconds until a live leader again, seconds until it was back)."""
