@@ -111,3 +111,12 @@ class InvoicedSeen:
         for order_id in invoiced:
             self.seen.setdefault(order_id, now)
         return len(self.seen)
+
+    def all_invoiced_by(self, flow: OrderFlow, deadline: float) -> float | None:
+        """When the last order ``flow`` placed was seen ``invoiced`` (``None``: not by ``deadline``)."""
+        while time.monotonic() < deadline:
+            self.poll()
+            if set(flow.accepted) <= set(self.seen):
+                return max(self.seen[order_id] for order_id in flow.accepted)
+            time.sleep(0.5)
+        return None

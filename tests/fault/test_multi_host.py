@@ -138,6 +138,20 @@ def shares(engine: Engine) -> list[int]:
     return sorted(len(partitions) for partitions in holdings(engine).values())
 
 
+def wait_for_equal_shares(site: Site, *, timeout: float, message: str) -> None:
+    """Both relay hosts holding 8 partitions each again."""
+    addresses = {host.address for host in site.hosts}
+    engine = create_engine(site.cluster.databases.orders_url)
+    try:
+        wait_until(
+            lambda: holdings(engine).keys() == addresses and shares(engine) == [8, 8],
+            timeout=timeout,
+            message=message,
+        )
+    finally:
+        engine.dispose()
+
+
 @dataclass
 class Outcome:
     flow: OrderFlow
@@ -195,16 +209,8 @@ def cut_while_orders_flow(site: Site, address: str, label: str) -> Outcome:
                 strays.append(held)
             time.sleep(1)
         flow.finish()
-        done_at: float | None = None
-        deadline = (
-            cut_at + LATENESS_BOUND_SECONDS + 30
-        )  # past the bound too: the figure is printed either way
-        while time.monotonic() < deadline:
-            invoiced.poll()
-            if set(flow.accepted) <= set(invoiced.seen):
-                done_at = max(invoiced.seen[i] for i in flow.accepted)
-                break
-            time.sleep(0.5)
+        # Past the bound too: the figure is printed either way.
+        done_at = invoiced.all_invoiced_by(flow, cut_at + LATENESS_BOUND_SECONDS + 30)
     finally:
         flow.finish()
         engine.dispose()
@@ -239,7 +245,7 @@ def assert_every_order_invoiced_once_within_the_bound(site: Site, outcome: Outco
 
 def test_relay_cut_off_from_redis_hands_its_partitions_over_on_the_shipped_defaults(site: Site) -> None:
     relay, live = site.relays
-    relay_host, live_host = site.hosts
+    relay_host = site.hosts[0]
     outcome = cut_while_orders_flow(site, site.redis_address, "relay 1 cut off from Redis")
     handover = outcome.handover_s
 
@@ -255,18 +261,7 @@ def test_relay_cut_off_from_redis_hands_its_partitions_over_on_the_shipped_defau
     assert_every_order_invoiced_once_within_the_bound(site, outcome, "relay 1 cut off from Redis")
 
     site.network.restore(relay_host, site.redis_address)
-    engine = create_engine(site.cluster.databases.orders_url)
-    try:
-        wait_until(
-            lambda: (
-                holdings(engine).keys() == {relay_host.address, live_host.address}
-                and shares(engine) == [8, 8]
-            ),
-            timeout=30,
-            message="relay 1 back with its share once its broker answers",
-        )
-    finally:
-        engine.dispose()
+    wait_for_equal_shares(site, timeout=30, message="relay 1 back with its share once its broker answers")
     relay.wait_for_log("relay.broker_back")
 
 
@@ -274,7 +269,7 @@ def test_relay_cut_off_from_postgres_loses_its_partitions_to_the_live_relay_on_t
     site: Site,
 ) -> None:
     relay, live = site.relays
-    relay_host, live_host = site.hosts
+    relay_host = site.hosts[0]
     outcome = cut_while_orders_flow(site, site.postgres_address, "relay 1 cut off from Postgres")
     handover = outcome.handover_s
 
@@ -300,15 +295,6 @@ def test_relay_cut_off_from_postgres_loses_its_partitions_to_the_live_relay_on_t
     site.network.restore(relay_host, site.postgres_address)
     if not relay.running:
         relay.start()  # as its supervisor would (compose: restart: unless-stopped)
-    engine = create_engine(site.cluster.databases.orders_url)
-    try:
-        wait_until(
-            lambda: (
-                holdings(engine).keys() == {relay_host.address, live_host.address}
-                and shares(engine) == [8, 8]
-            ),
-            timeout=60,  # its reconnect backs off up to 30 s
-            message="relay 1 back with its share once its database answers",
-        )
-    finally:
-        engine.dispose()
+    wait_for_equal_shares(  # its reconnect backs off up to 30 s
+        site, timeout=60, message="relay 1 back with its share once its database answers"
+    )
