@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import httpx
 
@@ -80,10 +81,13 @@ def test_readiness_follows_the_broker_and_the_database_and_the_backlog_drains_af
         timeout=30,
         message="the backlog gauge to count orders the relay tried, in vain",
     )
+    started = time.monotonic()
     status = _relay_status(cluster)
     samples = scrape(relay_metrics)
+    between = time.monotonic() - started  # the CLI's start-up under load: the scrape reads a later age
     assert int(status["backlog"]) == value(samples, "outbox_backlog") == ORDERS
-    assert abs(float(status["oldest_due_age_s"]) - value(samples, "outbox_oldest_due_age_seconds")) < 2.0
+    later_by = value(samples, "outbox_oldest_due_age_seconds") - float(status["oldest_due_age_s"])
+    assert -1.0 < later_by < between + 1.0, (later_by, between)
     assert value(samples, "outbox_relay_publish_failures_total") >= 1
 
     cluster.redis.start()

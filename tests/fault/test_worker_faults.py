@@ -41,7 +41,9 @@ def test_worker_child_killed_mid_task_is_redelivered_and_invoiced_once(cluster: 
     report("worker child SIGKILL mid-task", verdict)
     assert (len(verdict.lost), len(verdict.doubled)) == (0, 0)
     assert verdict.dead_letters == 0
-    assert deliveries_of(cluster).count(2) >= 5  # each killed delivery came back once
+    # Each of the five killed messages came back. One that was in a batch task when the child died may be
+    # delivered a third time (the batch's redelivery, then its split's single): at least once, not once.
+    assert sum(count >= 2 for count in deliveries_of(cluster)) >= 5
 
 
 def test_whole_worker_killed_with_reserved_tasks_is_redelivered(broker_cluster: Cluster) -> None:

@@ -36,7 +36,7 @@ class PrivateRabbit:
     """A RabbitMQ node of its own under ``directory``; ``close`` removes it (``stop`` keeps its data)."""
 
     directory: Path
-    password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    password: str = field(default_factory=lambda: secrets.token_hex(16))
     """≥ 16 characters: the services refuse a weak broker password."""
     nodes: RabbitCluster = field(init=False)
 

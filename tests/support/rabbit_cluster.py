@@ -155,7 +155,7 @@ class RabbitCluster:
     suffix: str = field(default_factory=lambda: secrets.token_hex(3))
     nodes: list[RabbitNode] = field(default_factory=list)
     user: str = "pipeline"
-    password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    password: str = field(default_factory=lambda: secrets.token_hex(16))
     """The only user (``guest`` is deleted): a strong password, as the services require of a broker URL."""
     timings: list[tuple[str, float]] = field(default_factory=list)
     """Each step (start, join, user, every restart and election waited for) and its seconds, in order."""

@@ -77,7 +77,7 @@ class BrokerUser:
 @contextmanager
 def broker_user() -> Iterator[BrokerUser]:
     """A RabbitMQ user with a strong password (no permissions until a vhost grants some); deleted after."""
-    user = BrokerUser(f"test-{uuid.uuid4().hex[:10]}", secrets.token_urlsafe(24))
+    user = BrokerUser(f"test-{uuid.uuid4().hex[:10]}", secrets.token_hex(16))
     rabbitmqctl("add_user", user.name, user.password)
     try:
         yield user
