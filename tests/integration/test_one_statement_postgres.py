@@ -17,12 +17,14 @@ from flask_outbox.batches import BatchItem
 from flask_outbox.consumer import Consumer
 from flask_outbox.writer import bucket_of
 from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.orm import Session, sessionmaker
 
 from invoice_worker.invoicing import Outcome
 from invoice_worker.models import Invoice
 from invoice_worker.models import inbox as invoice_inbox
 from invoice_worker.models import outbox as invoice_outbox
+from invoice_worker.signals import invoice_created
 from order_service.invoice_answers import InvalidAnswer, UnknownOrder
 from order_service.invoice_answers import Outcome as Applied
 from order_service.models import Order
@@ -299,3 +301,48 @@ def test_a_batch_of_answers_moves_each_order_once_and_leaves_unknown_orders_unwr
         "nothing written for the unknown order: the single task parks it"
     )
     assert unacknowledged == 0
+
+
+def test_a_batchs_answers_go_into_the_outbox_as_one_insert(
+    pg_invoice_db: WorkerDatabase, invoice_consumer: Consumer[OrderPlaced]
+) -> None:
+    """The receivers add an answer per invoice; inside the consumer's batch they cost one statement."""
+    events = [order_placed_event() for _ in range(5)]
+    batch = [_item(uuid.uuid4(), e.to_payload(), f"corr-{n}") for n, e in enumerate(events)]
+    statements: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    sqlalchemy_event.listen(pg_invoice_db.engine, "before_cursor_execute", record)
+    try:
+        assert invoice_consumer.apply_batch(batch) == [Outcome.CREATED] * 5
+    finally:
+        sqlalchemy_event.remove(pg_invoice_db.engine, "before_cursor_execute", record)
+    outbox_inserts = [s for s in statements if s.lstrip().startswith("INSERT INTO outbox")]
+    assert len(outbox_inserts) == 1, outbox_inserts
+    with pg_invoice_db.session() as session:
+        answers = {
+            parse_invoice_created(row.payload).order_id: row.headers
+            for row in session.execute(select(invoice_outbox.c.payload, invoice_outbox.c.headers))
+        }
+    assert set(answers) == {e.order_id for e in events}
+    assert [answers[e.order_id]["x_request_id"] for e in events] == [f"corr-{n}" for n in range(5)]
+
+
+def test_a_failed_batch_inserts_none_of_its_gathered_answers(
+    pg_invoice_db: WorkerDatabase, invoice_consumer: Consumer[OrderPlaced]
+) -> None:
+    calls: list[str] = []
+
+    def fail_on_the_third(sender: object, **_: object) -> None:
+        calls.append("answer")
+        if len(calls) == 3:
+            raise RuntimeError("a receiver failed mid-batch")
+
+    batch = [_item(uuid.uuid4(), order_placed_event().to_payload(), f"corr-{n}") for n in range(4)]
+    with invoice_created.connected_to(fail_on_the_third), pytest.raises(RuntimeError):
+        invoice_consumer.apply_batch(batch)
+    with pg_invoice_db.session() as session:
+        assert session.scalar(select(func.count()).select_from(invoice_outbox)) == 0
+        assert session.scalar(select(func.count()).select_from(Invoice)) == 0

@@ -40,6 +40,7 @@ from flask_outbox.logs import CORRELATION_ID
 from flask_outbox.settings import OutboxSettings
 from flask_outbox.signing import BAD_SIGNATURE, SIGNATURE_HEADER, MessageSigner
 from flask_outbox.worker_db import WorkerDatabase
+from flask_outbox.writer import one_insert
 
 __all__ = [
     "DATABASE_ERRORS",
@@ -360,10 +361,11 @@ class Consumer(Generic[M]):
     def _apply_fresh(self, session: Session, fresh: list[Delivery[M]]) -> dict[uuid.UUID, str | None]:
         if not fresh:
             return {}
-        if self.handler.apply_batch is not None:
-            results = self.handler.apply_batch(session, fresh)
-            return {delivery.message_id: result for delivery, result in zip(fresh, results, strict=True)}
-        return {delivery.message_id: self.handler.apply(session, delivery) for delivery in fresh}
+        with one_insert(session):  # the messages the batch's receivers add: one INSERT
+            if self.handler.apply_batch is not None:
+                results = self.handler.apply_batch(session, fresh)
+                return {delivery.message_id: result for delivery, result in zip(fresh, results, strict=True)}
+            return {delivery.message_id: self.handler.apply(session, delivery) for delivery in fresh}
 
     def _duplicate_after_batch(self, items: Sequence[BatchItem], delivery: Delivery[M]) -> None:
         item = next(item for item in items if item.message_id == delivery.message_id)

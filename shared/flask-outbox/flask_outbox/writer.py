@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -16,7 +18,10 @@ from flask_outbox.logs import correlation_id
 from flask_outbox.table import BUCKETS, NOTIFY_CHANNEL
 from flask_outbox.tracing import outbox_headers
 
-__all__ = ["NOTIFY_CHANNEL", "OutboxMessage", "add_message", "bucket_of"]
+__all__ = ["NOTIFY_CHANNEL", "OutboxMessage", "add_message", "bucket_of", "one_insert"]
+
+_GATHERED = "flask_outbox.gathered"
+"""``session.info`` key: the rows ``add_message`` gathers inside ``one_insert``, by outbox table."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,4 +79,34 @@ def add_message(session: Session, outbox: Table, message: OutboxMessage) -> None
     postgres = is_postgres(conn.dialect)
     if not postgres:
         row["created_at"] = row["available_at"] = utcnow()
+    gathered: dict[Table, list[dict[str, Any]]] | None = session.info.get(_GATHERED)
+    if gathered is not None:
+        gathered.setdefault(outbox, []).append(row)
+        return
     conn.execute(_insert(outbox, postgres), row)
+
+
+@contextmanager
+def one_insert(session: Session) -> Iterator[None]:
+    """Inside, ``add_message`` on ``session`` gathers its rows; on the way out they go in as one INSERT.
+
+    The consumer applies a batch of deliveries inside it: a handler whose receivers add a message per
+    delivery then costs the batch one statement (and one NOTIFY) instead of one each. The rows are not
+    in the table until the block ends, so nothing inside may read them back. On an exception nothing
+    is inserted (the transaction is rolled back anyway). Nested blocks share the outermost one's insert.
+    """
+    if _GATHERED in session.info:
+        yield
+        return
+    gathered: dict[Table, list[dict[str, Any]]] = {}
+    session.info[_GATHERED] = gathered
+    try:
+        yield
+    finally:
+        del session.info[_GATHERED]
+    conn = session.connection()
+    postgres = is_postgres(conn.dialect)
+    for outbox, rows in gathered.items():
+        # RETURNING makes SQLAlchemy send the rows as one multi-row INSERT ("insertmanyvalues"), where a
+        # plain executemany runs the statement, and its NOTIFY trigger, once per row.
+        conn.execute(_insert(outbox, postgres).returning(outbox.c.id), rows).all()
