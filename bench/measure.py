@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import psutil
 from sqlalchemy import Engine, create_engine, make_url, text
 
-from bench.stats import rates_by_part
+from bench.stats import rates_by_part, summarize
 
 __all__ = [
     "Delivery",
@@ -20,6 +20,7 @@ __all__ = [
     "publish_rate",
     "rss_mb",
     "settle",
+    "stages",
 ]
 
 
@@ -134,6 +135,40 @@ class RoundTripProbe:
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def stages(orders_url: str, invoices_url: str, tag: str) -> dict[str, float]:
+    """Where the product's order→invoice time goes, per order: written → published (the order's commit,
+    the relay's wake-up, claim and publish) and published → invoice written (broker, worker, its commit).
+
+    ``placed_at`` is the API's clock, ``published_at`` and the invoice's ``created_at`` the database's: one
+    machine here, so one clock. Percentiles of each stage on its own (they do not add up to the total's).
+    """
+    placed = text(
+        "SELECT o.id::text AS order_id, extract(epoch FROM o.created_at) AS placed,"
+        " extract(epoch FROM x.published_at) AS published FROM orders o"
+        " JOIN outbox x ON x.aggregate_id = o.id::text AND x.topic = 'order.placed'"
+        " WHERE o.customer_id LIKE :tag"
+    )
+    invoiced = text(
+        "SELECT order_id, extract(epoch FROM created_at) FROM invoices WHERE customer_id LIKE :tag"
+    )
+    engines = [create_engine(url, pool_size=1, max_overflow=0) for url in (orders_url, invoices_url)]
+    try:
+        with engines[0].connect() as conn:
+            rows = conn.execute(placed, {"tag": f"{tag}%"}).all()
+        with engines[1].connect() as conn:
+            created = {order_id: float(at) for order_id, at in conn.execute(invoiced, {"tag": f"{tag}%"})}
+    finally:
+        for engine in engines:
+            engine.dispose()
+    done = [row for row in rows if row.order_id in created and row.published is not None]
+    publish = summarize([1000 * (float(row.published) - float(row.placed)) for row in done])
+    work = summarize([1000 * (created[row.order_id] - float(row.published)) for row in done])
+    return {
+        **{f"to_published_{key}": value for key, value in publish.items()},
+        **{f"to_invoice_{key}": value for key, value in work.items()},
+    }
 
 
 def publish_rate(orders_url: str) -> float:

@@ -135,6 +135,10 @@ def _pair_row(
     )
 
 
+STAGES = (("to_published", "written -> published"), ("to_invoice", "published -> invoice"))
+"""The product's order->invoice in two stages (``bench.measure.stages``): relay, then broker and worker."""
+
+
 def rows(results: dict[str, Any]) -> list[Row]:
     """The table: medians over rounds per variant, and the median of the per-round ratios."""
     out: list[Row] = []
@@ -151,6 +155,11 @@ def rows(results: dict[str, Any]) -> list[Row]:
             for q in ("p50", "p95", "p99"):
                 label = f"order->invoice {q} ms at {lat['rate']:.0f}/s{share}"
                 out.append(_pair_row(label, lat, q, 1, every_round=every))
+            for stage, name in STAGES:
+                if f"{stage}_p50" in lat["product"]:  # results from before the stages have none
+                    figures = "/".join(_f(lat["product"][f"{stage}_{q}"], 1) for q in ("p50", "p95", "p99"))
+                    label = f"  of which {name}, p50/p95/p99 ms at {lat['rate']:.0f}/s"
+                    out.append((label, "n/a", figures, "", "", "product only"))
         for group in ("api", "relays", "workers", "postgres"):
             out.append(_pair_row(f"CPU ms/order {group}", sat, f"cpu_ms_group_{group}", 2))
         out.append(_pair_row("CPU ms/order total", sat, "cpu_ms_total", 2))

@@ -35,6 +35,7 @@ from bench.measure import (
     publish_rate,
     rss_mb,
     settle,
+    stages,
 )
 from bench.stack import API_KEY, Stack, StackFactory
 from bench.stats import median_of, ratio, summarize
@@ -252,8 +253,12 @@ def _latency_rounds(variants: dict[str, Variant], plan: Plan, rate: float, tag: 
         row: dict[str, Any] = {"round": round_no, "order": list(_round_order(round_no))}
         for name in row["order"]:
             load, figures = variants[name].run(f"{tag}r{round_no}{name}-", steady)
-            latencies = variants[name].invoices.delivery(f"{tag}r{round_no}{name}-").latencies_ms
+            order_tag = f"{tag}r{round_no}{name}-"
+            latencies = variants[name].invoices.delivery(order_tag).latencies_ms
             row[name] = {**summarize(latencies), "sent_rps": load.offered_rps, **figures}
+            if name == "product":  # the naive app keeps no publish time
+                databases = variants[name].stack.databases
+                row[name] |= stages(databases.orders_url, databases.invoices_url, order_tag)
         row["ratios"] = {k: ratio(row["product"][k], row["naive"][k]) for k in LATENCY_RATIOS}
         latency.append(row)
         print(_progress(f"latency at {rate:.0f}/s", row, LATENCY_RATIOS), file=sys.stderr)
@@ -262,6 +267,13 @@ def _latency_rounds(variants: dict[str, Variant], plan: Plan, rate: float, tag: 
 
 def _progress(phase: str, row: dict[str, Any], keys: tuple[str, ...]) -> str:
     ratios = ", ".join(f"{k} {row['ratios'][k]:.2f}" for k in keys)
+    product = row.get("product", {})
+    if "to_published_p50" in product:
+        ratios += (
+            f" (product ms p50/p95: written→published {product['to_published_p50']:.1f}/"
+            f"{product['to_published_p95']:.1f}, published→invoice {product['to_invoice_p50']:.1f}/"
+            f"{product['to_invoice_p95']:.1f})"
+        )
     return f"{phase} round {row['round']}: {ratios}"
 
 
