@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 import redis
 from flask_outbox.messages import BatchOutcome
 from flask_outbox.relay import OutboxRelay
+from flask_outbox.wakeup import waiter_for
 from flask_outbox.writer import OutboxMessage, add_message
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -88,3 +90,30 @@ def test_polling_publishes_when_notifications_are_lost(
             lambda: queued_messages(redis_client, queue) == 25, timeout=10, message="polling to publish"
         )
     assert batches.published == 25
+
+
+def test_a_new_listener_returns_at_once_then_waits_for_a_commit_or_the_interval(
+    orders_engine: Engine,
+) -> None:
+    """Notifications sent before LISTEN are lost: a listener that only now connects lets the relay claim
+    once more (a commit between its last claim and its LISTEN is published at once, not after a poll)."""
+    stop = threading.Event()
+    waiter = waiter_for(orders_engine, stop, interval=1.0)
+    try:
+        started = time.monotonic()
+        waiter.wait()  # connects and listens: returns without waiting
+        first = time.monotonic() - started
+
+        _commit_one_message(orders_engine, order_id_for("order-notified"))
+        started = time.monotonic()
+        waiter.wait()  # the commit's notification is there
+        notified = time.monotonic() - started
+
+        started = time.monotonic()
+        waiter.wait()  # nothing committed: the interval passes
+        idle = time.monotonic() - started
+    finally:
+        waiter.close()
+    assert first < 0.5, first
+    assert notified < 0.5, notified
+    assert idle >= 0.9, idle

@@ -66,8 +66,17 @@ class NotifyWaiter:
         return self._conn
 
     def wait(self) -> None:
+        """Return at the next commit that wrote outbox rows, or after the interval.
+
+        A connection that only now starts listening returns at once: notifications sent before its
+        LISTEN (a commit between the relay's last claim and this call, or during a reconnect) are lost,
+        so the relay claims once more before it waits.
+        """
         try:
+            listening = self._conn is not None and not self._conn.closed
             conn = self._listen()
+            if not listening:
+                return
             deadline = time.monotonic() + self._interval
             # Short slices so a stop request (SIGTERM) is seen promptly, not after the whole interval.
             while not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
