@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from kombu.connection import Connection
+
+from harness.rabbitmqctl import broker_password, rabbitmqctl
 
 __all__ = ["BROKERS", "bench_broker", "queue_messages", "queue_types", "rabbitmq_version"]
 
@@ -26,30 +26,21 @@ BROKERS = ("redis", "rabbitmq")
 AMQP_HOST = os.environ.get("BENCH_AMQP_HOST", "127.0.0.1:5672")
 
 
-def _ctl(*args: str) -> str:
-    result = subprocess.run(
-        ["rabbitmqctl", "--quiet", *args], capture_output=True, text=True, timeout=120, check=False
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {result.stderr.strip() or result.stdout.strip()}")
-    return result.stdout
-
-
 @contextmanager
 def bench_vhost() -> Iterator[str]:
     """A fresh vhost and user on the local RabbitMQ; yields the ``amqp://`` URL, deletes both after."""
     name = f"bench-{uuid.uuid4().hex[:8]}"
-    password = secrets.token_urlsafe(24)
-    _ctl("add_user", name, password)
+    password = broker_password()
+    rabbitmqctl("add_user", name, password)
     try:
-        _ctl("add_vhost", name)
+        rabbitmqctl("add_vhost", name)
         try:
-            _ctl("set_permissions", "-p", name, name, ".*", ".*", ".*")
+            rabbitmqctl("set_permissions", "-p", name, name, ".*", ".*", ".*")
             yield f"amqp://{name}:{password}@{AMQP_HOST}/{name}"
         finally:
-            _ctl("delete_vhost", name)
+            rabbitmqctl("delete_vhost", name)
     finally:
-        _ctl("delete_user", name)
+        rabbitmqctl("delete_user", name)
 
 
 @contextmanager
@@ -76,7 +67,7 @@ def rabbitmq_version(url: str) -> str:
 def queue_types(url: str) -> dict[str, str]:
     """Each queue of the URL's vhost and its type (``classic``, ``quorum``), as the broker reports them."""
     vhost = url.rsplit("/", 1)[-1]
-    out = _ctl("list_queues", "-p", vhost, "--no-table-headers", "name", "type")
+    out = rabbitmqctl("list_queues", "-p", vhost, "--no-table-headers", "name", "type")
     return dict(line.split("\t") for line in out.splitlines() if "\t" in line)
 
 

@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from harness.databases import DatabasePair, PostgresFactory
 from harness.processes import TEST_SIGNING_KEY
 from shared.config import Settings
+from tests.support.prerequisites import missing
 from tests.support.rabbitmq import BrokerUser, Vhost, broker_user, private_vhost, rabbitmqctl_missing
 
 TEST_POSTGRES_URL = os.environ.get(
@@ -179,7 +180,7 @@ def rabbit_user() -> Iterator[BrokerUser]:
     """This session's RabbitMQ user (a strong password); skips when there is no local RabbitMQ."""
     reason = rabbitmqctl_missing()
     if reason is not None:
-        pytest.skip(reason)
+        missing(reason)
     with broker_user() as user:
         yield user
 

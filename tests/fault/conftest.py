@@ -14,6 +14,7 @@ import pytest
 
 from harness.databases import DatabasePair, PostgresFactory
 from tests.fault.harness import Broker, Cluster
+from tests.support.prerequisites import missing
 from tests.support.private_rabbit import PrivateRabbit
 from tests.support.rabbit_cluster import rabbitmq_available
 from tests.support.servers import PrivatePostgres, PrivateRedis
@@ -55,7 +56,7 @@ def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
         redis.stop()
         return
     if not rabbitmq_available():
-        pytest.skip("needs the RabbitMQ server (rabbitmq-server)")
+        missing("needs the RabbitMQ server (rabbitmq-server)")
     rabbit = PrivateRabbit(tmp_path / "rabbit")
     try:
         yield rabbit.start()

@@ -43,6 +43,7 @@ from tests.fault.harness import Cluster, report
 from tests.fault.orders import InvoicedSeen, OrderFlow
 from tests.support import netns
 from tests.support.netns import Host, Network
+from tests.support.prerequisites import missing
 from tests.support.servers import PrivatePostgres, PrivateRedis
 
 STALL_BOUND = float(RelaySettings.model_fields["relay_stall_seconds"].default)
@@ -62,7 +63,7 @@ HELD = 10.0
 def network() -> Iterator[Network]:
     reason = netns.unavailable()
     if reason is not None:
-        pytest.skip(reason)
+        missing(reason)
     network = Network()
     try:
         yield network

@@ -31,12 +31,17 @@ from tests.fault.conftest import FAILED
 from tests.fault.evidence import invoice_effects
 from tests.fault.harness import Cluster, report
 from tests.fault.orders import InvoicedSeen, OrderFlow
+from tests.support.prerequisites import missing
 from tests.support.rabbit_cluster import RabbitCluster, rabbitmq_available
 from tests.support.servers import PrivateRedis
 
-pytestmark = pytest.mark.skipif(
-    not rabbitmq_available(), reason="needs the RabbitMQ server (rabbitmq-server)"
-)
+
+@pytest.fixture(scope="module", autouse=True)
+def rabbitmq_installed() -> None:
+    """Before the module's cluster starts (autouse fixtures of a scope come first)."""
+    if not rabbitmq_available():
+        missing("needs the RabbitMQ server (rabbitmq-server)")
+
 
 QUORUM = {"x-queue-type": "quorum"}
 RETRY = {"max_retries": 20, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}

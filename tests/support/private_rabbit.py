@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kombu.connection import Connection
 
+from harness.rabbitmqctl import broker_password
 from harness.waiting import wait_until
 from tests.support.rabbit_cluster import NODE_CONFIG, RabbitCluster, RabbitNode, _read_pid
 
@@ -36,7 +36,7 @@ class PrivateRabbit:
     """A RabbitMQ node of its own under ``directory``; ``close`` removes it (``stop`` keeps its data)."""
 
     directory: Path
-    password: str = field(default_factory=lambda: secrets.token_hex(16))
+    password: str = field(default_factory=broker_password)
     """≥ 16 characters: the services refuse a weak broker password."""
     nodes: RabbitCluster = field(init=False)
 

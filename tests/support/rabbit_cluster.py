@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.processes import free_port
+from harness.rabbitmqctl import broker_password
 from harness.waiting import wait_until
 
 RABBITMQ_BIN = Path(os.environ.get("RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
@@ -155,7 +156,7 @@ class RabbitCluster:
     suffix: str = field(default_factory=lambda: secrets.token_hex(3))
     nodes: list[RabbitNode] = field(default_factory=list)
     user: str = "pipeline"
-    password: str = field(default_factory=lambda: secrets.token_hex(16))
+    password: str = field(default_factory=broker_password)
     """The only user (``guest`` is deleted): a strong password, as the services require of a broker URL."""
     timings: list[tuple[str, float]] = field(default_factory=list)
     """Each step (start, join, user, every restart and election waited for) and its seconds, in order."""

@@ -8,13 +8,13 @@ session, one vhost per test.
 
 from __future__ import annotations
 
-import secrets
 import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+from harness.rabbitmqctl import broker_password, rabbitmqctl
 
 __all__ = ["BrokerUser", "Vhost", "broker_user", "private_vhost", "rabbitmqctl", "rabbitmqctl_missing"]
 
@@ -26,15 +26,6 @@ def rabbitmqctl_missing() -> str | None:
     if shutil.which("rabbitmqctl") is None:
         return "rabbitmqctl not found: these tests need a local RabbitMQ (CI installs one)"
     return None
-
-
-def rabbitmqctl(*args: str) -> str:
-    result = subprocess.run(
-        ["rabbitmqctl", "--quiet", *args], capture_output=True, text=True, timeout=60, check=False
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {result.stderr.strip() or result.stdout.strip()}")
-    return result.stdout
 
 
 @dataclass(frozen=True)
@@ -77,7 +68,7 @@ class BrokerUser:
 @contextmanager
 def broker_user() -> Iterator[BrokerUser]:
     """A RabbitMQ user with a strong password (no permissions until a vhost grants some); deleted after."""
-    user = BrokerUser(f"test-{uuid.uuid4().hex[:10]}", secrets.token_hex(16))
+    user = BrokerUser(f"test-{uuid.uuid4().hex[:10]}", broker_password())
     rabbitmqctl("add_user", user.name, user.password)
     try:
         yield user
