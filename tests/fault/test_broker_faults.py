@@ -145,10 +145,17 @@ def test_volatile_redis_loss_is_repaired_by_the_redrive_with_no_manual_step(clus
     # Published as far as the outbox knows: the relay published them all before Redis loses them.
     wait_until(lambda: cluster.checker.verdict().unpublished == 0, timeout=30, message="rows marked")
 
-    cluster.redis.kill()  # no persistence: the 25 queued tasks are gone
-    lost_at = time.monotonic()
-    cluster.redis.start()
-    assert queued(cluster) == 0  # the loss is real: published, and nowhere in the broker
+    client = redis.Redis.from_url(cluster.redis.url)
+    try:
+        client.set("test:before-the-kill", "1")
+        cluster.redis.kill()  # no persistence: the 25 queued tasks are gone
+        lost_at = time.monotonic()
+        cluster.redis.start()
+        # The loss is real: Redis came back empty. (Not "the queue is empty": the relay may re-drive into
+        # it as soon as Redis answers, before this line runs on a loaded machine.)
+        assert client.exists("test:before-the-kill") == 0
+    finally:
+        client.close()
     cluster.start_worker(name="worker-2")
 
     verdict = cluster.wait_settled(30, timeout=60)
