@@ -6,7 +6,7 @@ LIBRARY := shared/flask-outbox
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LIBRARY)/pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 # make test's workers (pytest-xdist): groups that must not overlap are in tests/conftest.py; PYTEST_PARALLEL= runs serially.
-PYTEST_PARALLEL ?= -n 4 --dist loadgroup
+PYTEST_PARALLEL ?= -n 5 --dist loadgroup
 
 .PHONY: install migrate run test test-unit lint up down chaos faults-long
 

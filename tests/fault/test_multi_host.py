@@ -19,6 +19,9 @@ Either way every accepted order ends ``invoiced`` with exactly one invoice withi
 (120 s) of the cut, while orders keep coming for a minute after it. A cut-off relay that kept its
 partitions (as before the release in a broker outage) left their orders ``placed``: no handover, and
 the bound passes.
+
+The two tests share one site (its Postgres cluster and a dozen processes take half a minute to start);
+each starts from it healed: no path cut, both relays running with 8 partitions each.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 from flask_outbox.partitions import LockKeys, relay_holdings
@@ -59,7 +61,7 @@ HELD = 10.0
 """An order that took longer than this from its 201 to ``invoiced`` waited for the handover."""
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def network() -> Iterator[Network]:
     reason = netns.unavailable()
     if reason is not None:
@@ -81,6 +83,8 @@ class Site:
     redis_address: str
     hosts: list[Host] = field(default_factory=list)
     relays: list[Service] = field(default_factory=list)
+    cuts: set[tuple[int, str]] = field(default_factory=set)
+    """(host index, address) of the paths cut now."""
 
     def start_relay(self, name: str) -> None:
         host = self.network.add_host()
@@ -91,9 +95,27 @@ class Site:
         self.hosts.append(host)
         self.relays.append(relay)
 
+    def cut(self, host: Host, address: str) -> None:
+        self.network.cut(host, address)
+        self.cuts.add((self.hosts.index(host), address))
 
-@pytest.fixture
-def site(request: pytest.FixtureRequest, tmp_path: Path, network: Network) -> Iterator[Site]:
+    def restore(self, host: Host, address: str) -> None:
+        self.network.restore(host, address)
+        self.cuts.discard((self.hosts.index(host), address))
+
+    def heal(self) -> None:
+        """Every path back, every relay running (as its supervisor would), 8 partitions each."""
+        for index, address in sorted(self.cuts):
+            self.restore(self.hosts[index], address)
+        for relay in self.relays:
+            if not relay.running:
+                relay.start()
+        wait_for_equal_shares(self, timeout=90, message="the site healed: two relays with 8 partitions each")
+
+
+@pytest.fixture(scope="module")
+def shared_site(tmp_path_factory: pytest.TempPathFactory, network: Network) -> Iterator[Site]:
+    tmp_path = tmp_path_factory.mktemp("multi-host")
     postgres_address, redis_address = network.serve(2)
     postgres = PrivatePostgres(
         tmp_path / "pg",
@@ -116,16 +138,27 @@ def site(request: pytest.FixtureRequest, tmp_path: Path, network: Network) -> It
         cluster.start_api()
         site.start_relay("relay-1")
         site.start_relay("relay-2")
-        worker.wait_for_log("ready", timeout=90)
-        consumer.wait_for_log("ready", timeout=90)
+        try:
+            worker.wait_for_log("ready", timeout=90)
+            consumer.wait_for_log("ready", timeout=90)
+        except Exception:
+            print(cluster.logs())
+            raise
         yield site
     finally:
         if cluster is not None:
             cluster.close()  # every process, the relay hosts' too, before their namespaces go
-            if request.node.stash.get(FAILED, True):
-                print(cluster.logs())
         redis_server.stop()
         postgres.stop("immediate")
+
+
+@pytest.fixture
+def site(request: pytest.FixtureRequest, shared_site: Site) -> Iterator[Site]:
+    """The module's site, healed; the processes' logs are printed with a test that failed."""
+    shared_site.heal()
+    yield shared_site
+    if request.node.stash.get(FAILED, True):
+        print(shared_site.cluster.logs())
 
 
 def holdings(engine: Engine) -> dict[str, frozenset[int]]:
@@ -198,7 +231,7 @@ def cut_while_orders_flow(site: Site, address: str, label: str) -> Outcome:
         flow.start()
         wait_until(lambda: invoiced.poll() >= 10, timeout=60, message="orders going round the loop")
         cut_at = time.monotonic()
-        site.network.cut(relay_host, address)
+        site.cut(relay_host, address)
         handover_at: float | None = None
         strays = []
         while (now := time.monotonic()) < cut_at + FLOW_AFTER_CUT:
@@ -261,7 +294,7 @@ def test_relay_cut_off_from_redis_hands_its_partitions_over_on_the_shipped_defau
     assert live.running
     assert_every_order_invoiced_once_within_the_bound(site, outcome, "relay 1 cut off from Redis")
 
-    site.network.restore(relay_host, site.redis_address)
+    site.restore(relay_host, site.redis_address)
     wait_for_equal_shares(site, timeout=30, message="relay 1 back with its share once its broker answers")
     relay.wait_for_log("relay.broker_back")
 
@@ -293,7 +326,7 @@ def test_relay_cut_off_from_postgres_loses_its_partitions_to_the_live_relay_on_t
     assert live.running
     assert_every_order_invoiced_once_within_the_bound(site, outcome, "relay 1 cut off from Postgres")
 
-    site.network.restore(relay_host, site.postgres_address)
+    site.restore(relay_host, site.postgres_address)
     if not relay.running:
         relay.start()  # as its supervisor would (compose: restart: unless-stopped)
     wait_for_equal_shares(  # its reconnect backs off up to 30 s
