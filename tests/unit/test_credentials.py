@@ -50,6 +50,19 @@ def test_a_short_password_refuses_to_start(variable: str, monkeypatch: pytest.Mo
     assert short not in message
 
 
+def test_every_url_of_a_broker_failover_list_is_judged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kombu reads ``url1;url2;url3`` as one broker on three nodes: a weak password on any node refuses."""
+    node = "amqp://app:{}@rabbit-{}:5672/pipeline"
+    strong = [node.format(STRONG, n) for n in (1, 2, 3)]
+    weak_second = ";".join([strong[0], node.format("change-me", 2), strong[2]])
+    message = refusal("BROKER_URL", weak_second, monkeypatch)
+    assert "the password in BROKER_URL (URL 2 of 3) is a placeholder" in message
+    assert "change-me" not in message
+
+    monkeypatch.setenv("BROKER_URL", ";".join(strong))
+    assert Settings().broker_url == ";".join(strong)
+
+
 def test_a_percent_encoded_password_is_judged_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
     message = refusal("BROKER_URL", "redis://app:change%2Dme@redis:6379/0", monkeypatch)
     assert "the password in BROKER_URL is a placeholder" in message

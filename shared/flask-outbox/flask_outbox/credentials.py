@@ -54,16 +54,23 @@ def password_problem(password: str) -> str | None:
 
 
 def check_url_password(variable: str, url: str) -> None:
-    """Raise ``WeakCredential`` naming ``variable`` when ``url`` carries a guessable password."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:  # a malformed URL is its driver's to report; it holds no password we can read
-        return
-    if password is None:
-        return
-    problem = password_problem(unquote(password))
-    if problem is not None:
-        raise WeakCredential(f"the password in {variable} {problem}. {MAKE_ONE}")
+    """Raise ``WeakCredential`` naming ``variable`` when ``url`` carries a guessable password.
+
+    A failover list (``amqp://h1;amqp://h2``, as kombu reads ``BROKER_URL``) is judged URL by URL: a
+    weak password on the second node is as open a door as one on the first.
+    """
+    urls = url.split(";")
+    for position, one in enumerate(urls, start=1):
+        try:
+            password = urlsplit(one.strip()).password
+        except ValueError:  # a malformed URL is its driver's to report; it holds no password we can read
+            continue
+        if password is None:
+            continue
+        problem = password_problem(unquote(password))
+        if problem is not None:
+            where = f"{variable} (URL {position} of {len(urls)})" if len(urls) > 1 else variable
+            raise WeakCredential(f"the password in {where} {problem}. {MAKE_ONE}")
 
 
 def check_basic_auth(variable: str, value: str) -> None:
