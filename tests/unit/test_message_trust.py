@@ -172,3 +172,43 @@ def test_what_the_relay_signs_the_worker_accepts_whatever_the_payloads_key_order
     assert redis_worker.signer.verifies(message_id, ORDER_PLACED, reordered, signature)
     task = redis_worker.app.tasks[ROUTES[ORDER_PLACED].task]
     assert run(task, message_id, reordered, signature) == "created"
+
+
+OLD_KEY = "Pq3Wn8Xz5Rc2Lv7Hm4Tb9Yk6Dg1Fs0Ja-Ne"
+THIRD_KEY = "Tz6Bc1Nq8Wm3Kd5Vr2Hx9Lp4Gs7Fj0Ya-Ue"
+
+
+@pytest.fixture
+def rotating_worker(tmp_path: Path) -> Iterator[InboxWorker]:
+    """A worker part-way through a rotation: ``MESSAGE_SIGNING_KEY=new,old``."""
+    yield from invoice_worker_on(
+        worker_settings(tmp_path / "var", broker_url=REDIS, message_signing_key=f"{GOOD_KEY},{OLD_KEY}")
+    )
+
+
+def test_a_rotation_signs_with_the_new_key_and_still_applies_what_the_old_one_signed(
+    rotating_worker: InboxWorker,
+) -> None:
+    """Relays and workers change keys one by one: no message signed by either key is refused meanwhile."""
+    signer, task = rotating_worker.signer, rotating_worker.app.tasks[ROUTES[ORDER_PLACED].task]
+    message_id, body = uuid.uuid4(), payload()
+    by_old, by_third = (
+        MessageSigner(key.encode()).sign(message_id, ORDER_PLACED, body) for key in (OLD_KEY, THIRD_KEY)
+    )
+
+    assert signer.sign(message_id, ORDER_PLACED, body) == MessageSigner(GOOD_KEY.encode()).sign(
+        message_id, ORDER_PLACED, body
+    )
+    assert not signer.verifies(message_id, ORDER_PLACED, body, by_third)
+    assert run(task, message_id, body, by_old) == "created"
+    assert rows(rotating_worker, Invoice) == 1
+    assert reasons(rotating_worker) == []
+
+
+def test_each_key_of_a_rotation_must_be_strong(tmp_path: Path) -> None:
+    settings = worker_settings(
+        tmp_path / "var", broker_url=REDIS, message_signing_key=f"{GOOD_KEY},too-short"
+    )
+
+    with pytest.raises(WeakSigningKey, match=r"MESSAGE_SIGNING_KEY \(key 2 of 2\) has 9 characters"):
+        publisher_for(settings, ROUTES)

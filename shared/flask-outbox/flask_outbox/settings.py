@@ -79,8 +79,8 @@ class PipelineSettings(BaseSettings):
         repr=False,
         validation_alias="MESSAGE_SIGNING_KEY",
         description="HMAC-SHA256 key the relays sign messages with and the consuming workers check them "
-        "with: the same secret in each, at least 32 characters; default (file broker only): one generated "
-        "into VAR_DIR/signing-key",
+        "with: the same secret in each, at least 32 characters; new,old during a rotation (signs with the "
+        "first, accepts each); default (file broker only): one generated into VAR_DIR/signing-key",
     )
     var_dir: Path = Field(
         default=Path("var"),

@@ -12,6 +12,9 @@ trace context, so they are not signed.
 The embedded mode (the file broker under ``VAR_DIR``: no broker to reach from outside) generates its
 key once into ``VAR_DIR/signing-key``, so ``make run`` needs no configuration; every other mode
 refuses to start without a key that could not be guessed.
+
+Rotation with no message refused: ``MESSAGE_SIGNING_KEY=new,old`` signs with the first key and accepts
+a signature by any of them (docs/operations.md gives the three steps). Each key must pass the same checks.
 """
 
 from __future__ import annotations
@@ -80,26 +83,42 @@ def _generated_key(var_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def _checked(key: str) -> str:
-    if not key:
+def _checked(keys: str) -> list[bytes]:
+    """The keys of ``MESSAGE_SIGNING_KEY`` (``new,old`` during a rotation), each one checked."""
+    if not keys:
         raise WeakSigningKey(
             "MESSAGE_SIGNING_KEY is not set: outside the embedded mode every relay and consuming worker "
             f"needs the same secret to sign and check messages; {_MAKE_ONE}"
         )
-    if len(key) < MIN_KEY_LENGTH:
-        raise WeakSigningKey(
-            f"MESSAGE_SIGNING_KEY has {len(key)} characters, fewer than {MIN_KEY_LENGTH}; {_MAKE_ONE}"
+    listed = [key.strip() for key in keys.split(",")]
+    for position, key in enumerate(listed, start=1):
+        name = (
+            "MESSAGE_SIGNING_KEY"
+            if len(listed) == 1
+            else f"MESSAGE_SIGNING_KEY (key {position} of {len(listed)})"
         )
-    if _PLACEHOLDER.search(key):
-        raise WeakSigningKey(f"MESSAGE_SIGNING_KEY is a placeholder, not a key; {_MAKE_ONE}")
-    return key
+        if len(key) < MIN_KEY_LENGTH:
+            raise WeakSigningKey(
+                f"{name} has {len(key)} characters, fewer than {MIN_KEY_LENGTH}; {_MAKE_ONE}"
+            )
+        if _PLACEHOLDER.search(key):
+            raise WeakSigningKey(f"{name} is a placeholder, not a key; {_MAKE_ONE}")
+    return [key.encode() for key in listed]
+
+
+def _signed_bytes(message_id: uuid.UUID, topic: str, payload: Any) -> bytes:
+    """What a signature covers: the message's id, topic and canonical payload."""
+    return b"\n".join((_VERSION, str(message_id).encode(), topic.encode(), _canonical(payload).encode()))
 
 
 @dataclass(frozen=True, slots=True)
 class MessageSigner:
-    """Signs and checks messages with one key (HMAC-SHA256)."""
+    """Signs messages with one key and checks them against it and any earlier key a rotation still
+    accepts (HMAC-SHA256)."""
 
     key: bytes = field(repr=False)
+    previous: tuple[bytes, ...] = field(default=(), repr=False)
+    """Keys whose signatures still verify while a rotation is under way (``MESSAGE_SIGNING_KEY=new,old``)."""
 
     @classmethod
     def from_settings(cls, settings: PipelineSettings) -> MessageSigner:
@@ -107,16 +126,15 @@ class MessageSigner:
 
         Raises ``WeakSigningKey`` for a missing, short or placeholder key anywhere else.
         """
-        key = settings.message_signing_key
-        if not key and settings.uses_embedded_broker:
-            key = _generated_key(settings.var_dir)
-        return cls(_checked(key).encode())
+        keys = settings.message_signing_key
+        if not keys and settings.uses_embedded_broker:
+            keys = _generated_key(settings.var_dir)
+        first, *previous = _checked(keys)
+        return cls(first, tuple(previous))
 
     def sign(self, message_id: uuid.UUID, topic: str, payload: Any) -> str:
         """The signature of one message: hex HMAC-SHA256 of its id, topic and canonical payload."""
-        parts = (_VERSION, str(message_id).encode(), topic.encode(), _canonical(payload).encode())
-        signed = b"\n".join(parts)
-        return hmac.digest(self.key, signed, hashlib.sha256).hex()
+        return hmac.digest(self.key, _signed_bytes(message_id, topic, payload), hashlib.sha256).hex()
 
     def signed_headers(
         self, message_id: uuid.UUID, topic: str, payload: Any, headers: Mapping[str, Any]
@@ -125,7 +143,12 @@ class MessageSigner:
         return {**headers, SIGNATURE_HEADER: self.sign(message_id, topic, payload)}
 
     def verifies(self, message_id: uuid.UUID, topic: str, payload: Any, signature: object) -> bool:
-        """Whether ``signature`` is this message's (compared in constant time); False for none at all."""
+        """Whether ``signature`` is this message's under one of the keys (compared in constant time);
+        False for none at all."""
         if not isinstance(signature, str):
             return False
-        return hmac.compare_digest(signature, self.sign(message_id, topic, payload))
+        signed = _signed_bytes(message_id, topic, payload)
+        return any(
+            hmac.compare_digest(signature, hmac.digest(key, signed, hashlib.sha256).hex())
+            for key in (self.key, *self.previous)
+        )
