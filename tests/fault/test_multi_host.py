@@ -85,6 +85,8 @@ class Site:
     relays: list[Service] = field(default_factory=list)
     cuts: set[tuple[int, str]] = field(default_factory=set)
     """(host index, address) of the paths cut now."""
+    log_marks: dict[str, int] = field(default_factory=dict)
+    """Each relay's log length when the site was last healed: where the current test's lines start."""
 
     def start_relay(self, name: str) -> None:
         host = self.network.add_host()
@@ -111,6 +113,11 @@ class Site:
             if not relay.running:
                 relay.start()
         wait_for_equal_shares(self, timeout=90, message="the site healed: two relays with 8 partitions each")
+        self.log_marks = {relay.name: len(relay.logs()) for relay in self.relays}
+
+    def new_logs(self, relay: Service) -> str:
+        """What ``relay`` logged since the site was last healed: the current test's lines only."""
+        return relay.logs()[self.log_marks.get(relay.name, 0) :]
 
 
 @pytest.fixture(scope="module")
@@ -285,8 +292,8 @@ def test_relay_cut_off_from_redis_hands_its_partitions_over_on_the_shipped_defau
 
     assert handover is not None, "relay 2 never held every partition"
     assert outcome.strays == []  # relay 2 held them all until the end of the flow
-    assert "relay.broker_unavailable" in relay.logs()
-    assert "relay.partitions_released" in relay.logs()
+    assert "relay.broker_unavailable" in site.new_logs(relay)
+    assert "relay.partitions_released" in site.new_logs(relay)
     # Released half the stall bound into its wait for the broker, not sooner (the wait starts at the
     # first failed publish, some seconds after the cut).
     assert handover >= STALL_BOUND / 2
@@ -296,7 +303,9 @@ def test_relay_cut_off_from_redis_hands_its_partitions_over_on_the_shipped_defau
 
     site.restore(relay_host, site.redis_address)
     wait_for_equal_shares(site, timeout=30, message="relay 1 back with its share once its broker answers")
-    relay.wait_for_log("relay.broker_back")
+    wait_until(
+        lambda: "relay.broker_back" in site.new_logs(relay), timeout=30, message="relay 1's broker back"
+    )
 
 
 def test_relay_cut_off_from_postgres_loses_its_partitions_to_the_live_relay_on_the_shipped_defaults(
@@ -313,14 +322,14 @@ def test_relay_cut_off_from_postgres_loses_its_partitions_to_the_live_relay_on_t
     # Relay 1 either saw its connection time out and retries, or hung in that one call past the stall
     # bound and its watchdog ended it (exit 4) for its supervisor to restart: both by design.
     if relay.running:
-        assert "relay.database_unavailable" in relay.logs()
+        assert "relay.database_unavailable" in site.new_logs(relay)
         fate = "kept retrying its database"
     else:
         assert relay.process is not None
         assert relay.process.returncode == 4
-        assert "relay.stalled_exiting" in relay.logs()
+        assert "relay.stalled_exiting" in site.new_logs(relay)
         fate = "exited (watchdog, exit 4)"
-    retired = "relay.stalled_relay_retired" in live.logs()
+    retired = "relay.stalled_relay_retired" in site.new_logs(live)
     ended = "relay 2 (retired)" if retired else "the server (TCP keepalive)"
     print(f"relay 1's database session ended by {ended}; relay 1 {fate}", flush=True)
     assert live.running
