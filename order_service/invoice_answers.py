@@ -222,7 +222,7 @@ _APPLY_BATCH_IN_ONE_STATEMENT: TextClause = text(
             position integer, message_id uuid, order_id uuid, invoice_number text,
             invoiced_at timestamptz, causation_id uuid, amount_total bigint, currency text)
     ), asked AS (
-        SELECT incoming.message_id, orders.invoice_number AS current_number
+        SELECT incoming.message_id
         FROM incoming
         JOIN orders ON orders.id = incoming.order_id AND orders.amount_total = incoming.amount_total
                     AND orders.currency = incoming.currency
@@ -240,8 +240,8 @@ _APPLY_BATCH_IN_ONE_STATEMENT: TextClause = text(
         WHERE outbox.message_id = incoming.causation_id AND outbox.acknowledged_at IS NULL
         RETURNING incoming.message_id
     )
-    SELECT asked.message_id IS NOT NULL AS asked, asked.current_number,
-           moved.message_id IS NOT NULL AS moved, acknowledged.message_id IS NOT NULL AS acknowledged
+    SELECT asked.message_id IS NOT NULL AS asked, moved.message_id IS NOT NULL AS moved,
+           acknowledged.message_id IS NOT NULL AS acknowledged
     FROM incoming LEFT JOIN asked USING (message_id) LEFT JOIN moved USING (message_id)
          LEFT JOIN acknowledged USING (message_id)
     ORDER BY incoming.position
@@ -250,6 +250,21 @@ _APPLY_BATCH_IN_ONE_STATEMENT: TextClause = text(
 """``_APPLY_IN_ONE_STATEMENT`` for a whole batch. An answer that is not one to what its order asked
 (or for an order this database does not hold) writes nothing: the consumer leaves it to the single
 task, which parks it with the reason."""
+
+
+def _numbers_now(session: Session, order_ids: set[str]) -> dict[str, str | None]:
+    """The invoice numbers ``order_ids`` hold now, read by a statement of its own.
+
+    Not from the batch statement: its snapshot predates an answer that another consumer committed while
+    the statement's UPDATE waited for that order's row (READ COMMITTED), so it would read "no number
+    yet" for an order just invoiced, and report a conflict that is none.
+    """
+    if not order_ids:
+        return {}
+    rows = session.execute(
+        select(Order.id, Order.invoice_number).where(Order.id.in_([uuid.UUID(o) for o in order_ids]))
+    )
+    return {str(order_id): number for order_id, number in rows}
 
 
 def apply_batch(session: Session, batch: Sequence[Delivery[InvoiceCreated]]) -> list[str | None]:
@@ -261,11 +276,16 @@ def apply_batch(session: Session, batch: Sequence[Delivery[InvoiceCreated]]) -> 
         singles: list[str | None] = [apply(session, delivery) for delivery in batch]
         return singles
     rows = session.execute(_APPLY_BATCH_IN_ONE_STATEMENT, {"batch": batch_json(batch)}).all()
-    numbers = {  # the number each order was moved to by this batch
+    numbers: dict[str, str | None] = {  # the number each order was moved to by this batch
         delivery.message.order_id: delivery.message.invoice_number
         for delivery, row in zip(batch, rows, strict=True)
         if row.moved
     }
+    numbers |= _numbers_now(
+        session,
+        {d.message.order_id for d, row in zip(batch, rows, strict=True) if row.asked and not row.moved}
+        - numbers.keys(),
+    )
     outcomes: list[str | None] = []
     for delivery, row in zip(batch, rows, strict=True):
         if not row.asked:
@@ -273,7 +293,7 @@ def apply_batch(session: Session, batch: Sequence[Delivery[InvoiceCreated]]) -> 
             continue
         event = delivery.message
         with delivery.context():
-            kept = event.invoice_number if row.moved else numbers.get(event.order_id, row.current_number)
+            kept = event.invoice_number if row.moved else numbers[event.order_id]
             outcome = Outcome.INVOICED if row.moved else _kept_or_conflict(event, kept)
             _log_recorded(session, event, outcome, bool(row.acknowledged), kept)
         outcomes.append(outcome.value)

@@ -9,6 +9,7 @@ portable (SQLite) paths are covered by the unit tests; these pin the Postgres on
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,10 +17,11 @@ from flask_outbox import WorkerDatabase
 from flask_outbox.batches import BatchItem
 from flask_outbox.consumer import Consumer
 from flask_outbox.writer import bucket_of
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, func, insert, select, text, update
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.orm import Session, sessionmaker
 
+from harness.waiting import wait_until
 from invoice_worker.invoicing import Outcome
 from invoice_worker.models import Invoice
 from invoice_worker.models import inbox as invoice_inbox
@@ -301,6 +303,49 @@ def test_a_batch_of_answers_moves_each_order_once_and_leaves_unknown_orders_unwr
         "nothing written for the unknown order: the single task parks it"
     )
     assert unacknowledged == 0
+
+
+def _waiting_for_a_row_lock(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        waiting = conn.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+    return bool(waiting)
+
+
+def test_a_batch_answer_racing_another_consumers_answer_for_its_order_is_no_number_conflict(
+    orders_engine: Engine, order_consumer: Consumer[InvoiceCreated]
+) -> None:
+    """Another consumer invoices the order and commits while the batch statement waits for the order's
+    row: the batch compares the number that committed, not its statement's snapshot, which held none
+    (the soak logged such races as ``order.invoice_number_conflict``)."""
+    order_id, placed = _placed_order(orders_engine)
+    item = _item(uuid.uuid4(), _answer(order_id, placed, "INV-00000001").to_payload(), "corr-race")
+    other = orders_engine.connect()
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        other.execute(
+            update(Order.__table__)
+            .where(Order.__table__.c.id == order_id)
+            .values(status="invoiced", invoice_number="INV-00000001", invoiced_at=datetime.now(UTC))
+        )
+        racing = pool.submit(order_consumer.apply_batch, [item])
+        wait_until(
+            lambda: _waiting_for_a_row_lock(orders_engine),
+            timeout=30,
+            message="the batch statement waiting for the order's row",
+        )
+        other.commit()
+        outcomes = racing.result(timeout=60)
+    finally:
+        other.close()  # rolls back what did not commit: the batch is never left waiting
+        pool.shutdown()
+
+    assert outcomes == [Applied.ALREADY_INVOICED]
+    assert _unanswered(orders_engine, order_id) == {order_id: ("invoiced", False)}
 
 
 def test_a_batchs_answers_go_into_the_outbox_as_one_insert(
