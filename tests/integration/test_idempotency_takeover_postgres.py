@@ -31,10 +31,13 @@ from order_service import create_app
 from order_service.extensions import db
 from order_service.models import Order
 from shared.config import Settings
+from tests.support.locks import waiting_on_a_lock
 
 pytestmark = pytest.mark.integration
 
 API_KEY = "osk_takeover-" + uuid.uuid4().hex
+TAKEOVER = "UPDATE idempotency_keys SET lock_token%"
+"""The statement a takeover waits in while another request holds the key's row."""
 ORDER = {
     "customer_id": "cus_takeover",
     "currency": "EUR",
@@ -187,17 +190,6 @@ def _keys(probe: Engine) -> list[tuple[int | None, str | None]]:
         ]
 
 
-def _takeovers_waiting_on_a_row_lock(probe: Engine) -> int:
-    with probe.connect() as conn:
-        waiting = conn.scalar(
-            text(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock' AND query LIKE 'UPDATE idempotency_keys SET lock_token%'"
-            )
-        )
-    return waiting or 0
-
-
 def _assert_replayed(response: TestResponse, original: TestResponse) -> None:
     assert response.status_code == 201, response.get_data(as_text=True)
     assert response.headers.get("Idempotent-Replayed") == "true"
@@ -260,7 +252,10 @@ def test_a_takeover_blocked_by_the_original_transaction_waits_and_replays_its_20
         a_flushed.wait_reached(original)  # A's UPDATE now holds the key's row lock, uncommitted
         b_read.release()
         wait_until(
-            lambda: _takeovers_waiting_on_a_row_lock(probe), timeout=STEP, interval=0.02, message="B blocked"
+            lambda: waiting_on_a_lock(probe, TAKEOVER),
+            timeout=STEP,
+            interval=0.02,
+            message="B blocked",
         )
         a_flushed.release()
         first = _settle(original)
@@ -304,7 +299,10 @@ def test_a_takeover_blocked_by_an_original_that_rolls_back_places_the_one_order(
         a_flushed.wait_reached(original)
         b_read.release()
         wait_until(
-            lambda: _takeovers_waiting_on_a_row_lock(probe), timeout=STEP, interval=0.02, message="B blocked"
+            lambda: waiting_on_a_lock(probe, TAKEOVER),
+            timeout=STEP,
+            interval=0.02,
+            message="B blocked",
         )
         a_flushed.release()
         first = _settle(original)

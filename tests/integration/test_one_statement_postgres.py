@@ -17,7 +17,7 @@ from flask_outbox import WorkerDatabase
 from flask_outbox.batches import BatchItem
 from flask_outbox.consumer import Consumer
 from flask_outbox.writer import bucket_of
-from sqlalchemy import Engine, func, insert, select, text, update
+from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,6 +35,7 @@ from order_service.models import outbox as order_outbox
 from shared.contracts import INVOICE_CREATED, ORDER_PLACED, InvoiceCreated, OrderPlaced, parse_invoice_created
 from tests.integration.conftest import SIGNER
 from tests.support.events import order_placed_event
+from tests.support.locks import waiting_on_a_lock
 
 pytestmark = pytest.mark.integration
 
@@ -305,17 +306,6 @@ def test_a_batch_of_answers_moves_each_order_once_and_leaves_unknown_orders_unwr
     assert unacknowledged == 0
 
 
-def _waiting_for_a_row_lock(engine: Engine) -> bool:
-    with engine.connect() as conn:
-        waiting = conn.scalar(
-            text(
-                "SELECT count(*) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-        )
-    return bool(waiting)
-
-
 def test_a_batch_answer_racing_another_consumers_answer_for_its_order_is_no_number_conflict(
     orders_engine: Engine, order_consumer: Consumer[InvoiceCreated]
 ) -> None:
@@ -334,7 +324,7 @@ def test_a_batch_answer_racing_another_consumers_answer_for_its_order_is_no_numb
         )
         racing = pool.submit(order_consumer.apply_batch, [item])
         wait_until(
-            lambda: _waiting_for_a_row_lock(orders_engine),
+            lambda: waiting_on_a_lock(orders_engine),
             timeout=30,
             message="the batch statement waiting for the order's row",
         )

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from order_service.invoice_answers import Outcome
 from order_service.models import outbox
 from shared.contracts import ORDER_PLACED, InvoiceCreated
+from tests.support.locks import waiting_on_a_lock
 
 RULE = RedriveRule(topics=frozenset({ORDER_PLACED}), after=60, max_redrives=20)
 
@@ -154,16 +155,6 @@ def _answer(order_id: str, causation: uuid.UUID, number: str) -> InvoiceCreated:
     )
 
 
-def _waiting_backends(engine: Engine) -> int:
-    """Sessions of this test's database blocked on a lock (the database is this test's alone)."""
-    with engine.connect() as conn:
-        query = (
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )
-        return int(conn.scalar(text(query)) or 0)
-
-
 @pytest.mark.parametrize("same_message", [True, False], ids=["one-message-twice", "two-answers"])
 def test_racing_deliveries_apply_one_effect(
     orders_engine: Engine, order_consumer: Consumer[InvoiceCreated], same_message: bool
@@ -186,9 +177,9 @@ def test_racing_deliveries_apply_one_effect(
     with ThreadPoolExecutor(2) as pool:
         futures = [pool.submit(apply(m, e)) for m, e in deliveries]
         deadline = time.monotonic() + 10
-        while _waiting_backends(orders_engine) < 2 and time.monotonic() < deadline:
+        while waiting_on_a_lock(orders_engine) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _waiting_backends(orders_engine) == 2  # both in flight, blocked in the database
+        assert waiting_on_a_lock(orders_engine) == 2  # both in flight, blocked in the database
         blocker.rollback()
         blocker.close()
         outcomes = [f.result(timeout=10) for f in futures]
