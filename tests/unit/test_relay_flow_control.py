@@ -7,7 +7,10 @@ SQLite relays in a thread with a publisher whose queue length the test sets; the
 from __future__ import annotations
 
 import threading
+import time
 
+import pytest
+from flask_outbox import relay as relay_module
 from flask_outbox.messages import BatchOutcome, PendingMessage
 from flask_outbox.relay import OutboxRelay, RelayPolicy
 from flask_outbox.wakeup import PollingWaiter
@@ -100,3 +103,45 @@ def test_a_broker_that_cannot_say_its_queue_length_does_not_stop_the_relay(engin
     finally:
         stop.set()
         thread.join(10)
+
+
+def test_a_saturated_host_sends_what_arrives_during_the_gather_as_one_batch(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows committed 0.2 s apart while the relay gathers go out together. The gather is stretched from
+    20 ms to a second so that both inserts surely land inside it on a loaded machine."""
+    monkeypatch.setattr(relay_module, "_SATURATED_GATHER", 1.0)
+    publisher = QueuePublisher()
+    relay = OutboxRelay(engine, outbox, publisher, RelayPolicy(), saturated=lambda: True)
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop, PollingWaiter(stop, 0.02).wait), daemon=True)
+    thread.start()
+    try:
+        insert_rows(engine, outbox_rows(1, 1))
+        wait_until(lambda: unpublished(engine) == 0, timeout=10, message="the first row published")
+        insert_rows(engine, outbox_rows(1, 1))
+        time.sleep(0.2)  # ten poll intervals: a relay that did not gather would have sent it alone
+        insert_rows(engine, outbox_rows(1, 1))
+        wait_until(lambda: unpublished(engine) == 0, timeout=10, message="the gathered rows published")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert [len(batch) for batch in publisher.batches] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("gather", "saturated", "published", "pause"),
+    [
+        (0.0, False, 1, 0.0),  # an idle host: the next claim at the next commit
+        (0.0, True, 1, relay_module._SATURATED_GATHER),
+        (0.0, True, RelayPolicy().batch_size, 0.0),  # a full batch: a backlog, claim again at once
+        (0.2, False, 1, 0.2),  # answers: their relay always gathers
+    ],
+)
+def test_how_long_the_relay_gathers_after_a_batch(
+    engine: Engine, gather: float, saturated: bool, published: int, pause: float
+) -> None:
+    relay = OutboxRelay(
+        engine, outbox, QueuePublisher(), RelayPolicy(gather=gather), saturated=lambda: saturated
+    )
+    assert relay._gather(BatchOutcome(published=list(range(published)))) == pause
