@@ -2,16 +2,17 @@
 
 Batching trades a little latency for CPU: one claim, one publish and one worker task carry several
 messages instead of one. That trade pays only when CPU is what limits the pipeline, so the relay makes
-it only then (``OutboxRelay``, "gather while saturated"). The host's CPU counters (``/proc/stat``,
-Linux) are read at most every ``window`` seconds; between reads the last verdict stands. Where they
-cannot be read (another OS, a sandbox), the host never counts as saturated and nothing changes.
+it only then (``OutboxRelay._gather``). The host's busy share (psutil's ``cpu_percent``: every CPU,
+time waiting on I/O counted as idle) is read at most every ``window`` seconds; between reads the last
+verdict stands.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
+
+import psutil
 
 __all__ = ["HostCpu"]
 
@@ -23,41 +24,25 @@ under 3 % come only at saturation."""
 
 
 class HostCpu:
-    """Samples the host's idle share of CPU time over consecutive windows."""
+    """Samples the host's busy share of CPU time over consecutive windows."""
 
     def __init__(
         self,
-        stat: Path = Path("/proc/stat"),
         window: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
+        busy_percent: Callable[[], float] = lambda: psutil.cpu_percent(interval=None),
     ) -> None:
-        self._stat = stat
         self._window = window
         self._clock = clock
+        self._busy_percent = busy_percent
+        self._busy_percent()  # opens the first window: psutil compares each call with the one before
         self._sampled_at = clock()
-        self._last = self._read()
         self._saturated = False
-
-    def _read(self) -> tuple[int, int] | None:
-        """(all CPU time, idle time) in ticks since boot, from the summary ``cpu`` line."""
-        try:
-            with self._stat.open() as stat:
-                fields = [int(value) for value in stat.readline().split()[1:9]]
-        except (OSError, ValueError):
-            return None
-        if len(fields) < 5:
-            return None
-        # user nice system idle iowait irq softirq steal: waiting on I/O leaves the CPU free too.
-        return sum(fields), fields[3] + fields[4]
 
     def saturated(self) -> bool:
         """Whether the host was idle less than ``SATURATED_BELOW`` of the last full window."""
         now = self._clock()
-        if now - self._sampled_at < self._window:
-            return self._saturated
-        sample = self._read()
-        if sample is not None and self._last is not None:
-            total, idle = sample[0] - self._last[0], sample[1] - self._last[1]
-            self._saturated = total > 0 and idle / total < SATURATED_BELOW
-        self._last, self._sampled_at = sample, now
+        if now - self._sampled_at >= self._window:
+            self._saturated = self._busy_percent() > 100 * (1 - SATURATED_BELOW)
+            self._sampled_at = now
         return self._saturated
