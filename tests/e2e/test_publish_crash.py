@@ -1,11 +1,13 @@
-"""A relay process SIGKILLed after the broker accepted its batch and before its mark committed.
+"""A relay process SIGKILLed after the broker accepted its batch and before its commit.
 
-How the test holds the relay exactly there, without a test-only switch in the product: it keeps
-``LOCK TABLE outbox IN SHARE MODE`` open in its own transaction. That lock lets the relay claim
-(``SELECT … FOR UPDATE SKIP LOCKED`` takes ROW SHARE, which SHARE allows) and publish, but its mark
-(``UPDATE outbox``, ROW EXCLUSIVE) waits. The test sees both facts from outside (the batch in the
-Redis queue, the relay's session waiting on a lock inside ``UPDATE outbox``), then SIGKILLs the
-process while it holds its row locks and partition locks.
+How the test holds the relay exactly there, without a test-only switch in the product: in its own
+database it adds a deferred constraint trigger on the outbox, fired at COMMIT by a claim's stamp, that
+waits for an advisory lock the test holds. The relay claims (stamping its rows published) and
+publishes; its COMMIT waits. The test sees both facts from outside (the batch in the Redis queue, the
+relay's session waiting on a lock in ``COMMIT``), then SIGKILLs the process while it holds its row
+locks and partition locks. Its COMMIT did reach the server, which a relay killed a moment earlier
+never sends; so the test ends the dead relay's backend before it lets go of the lock, as the server
+does for a client that is gone before committing: the transaction rolls back.
 """
 
 from __future__ import annotations
@@ -33,9 +35,20 @@ from tests.support.checks import read_ledger
 
 ORDERS = 50
 BATCH = 20
-"""The killed relay's batch: published to Redis, never marked; the rest it never claimed."""
+"""The killed relay's batch: published to Redis, never committed; the rest it never claimed."""
 
 RELAY_SESSION = "application_name LIKE 'outbox-relay%' AND datname = current_database()"
+HOLD_KEY = 7357
+"""The advisory lock the test holds, and the commit trigger waits for."""
+
+HOLD_COMMIT = (
+    f"""CREATE FUNCTION test_hold_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN PERFORM pg_advisory_xact_lock({HOLD_KEY}); RETURN NULL; END $$""",
+    """CREATE CONSTRAINT TRIGGER test_hold_commit AFTER UPDATE ON outbox
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+    WHEN (OLD.published_at IS NULL AND NEW.published_at IS NOT NULL) EXECUTE FUNCTION test_hold_commit()""",
+)
+RELEASE_COMMIT = ("DROP TRIGGER test_hold_commit ON outbox", "DROP FUNCTION test_hold_commit()")
 
 
 def _place_orders(app: Flask, count: int) -> None:
@@ -53,13 +66,19 @@ def _unpublished(engine: Engine) -> int:
         return conn.scalar(select(func.count()).where(outbox.c.published_at.is_(None))) or 0
 
 
-def _relay_waiting_to_mark(engine: Engine) -> int | None:
-    """The backend pid of a relay session blocked on a lock inside its ``UPDATE outbox`` (the mark)."""
+def _run(engine: Engine, statements: tuple[str, ...]) -> None:
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.execute(text(statement))
+
+
+def _relay_waiting_to_commit(engine: Engine) -> int | None:
+    """The backend pid of a relay session blocked on the test's lock inside its ``COMMIT``."""
     with engine.connect() as conn:
         pid = conn.scalar(
             text(
                 f"SELECT pid FROM pg_stat_activity WHERE {RELAY_SESSION} AND state = 'active'"
-                " AND wait_event_type = 'Lock' AND query ILIKE 'UPDATE outbox%'"
+                " AND wait_event_type = 'Lock' AND wait_event = 'advisory' AND query ILIKE 'COMMIT%'"
             )
         )
     return int(pid) if pid is not None else None
@@ -105,27 +124,27 @@ def services() -> Iterator[list[Service]]:
         print(f"--- {service.name}\n{service.logs()[-3000:]}")
 
 
-def test_relay_sigkilled_between_publish_and_mark_republishes_and_the_worker_invoices_once(
+def test_relay_sigkilled_between_publish_and_commit_republishes_and_the_worker_invoices_once(
     pg_settings: Settings,
     orders_engine: Engine,
     redis_client: redis.Redis,
     services: list[Service],
     tmp_path: Path,
 ) -> None:
-    # The relay's own publish-then-mark is what is killed.
+    # The relay's own publish-then-commit is what is killed.
     _place_orders(create_app(pg_settings), ORDERS)
     queue = pg_settings.queue("invoices")
     env = settings_env(pg_settings, RELAY_BATCH_SIZE=str(BATCH))
+    _run(orders_engine, HOLD_COMMIT)
     lock_holder = orders_engine.connect()
-    blocking = lock_holder.begin()
-    lock_holder.execute(text("LOCK TABLE outbox IN SHARE MODE"))
+    lock_holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": HOLD_KEY})
     try:
         doomed = relay_service(env, tmp_path, name="doomed").start()
         services.append(doomed)
         pid = wait_until(
-            lambda: _relay_waiting_to_mark(orders_engine),
+            lambda: _relay_waiting_to_commit(orders_engine),
             timeout=30,
-            message="the relay to block in its mark, after publishing",
+            message="the relay to block in its commit, after publishing",
         )
         assert pid is not None
         assert queued_messages(redis_client, queue) == BATCH, "the broker holds the published batch"
@@ -134,14 +153,16 @@ def test_relay_sigkilled_between_publish_and_mark_republishes_and_the_worker_inv
         doomed.kill()
         assert doomed.process is not None
         assert doomed.process.returncode == -9
+        with orders_engine.connect() as conn:  # the COMMIT the killed relay would not have sent
+            assert conn.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
     finally:
-        blocking.rollback()  # the dead relay's UPDATE now runs, in a transaction nobody will commit
         lock_holder.close()
+    _run(orders_engine, RELEASE_COMMIT)
 
     wait_until(
         lambda: not _session_alive(orders_engine, pid), timeout=30, message="the dead relay's session to end"
     )
-    assert _unpublished(orders_engine) == ORDERS, "the killed relay's mark was committed"
+    assert _unpublished(orders_engine) == ORDERS, "the killed relay's claim was committed"
     assert _rows_locked_by_others(orders_engine) == 0
     assert _partitions_held(orders_engine, pid) == ()
     assert "outbox.batch_relayed" not in doomed.logs()

@@ -40,20 +40,20 @@ def crashing_connection(cluster: Cluster) -> Iterator[Connection]:
 
 
 def claim_all(conn: Connection) -> list[store.PendingMessage]:
-    batch = store.claim(
+    claimed = store.claim(
         conn, outbox, limit=1000, now=utcnow(), partitions=None, partition_count=1, guard_order=False
     )
-    return batch
+    return claimed.messages
 
 
 def unpublished(cluster: Cluster) -> int:
     return cluster.checker.verdict().unpublished
 
 
-def test_relay_killed_after_publishing_before_marking_republishes_and_invoices_once(
+def test_relay_killed_after_publishing_before_committing_republishes_and_invoices_once(
     broker_cluster: Cluster,
 ) -> None:
-    """Mechanism (FAULT_ENV), on Redis and on RabbitMQ (a batch confirmed, then the relay dies unmarked)."""
+    """Mechanism (FAULT_ENV), on Redis and on RabbitMQ (a batch confirmed; the relay dies uncommitted)."""
     cluster = broker_cluster
     cluster.start_worker()
     place_in_process(cluster, bodies(20, seed=1))
@@ -74,7 +74,7 @@ def test_relay_killed_after_publishing_before_marking_republishes_and_invoices_o
     cluster.wait_settled(20)
     # Every message went out twice; the inbox absorbed each second delivery.
     verdict = wait_until(lambda: (v := cluster.checker.verdict()).redeliveries == 20 and v, timeout=60)
-    report("relay SIGKILL between publish and mark", verdict)
+    report("relay SIGKILL between publish and commit", verdict)
     assert (len(verdict.lost), len(verdict.doubled)) == (0, 0)
 
 

@@ -57,7 +57,8 @@ def _claim_plan(engine: Engine) -> dict[str, Any]:
     with engine.connect() as conn:
         event.listen(conn, "before_cursor_execute", capture)
         with conn.begin() as transaction:
-            assert len(store.claim(conn, outbox, limit=LIMIT, partitions=None, partition_count=16)) == LIMIT
+            claimed = store.claim(conn, outbox, limit=LIMIT, partitions=None, partition_count=16)
+            assert len(claimed.messages) == LIMIT
             transaction.rollback()
         event.remove(conn, "before_cursor_execute", capture)
         [(statement, parameters)] = sent

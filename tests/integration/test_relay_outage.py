@@ -93,7 +93,7 @@ def test_relay_reconnects_after_its_database_session_is_killed(
         wait_until(
             lambda: queued_messages(redis_client, queue) == 50, timeout=10, message="first rows to publish"
         )
-        # Killed once its batch committed: a kill between publish and mark rolls the mark back and the
+        # Killed once its batch committed: a kill between publish and commit rolls the stamp back and the
         # rows are republished (at least once; covered by the relay-kill fault tests), 150 in the queue.
         wait_until(
             lambda: _count(orders_engine, outbox.c.published_at.is_not(None)) == 50,

@@ -35,8 +35,10 @@ def _write(engine: Engine, outbox: Table, *aggregates: str) -> None:
 
 
 def _claimed(engine: Engine, outbox: Table) -> list[tuple[str, int]]:
-    with engine.begin() as conn:
-        batch = store.claim(conn, outbox, limit=100, partitions=None, partition_count=1)
+    """What a claim would take now; rolled back, so the rows stay due."""
+    with engine.connect() as conn, conn.begin() as transaction:
+        batch = store.claim(conn, outbox, limit=100, partitions=None, partition_count=1).messages
+        transaction.rollback()
     return [(m.aggregate_id, m.id) for m in batch]
 
 
@@ -54,7 +56,8 @@ def test_failed_row_holds_back_later_rows_of_its_aggregate_only(engine: Engine, 
     _write(engine, outbox, "a", "b", "a", "b")
     [(_, first_a), _, (_, later_a), (_, later_b)] = _claimed(engine, outbox)
     with engine.begin() as conn:
-        [message] = store.claim(conn, outbox, limit=1, partitions=None, partition_count=1)
+        [message] = store.claim(conn, outbox, limit=1, partitions=None, partition_count=1).messages
+        store.release(conn, outbox, [message.id])
         failed = store.record_failures(
             conn, outbox, [(message, "ConnectionError")], max_attempts=3, base_backoff=60, max_backoff=60
         )
@@ -73,7 +76,8 @@ def test_backoff_and_parking_use_pythons_clock_on_sqlite(engine: Engine, outbox:
     _write(engine, outbox, "a")
     before = utcnow()
     with engine.begin() as conn:
-        [message] = store.claim(conn, outbox, limit=1, partitions=None, partition_count=1)
+        [message] = store.claim(conn, outbox, limit=1, partitions=None, partition_count=1).messages
+        store.release(conn, outbox, [message.id])
         [failure] = store.record_failures(
             conn, outbox, [(message, "boom")], max_attempts=1, base_backoff=10, max_backoff=10
         )

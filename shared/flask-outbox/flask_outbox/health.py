@@ -72,7 +72,7 @@ class RelayMetrics:
         )
         self.batch_duration = Histogram(
             "outbox_relay_batch_duration_seconds",
-            "One non-empty batch: claim, publish, mark, commit",
+            "One non-empty batch: claim, publish, release the unpublished, commit",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=self.registry,
         )

@@ -1,10 +1,11 @@
-"""The relay core: claim due outbox rows, publish them, mark them. Knows nothing of Flask or Celery.
+"""The relay core: claim due outbox rows, publish them, commit them published. Knows no Flask or Celery.
 
 Design (why it is safe to run several):
 
-* One transaction per batch on one held connection: claim (``FOR UPDATE SKIP LOCKED``, by state,
-  in id order), publish, mark published in one statement, commit. A crash before the commit
-  republishes the batch; consumers dedup on ``message_id`` (at least once, exactly-once effect).
+* One transaction per batch on one held connection: claim (one statement: ``FOR UPDATE SKIP
+  LOCKED``, by state, in id order, stamped published), publish, release the stamp of any row not
+  published, commit. A crash before the commit republishes the batch; consumers dedup on
+  ``message_id`` (at least once, exactly-once effect).
 * Partitions: a row belongs to partition ``bucket % partitions`` (``bucket`` is a crc32 of the
   aggregate id, so an aggregate never changes partition). A relay claims only rows of the
   partitions it holds as session-level advisory locks on that same connection (see
@@ -37,7 +38,7 @@ Liveness (the stall bound, ``RelayPolicy.stall_seconds`` = ``RELAY_STALL_SECONDS
   side (``flask_outbox.db.keepalive_connect_args``), so a vanished peer is noticed on both ends.
 * A relay that resumes after being retired finds its session gone at its next query, reconnects
   and rebalances. Stopped while waiting (the usual case) it had nothing claimed and publishes
-  nothing twice; stopped between claim and mark, it may publish that one batch again on resume.
+  nothing twice; stopped between claim and commit, it may publish that one batch again on resume.
 * ``metrics`` records the loop's progress for ``/healthz`` and the batches, lags, parked and
   re-driven rows for ``/metrics`` (``health.py``); the backlog gauges are read per scrape.
 """
@@ -262,31 +263,35 @@ class OutboxRelay:
         return owned
 
     def relay_batch(self) -> BatchOutcome:
-        """One transaction: claim, publish, mark. A crash before commit republishes (consumers dedup)."""
+        """One transaction: claim (stamped), publish, release the unpublished. A crash before commit
+        republishes (consumers dedup)."""
         self.rebalance()
         conn = self._connection()
         if self._partitions is not None and not self._partitions:
             return BatchOutcome()
         started = time.perf_counter()
         with conn.begin():
-            batch = store.claim(  # times: the database's clock (store's docstring)
+            claimed = store.claim(  # times: the database's clock (store's docstring)
                 conn,
                 self.outbox,
                 limit=self.policy.batch_size,
                 partitions=self._partitions,
                 partition_count=self.policy.partitions,
             )
+            batch = claimed.messages
             if not batch:
                 return BatchOutcome()
             outcome = self.publisher.publish(batch)
-            lags = store.mark_published(conn, self.outbox, outcome.published, lags=True)
+            published = set(outcome.published)
+            store.release(conn, self.outbox, [m.id for m in batch if m.id not in published])
             if outcome.failed:
                 failures = [(m, outcome.failed[m.id]) for m in batch if m.id in outcome.failed]
                 self._record_failures(conn, failures, outcome.transient)
         self.metrics.batch_duration.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(batch))
-        for lag in lags:
-            self.metrics.publish_lag.observe(lag)
+        for row_id in outcome.published:
+            if (lag := claimed.lags.get(row_id)) is not None:
+                self.metrics.publish_lag.observe(lag)
         log.info(
             "outbox.batch_relayed",
             published=len(outcome.published),

@@ -1,4 +1,4 @@
-"""The relay's SQL: claim, mark, back off, purge, retry parked. Each runs on a connection it is given.
+"""The relay's SQL: claim (and stamp), release, back off, purge, retry parked. Each on a given connection.
 
 Times come from the database's clock on Postgres (``statement_timestamp()``), the clock the writer
 stamps rows with (``flask_outbox.writer``): a relay or an API host whose clock is off can neither
@@ -20,7 +20,6 @@ from sqlalchemy import (
     Connection,
     Engine,
     Interval,
-    Select,
     Table,
     Update,
     any_,
@@ -45,13 +44,14 @@ from flask_outbox.messages import PendingMessage
 from flask_outbox.table import NOTIFY_CHANNEL
 
 __all__ = [
+    "ClaimedBatch",
     "RecordedFailure",
     "backoff",
     "claim",
     "disable_jit",
-    "mark_published",
     "purge_published",
     "record_failures",
+    "release",
     "retry_parked",
 ]
 
@@ -120,17 +120,39 @@ def disable_jit(engine: Engine) -> None:
 @lru_cache(maxsize=256)
 def _claim_statement(
     t: Table, limit: int, scope: tuple[int, ...] | None, partition_count: int, bound_clock: bool, guard: bool
-) -> Select[tuple[object, ...]]:
-    """The claim query, built once per table, batch size and partition set: building it cost more CPU
-    than running it. The clock is the database's (Postgres), or a ``now`` parameter (SQLite, tests)."""
+) -> Update:
+    """The claim, built once per table, batch size and partition set: building it cost more CPU than
+    running it. The clock is the database's (Postgres), or a ``now`` parameter (SQLite, tests).
+
+    One statement locks the due rows and stamps them published: ``UPDATE … WHERE id IN (SELECT …
+    FOR UPDATE SKIP LOCKED LIMIT n) RETURNING``. The stamp is seen by others only if the batch's
+    transaction commits, which the relay does once the broker has the messages (``release`` takes it
+    back from the ones it did not publish), so a batch costs one statement and the commit.
+    """
     clock = _bound_or_database_clock(bound_clock)
     in_scope = [] if scope is None else [(t.c.bucket % partition_count).in_(scope)]
-    query: Select[tuple[object, ...]] = select(  # PendingMessage's fields, in its order
-        t.c.id, t.c.message_id, t.c.topic, t.c.aggregate_id, t.c.payload, t.c.headers, t.c.attempts
-    ).where(t.c.published_at.is_(None), t.c.parked_at.is_(None), t.c.available_at <= clock, *in_scope)
+    due = select(t.c.id).where(
+        t.c.published_at.is_(None), t.c.parked_at.is_(None), t.c.available_at <= clock, *in_scope
+    )
     if guard:
-        query = query.where(~_held_back(t))
-    return query.order_by(t.c.id).limit(limit).with_for_update(of=t, skip_locked=True)
+        due = due.where(~_held_back(t))
+    locked = due.order_by(t.c.id).limit(limit).with_for_update(of=t, skip_locked=True)
+    returned = (  # PendingMessage's fields, in its order, then what the publish lag is read from
+        *(t.c.id, t.c.message_id, t.c.topic, t.c.aggregate_id, t.c.payload, t.c.headers, t.c.attempts),
+        *(t.c.published_at, t.c.created_at, t.c.redrives),
+    )
+    stamp = update(t).where(t.c.id.in_(locked.scalar_subquery())).values(published_at=clock)
+    return stamp.returning(*returned)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedBatch:
+    """Rows ``claim`` locked and stamped, in id order, and each first publication's seconds since its
+    insert (a re-driven row's republication is no publish lag and is left out). Both ends of a lag are
+    the database's clock (``published_at`` and ``created_at``)."""
+
+    messages: list[PendingMessage]
+    lags: dict[int, float]
 
 
 def claim(
@@ -142,8 +164,9 @@ def claim(
     partition_count: int,
     now: datetime | None = None,
     guard_order: bool = True,
-) -> list[PendingMessage]:
-    """Lock the oldest due rows of ``partitions`` (all when ``None``), in id order; other relays skip them.
+) -> ClaimedBatch:
+    """Lock the oldest due rows of ``partitions`` (all when ``None``) and stamp them published; other
+    relays skip them. The caller publishes them, ``release``s the ones it could not, and commits.
 
     With ``guard_order`` (always, in the relay), a row is not claimed while an earlier row of its
     aggregate that failed is unpublished (``_held_back``). The batch keeps id order; a publisher
@@ -157,40 +180,28 @@ def claim(
     bound_clock = now is not None or not postgres
     query = _claim_statement(t, limit, scope, partition_count, bound_clock, guard_order)
     params = {"now": now if now is not None else utcnow()} if bound_clock else {}
-    return [PendingMessage(*cast(tuple[Any, ...], row)) for row in conn.execute(query, params)]
+    rows = sorted(conn.execute(query, params), key=lambda row: cast(int, row[0]))
+    return ClaimedBatch(
+        messages=[PendingMessage(*row[:7]) for row in rows],
+        lags={row[0]: (row[7] - row[8]).total_seconds() for row in rows if not row[9]},
+    )
 
 
 @lru_cache(maxsize=64)
-def _mark_statement(t: Table, postgres: bool, bound_clock: bool, lags: bool) -> Update:
-    """The batch's UPDATE, built once per table: ids as one array (Postgres) or an expanding IN list."""
+def _release_statement(t: Table, postgres: bool) -> Update:
+    """Built once per table: ids as one array (Postgres) or an expanding IN list."""
     ids = (
         t.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))
         if postgres
         else t.c.id.in_(bindparam("ids", expanding=True))
     )
-    statement = update(t).where(ids).values(published_at=_bound_or_database_clock(bound_clock))
-    return statement.returning(t.c.published_at, t.c.created_at, t.c.redrives) if lags else statement
+    return update(t).where(ids).values(published_at=None)
 
 
-def mark_published(
-    conn: Connection, t: Table, ids: list[int], now: datetime | None = None, *, lags: bool = False
-) -> list[float]:
-    """One statement for the whole batch; with ``lags``, each first publication's seconds since its insert.
-
-    Both ends are the database's clock (``published_at`` and ``created_at``); a re-driven row's
-    republication is no publish lag and is left out.
-    """
-    if not ids:
-        return []
-    postgres = is_postgres(conn.dialect)
-    bound_clock = now is not None or not postgres
-    params: dict[str, Any] = {"ids": ids}
-    if bound_clock:
-        params["now"] = now if now is not None else utcnow()
-    result = conn.execute(_mark_statement(t, postgres, bound_clock, lags), params)
-    if not lags:
-        return []
-    return [(published - created).total_seconds() for published, created, redrives in result if not redrives]
+def release(conn: Connection, t: Table, ids: list[int]) -> None:
+    """Take back ``claim``'s stamp from rows of the batch that were not published (failed or held back)."""
+    if ids:
+        conn.execute(_release_statement(t, is_postgres(conn.dialect)), {"ids": ids})
 
 
 @dataclass(frozen=True, slots=True)
