@@ -29,6 +29,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.scenarios import VARIANTS
+
 __all__ = [
     "HEADER",
     "PERFORMANCE",
@@ -215,19 +217,33 @@ def render_markdown(results: dict[str, Any]) -> str:
         *("| " + " | ".join(cell.replace("->", "→") for cell in row) + " |" for row in rows(results)),
     ]
     if pairs := results.get("pairs"):
-        product, naive = pairs["saturation"]["product"], pairs["saturation"]["naive"]
-        by_process = ", ".join(
-            f"{name} {_f(product.get(f'cpu_ms_{name}'), 2)}"
-            for name in _PROCESSES
-            if f"cpu_ms_{name}" in product
-        )
+        saturation = pairs["saturation"]
         lines += [
             "",
-            f"CPU ms per order by process, median of the saturation rounds: product {by_process}; "
-            f"naive api {_f(naive.get('cpu_ms_api'), 2)}, worker {_f(naive.get('cpu_ms_worker'), 2)}, "
-            f"postgres {_f(naive.get('cpu_ms_postgres'), 2)}.",
+            "CPU ms per order by process, median of the saturation rounds: "
+            f"{_by_process(saturation['product'], saturation['naive'])}.",
         ]
+        for steady in pairs.get("latencies", [])[:1]:  # the highest steady load
+            cores = machine["cpu_count"]
+            busy = {name: steady["rate"] * steady[name]["cpu_ms_total"] / (10 * cores) for name in VARIANTS}
+            lines += [
+                "",
+                f"At {steady['rate']:.0f}/s ({steady['fraction']:g} of the naive capacity), median of its "
+                f"rounds: {_by_process(steady['product'], steady['naive'])}. That is {cores} cores "
+                f"{busy['product']:.0f} % busy for the product and {busy['naive']:.0f} % for the naive app.",
+            ]
     return "\n".join([*lines, RABBIT_END if rabbitmq else END])
+
+
+def _by_process(product: dict[str, float], naive: dict[str, float]) -> str:
+    """Each process's CPU ms per order: the product's, then the naive app's."""
+    by_process = ", ".join(
+        f"{name} {_f(product.get(f'cpu_ms_{name}'), 2)}" for name in _PROCESSES if f"cpu_ms_{name}" in product
+    )
+    return (
+        f"product {by_process}; naive api {_f(naive.get('cpu_ms_api'), 2)}, "
+        f"worker {_f(naive.get('cpu_ms_worker'), 2)}, postgres {_f(naive.get('cpu_ms_postgres'), 2)}"
+    )
 
 
 def _provenance(results: dict[str, Any]) -> str:

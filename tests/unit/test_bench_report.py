@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,6 +54,31 @@ def test_the_performance_figures_are_the_committed_results_file_rendered() -> No
     """Fails when someone edits the figures by hand or commits a results file without ``make bench``'s
     docs/performance.md update (or the other way round)."""
     assert _block(PERFORMANCE, START, END) == render_markdown(_results())
+
+
+def test_the_half_load_line_gives_cpu_by_process_and_how_busy_the_cores_were() -> None:
+    results: dict[str, Any] = _results()
+    measured = results["pairs"]["latencies"][0]
+
+    def cpu(variant: str, **figures: float) -> dict[str, Any]:
+        kept = {k: v for k, v in measured[variant].items() if not k.startswith("cpu_ms")}
+        return kept | {f"cpu_ms_{name}": value for name, value in figures.items()}
+
+    half = {
+        **measured,
+        "rate": 100.0,
+        "product": cpu("product", api=4.0, relay=1.5, total=12.0),
+        "naive": cpu("naive", api=4.0, worker=3.0, postgres=1.0, total=8.0),
+    }
+    results["pairs"] = {**results["pairs"], "latencies": [half]}
+    results["machine"] = {**results["machine"], "cpu_count": 2}
+    rendered = render_markdown(results)
+
+    assert (
+        "At 100/s (0.5 of the naive capacity), median of its rounds: product api 4.00, relay 1.50;"
+        in rendered
+    )
+    assert "That is 2 cores 60 % busy for the product and 40 % for the naive app." in rendered
 
 
 def test_the_relay_figures_are_the_committed_results_files_rendered() -> None:
