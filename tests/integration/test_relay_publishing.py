@@ -149,7 +149,7 @@ def test_unroutable_message_is_parked_holds_back_its_aggregate_and_can_be_retrie
 def test_waiting_counts_the_tasks_no_worker_has_taken_from_the_routes_queues(
     pg_settings: Settings, orders_engine: Engine, redis_client: redis.Redis
 ) -> None:
-    """What the relay's flow control reads (``OutboxRelay._hold``): the queue's length, per route."""
+    """What the relay's flow control reads (``FlowControl.workers_behind``): the queue's length, per route."""
     relay = build_relay(pg_settings, orders_engine)
     try:
         assert relay.publisher.waiting() == 0

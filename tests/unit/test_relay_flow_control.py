@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from flask_outbox import relay as relay_module
+from flask_outbox import flow_control
 from flask_outbox.messages import BatchOutcome, PendingMessage
 from flask_outbox.relay import OutboxRelay, RelayPolicy
 from flask_outbox.wakeup import PollingWaiter
@@ -110,7 +110,7 @@ def test_a_saturated_host_sends_what_arrives_during_the_gather_as_one_batch(
 ) -> None:
     """Rows committed 0.2 s apart while the relay gathers go out together. The gather is stretched from
     20 ms to a second so that both inserts surely land inside it on a loaded machine."""
-    monkeypatch.setattr(relay_module, "_SATURATED_GATHER", 1.0)
+    monkeypatch.setattr(flow_control, "_SATURATED_GATHER", 1.0)
     publisher = QueuePublisher()
     relay = OutboxRelay(engine, outbox, publisher, RelayPolicy(), saturated=lambda: True)
     stop = threading.Event()
@@ -133,7 +133,7 @@ def test_a_saturated_host_sends_what_arrives_during_the_gather_as_one_batch(
     ("gather", "saturated", "published", "pause"),
     [
         (0.0, False, 1, 0.0),  # an idle host: the next claim at the next commit
-        (0.0, True, 1, relay_module._SATURATED_GATHER),
+        (0.0, True, 1, flow_control._SATURATED_GATHER),
         (0.0, True, RelayPolicy().batch_size, 0.0),  # a full batch: a backlog, claim again at once
         (0.2, False, 1, 0.2),  # answers: their relay always gathers
     ],
@@ -144,4 +144,4 @@ def test_how_long_the_relay_gathers_after_a_batch(
     relay = OutboxRelay(
         engine, outbox, QueuePublisher(), RelayPolicy(gather=gather), saturated=lambda: saturated
     )
-    assert relay._gather(BatchOutcome(published=list(range(published)))) == pause
+    assert relay.flow.gather_after(BatchOutcome(published=list(range(published)))) == pause

@@ -2,7 +2,7 @@
 
 Batching trades a little latency for CPU: one claim, one publish and one worker task carry several
 messages instead of one. That trade pays only when CPU is what limits the pipeline, so the relay makes
-it only then (``OutboxRelay._gather``). The host's busy share (psutil's ``cpu_percent``: every CPU,
+it only then (``FlowControl.gather_after``). The host's busy share (psutil's ``cpu_percent``: every CPU,
 time waiting on I/O counted as idle) is read at most every ``window`` seconds; between reads the last
 verdict stands.
 """

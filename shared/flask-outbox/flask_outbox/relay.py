@@ -62,6 +62,7 @@ from flask_outbox import redrive, status, store
 from flask_outbox.backoff import jittered_backoff
 from flask_outbox.broker import BROKER_ERRORS
 from flask_outbox.db import is_postgres, utcnow
+from flask_outbox.flow_control import HOLD_TICK, FlowControl
 from flask_outbox.health import BacklogCollector, RelayMetrics
 from flask_outbox.host_cpu import HostCpu
 from flask_outbox.logs import CORRELATION_HEADER
@@ -77,20 +78,8 @@ _LOOP_BACKOFF_MAX = 30.0
 """Longest pause between attempts after the loop failed (a database or broker outage, a bug)."""
 
 
-_HOLD_TICK = 0.005
-"""How often a relay holding back looks at its queues again: the most a held row waits past the moment
-a worker takes the last waiting task."""
-
 _BROKER_PROBE_EVERY = 1.0
 """How often a relay whose broker failed asks it again: the most a broker that is back waits to be used."""
-
-_TAKEN_WITHIN = 1.0
-"""How recently a queue must have gone down for the relay to hold back for it: workers are taking from it."""
-
-_SATURATED_GATHER = 0.02
-"""The gather while the host's CPU is saturated. In ``make bench`` (two cores) it took the product from
-0.82 to about 1.0 of the naive app's paired throughput (batch tasks of several orders at saturation),
-with latency at half and a quarter of the naive capacity unchanged: the host is not saturated there."""
 
 _LOGGED_IDS = 20
 """Message and correlation ids named in one ``outbox.batch_relayed`` line (the counts are complete)."""
@@ -140,7 +129,7 @@ class RelayPolicy:
     gather: float = 0.0
     """Seconds to wait after a batch that published, so the next claim takes what arrived meanwhile: for
     messages nobody waits on (answers), one consumer task per busy moment instead of one per message.
-    At 0 the relay still gathers briefly while the host's CPU is saturated (``OutboxRelay._gather``)."""
+    At 0 the relay still gathers briefly while the host's CPU is saturated (``flow_control``)."""
 
     def backoff(self, attempts: int) -> timedelta:
         return store.backoff(attempts, self.base_backoff, self.max_backoff)
@@ -171,7 +160,9 @@ class OutboxRelay:
         self.publisher = publisher
         self.policy = policy or RelayPolicy()
         self._clock = clock
-        self._saturated = saturated or HostCpu().saturated
+        self.flow = FlowControl(
+            publisher.waiting, saturated or HostCpu().saturated, self.policy.batch_size, self.policy.gather
+        )
         postgres = is_postgres(engine)
         self.leases = (
             PartitionLeases(
@@ -185,8 +176,6 @@ class OutboxRelay:
         # The heartbeat that tells live relays from stopped ones: a query at least this often.
         self._rebalance_every = min(self.policy.rebalance_interval, self.policy.stall_seconds / 3)
         self._partitions: frozenset[int] | None = frozenset() if postgres else None
-        self._queued = 0
-        self._taken_at = -_TAKEN_WITHIN  # when the queues were last seen shorter than before
         self._conn: Connection | None = None
         self._next_rebalance = 0.0
         self._next_purge = 0.0
@@ -410,7 +399,7 @@ class OutboxRelay:
         try:
             while not stop.is_set():
                 try:
-                    if self._workers_behind():
+                    if self.flow.workers_behind():
                         self._hold(stop)
                         continue
                     outcome = self.relay_batch()
@@ -426,7 +415,11 @@ class OutboxRelay:
                         failures = 0
                     if outcome.transient:
                         self._await_broker(stop)
-                    elif outcome.published and not outcome.failed and (pause := self._gather(outcome)):
+                    elif (
+                        outcome.published
+                        and not outcome.failed
+                        and (pause := self.flow.gather_after(outcome))
+                    ):
                         stop.wait(pause)  # then claim again: no notification needed
                     elif outcome.failed or len(outcome.published) < self.policy.batch_size:
                         wait()
@@ -436,20 +429,6 @@ class OutboxRelay:
                     self._back_off(exc, failures, stop)
         finally:
             self.disconnect()
-
-    def _gather(self, outcome: BatchOutcome) -> float:
-        """Seconds to let rows gather before the next claim, after a batch that published them all.
-
-        ``RelayPolicy.gather`` when set (answers nobody waits on). Otherwise only while the host's CPU is
-        saturated (``HostCpu``) and the batch was not full (a full one means a backlog: claim again at
-        once): then each claim, publish and worker task carries several messages, and the CPU they would
-        have spent one message at a time goes to the requests. An idle host never waits.
-        """
-        if self.policy.gather:
-            return self.policy.gather
-        if len(outcome.published) < self.policy.batch_size and self._saturated():
-            return _SATURATED_GATHER
-        return 0.0
 
     def _await_broker(self, stop: threading.Event) -> None:
         """The broker refused a publish: wait for it as one thing, probing it every second.
@@ -475,36 +454,14 @@ class OutboxRelay:
             else:
                 self.rebalance()  # the heartbeat of a relay that still holds its partitions
 
-    def _workers_behind(self) -> bool:
-        """Whether tasks published earlier still wait in a queue while workers are taking from it.
-
-        A queue that has not gone down for ``_TAKEN_WITHIN`` has no worker taking from it (none
-        running, or all stuck): holding back would not batch anything, so the relay publishes as
-        usual. A broker fault says no: the claim that follows meets it and backs off as usual.
-        """
-        try:
-            queued = self.publisher.waiting()
-        except BROKER_ERRORS:
-            return False
-        now = time.monotonic()
-        if queued < self._queued:
-            self._taken_at = now
-        self._queued = queued
-        return queued > 0 and now - self._taken_at < _TAKEN_WITHIN
-
     def _hold(self, stop: threading.Event) -> None:
-        """Leave due rows in the outbox while the workers are behind (flow control, not a timer).
-
-        A message published now would only wait behind the tasks already queued, one task each; held
-        here, the rows that arrive meanwhile go out together once a worker takes the last waiting task,
-        as one batch task (``flask_outbox.batches``), so a busy worker pays its per-task cost once per
-        batch. An idle pipeline never holds: its queue is empty when a row arrives.
-        """
+        """Leave due rows in the outbox while the workers are behind (``flow_control``), and keep the
+        loop's other duties and its heartbeat going meanwhile."""
         self.rebalance()
         self._purge_when_due()
         self._redrive_when_due()
         self.metrics.progressed()
-        stop.wait(_HOLD_TICK)
+        stop.wait(HOLD_TICK)
 
     def _record_progress(self, outcome: BatchOutcome) -> None:
         self.metrics.published.inc(len(outcome.published))
