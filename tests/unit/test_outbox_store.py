@@ -92,3 +92,15 @@ def test_backoff_and_parking_use_pythons_clock_on_sqlite(engine: Engine, outbox:
     with engine.begin() as conn:
         assert store.retry_parked(conn, outbox) == 1
     assert [aggregate for aggregate, _ in _claimed(engine, outbox)] == ["a"]
+
+
+def test_a_failed_row_loses_the_claims_stamp_with_its_backoff(engine: Engine, outbox: Table) -> None:
+    _write(engine, outbox, "a")
+    with engine.begin() as conn:
+        [message] = store.claim(conn, outbox, limit=1, partitions=None, partition_count=1).messages
+        store.record_failures(
+            conn, outbox, [(message, "ConnectionError")], max_attempts=3, base_backoff=60, max_backoff=60
+        )
+    with engine.connect() as conn:
+        row = conn.execute(select(outbox.c.published_at, outbox.c.attempts)).one()
+    assert (row.published_at, row.attempts) == (None, 1)

@@ -252,8 +252,8 @@ class OutboxRelay:
         return owned
 
     def relay_batch(self) -> BatchOutcome:
-        """One transaction: claim (stamped), publish, release the unpublished. A crash before commit
-        republishes (consumers dedup)."""
+        """One transaction: claim (stamped), publish, unstamp what was not published (held back, or failed
+        and backed off). A crash before commit republishes (consumers dedup)."""
         self.rebalance()
         conn = self._connection()
         if self._partitions is not None and not self._partitions:
@@ -271,8 +271,8 @@ class OutboxRelay:
             if not batch:
                 return BatchOutcome()
             outcome = self.publisher.publish(batch)
-            published = set(outcome.published)
-            store.release(conn, self.outbox, [m.id for m in batch if m.id not in published])
+            settled = {*outcome.published, *outcome.failed}
+            store.release(conn, self.outbox, [m.id for m in batch if m.id not in settled])  # held back
             if outcome.failed:
                 failures = [(m, outcome.failed[m.id]) for m in batch if m.id in outcome.failed]
                 self._record_failures(conn, failures, outcome.transient)

@@ -199,7 +199,8 @@ def _release_statement(t: Table, postgres: bool) -> Update:
 
 
 def release(conn: Connection, t: Table, ids: list[int]) -> None:
-    """Take back ``claim``'s stamp from rows of the batch that were not published (failed or held back)."""
+    """Take back ``claim``'s stamp from rows of the batch that were held back (``record_failures`` takes
+    it back from the ones that failed)."""
     if ids:
         conn.execute(_release_statement(t, is_postgres(conn.dialect)), {"ids": ids})
 
@@ -227,6 +228,7 @@ def record_failures(
     max_backoff: float,
 ) -> list[RecordedFailure]:
     """Back off each failed row; park it once it has used up its attempts, unless the broker was at fault.
+    A failed row is unpublished: ``claim``'s stamp is taken back in the same UPDATE.
 
     A row the broker failed (``transient``) stays due: the broker is one thing that is up or down, so
     the relay waits for it as a whole and sends everything the moment it answers, instead of each row
@@ -265,7 +267,9 @@ def record_failures(
     statement = (
         update(t)
         .where(t.c.id == bindparam("row_id"))
-        .values(attempts=bindparam("attempts"), last_error=bindparam("last_error"), **times)
+        .values(
+            attempts=bindparam("attempts"), last_error=bindparam("last_error"), published_at=None, **times
+        )
     )
     conn.execute(statement.execution_options(synchronize_session=False), rows)
     return recorded
