@@ -37,6 +37,10 @@ RETRIES = 20
 
 def _serve(app: Flask) -> Iterator[str]:
     server = make_server("127.0.0.1", 0, app, threaded=True)
+    # Request threads joined by server_close: a client can read its response before the request's
+    # teardown hands the connection back, and one handed back after the dispose below would be left
+    # open in the old pool, for the garbage collector to report in whatever test runs then.
+    server.daemon_threads = False
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}"
