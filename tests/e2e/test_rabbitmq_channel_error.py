@@ -21,12 +21,6 @@ from tests.support.rabbitmq import Vhost
 _RECONNECTING = "Connection to broker lost"
 
 
-def _consumers(vhost: Vhost, queue: str) -> int:
-    out = rabbitmqctl("list_queues", "-p", vhost.name, "--no-table-headers", "name", "consumers")
-    counts = dict(line.split("\t") for line in out.splitlines() if "\t" in line)
-    return int(counts.get(queue, 0))
-
-
 def test_a_worker_whose_reconnection_is_refused_by_the_broker_retries_and_consumes_again(
     amqp_settings: Settings, rabbit_vhost: Vhost, tmp_path: Path
 ) -> None:
@@ -36,7 +30,7 @@ def test_a_worker_whose_reconnection_is_refused_by_the_broker_retries_and_consum
     worker = worker_service(env, tmp_path, queue).start()
     try:
         worker.wait_for_log("ready", timeout=60)
-        wait_until(lambda: _consumers(rabbit_vhost, queue) == 1, timeout=30, message="the worker consuming")
+        wait_until(lambda: rabbit_vhost.consumers(queue) == 1, timeout=30, message="the worker consuming")
 
         rabbit_vhost.grant(configure="^$")  # no queue or exchange may be declared, not even an existing one
         rabbitmqctl("close_all_connections", "--vhost", rabbit_vhost.name, "a channel error on reconnect")
@@ -54,7 +48,7 @@ def test_a_worker_whose_reconnection_is_refused_by_the_broker_retries_and_consum
 
         rabbit_vhost.grant()
         wait_until(
-            lambda: _consumers(rabbit_vhost, queue) == 1, timeout=60, message="the worker consuming again"
+            lambda: rabbit_vhost.consumers(queue) == 1, timeout=60, message="the worker consuming again"
         )
         assert worker.running
         assert "Warm shutdown" not in worker.logs()

@@ -55,6 +55,12 @@ class Vhost:
                 return int(ready), int(unacked)
         raise KeyError(queue)
 
+    def consumers(self, queue: str) -> int:
+        """Consumers the broker counts on ``queue`` (0 when it does not exist)."""
+        out = rabbitmqctl("list_queues", "-p", self.name, "--no-table-headers", "name", "consumers")
+        counts = dict(line.split("\t") for line in out.splitlines() if "\t" in line)
+        return int(counts.get(queue, 0))
+
     def grant(self, configure: str = ".*", write: str = ".*", read: str = ".*") -> None:
         rabbitmqctl("set_permissions", "-p", self.name, self.user, configure, write, read)
 
