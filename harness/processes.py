@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness.waiting import wait_until
 from shared.config import Settings
@@ -98,6 +100,22 @@ class Service:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def records(self, event: str | None = None) -> list[dict[str, Any]]:
+        """The JSON lines of the log (those of one ``event``), read while the process may be writing:
+        a last line not yet ended by its newline is left for the next read, and a line a killed
+        process left unfinished (its restart appends after it) is not a record."""
+        found = []
+        for line in self.logs().rpartition("\n")[0].splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and (event is None or record.get("event") == event):
+                found.append(record)
+        return found
 
     def wait_for_log(self, needle: str, timeout: float = 30) -> None:
         wait_until(

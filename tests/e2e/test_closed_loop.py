@@ -7,7 +7,6 @@ invoice relay (``python -m invoice_worker.relay``) and the order consumer
 
 from __future__ import annotations
 
-import json
 import random
 import signal
 import sys
@@ -52,8 +51,7 @@ class Loop:
 
 def _published_per_batch(relay: Service) -> list[int]:
     """How many messages each of the relay's batches published, in order (its JSON log lines)."""
-    lines = (json.loads(line) for line in relay.logs().splitlines() if line.startswith("{"))
-    return [int(line["published"]) for line in lines if line.get("event") == "outbox.batch_relayed"]
+    return [int(record["published"]) for record in relay.records("outbox.batch_relayed")]
 
 
 def order_consumer(env: dict[str, str], log_dir: Path, queue: str, name: str = "order-consumer") -> Service:

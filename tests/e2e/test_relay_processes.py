@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -57,15 +56,7 @@ def _status(env: dict[str, str]) -> str:
 
 def _published_by(service: Service) -> int:
     """Messages this relay process says it published: its structured ``outbox.batch_relayed`` lines."""
-    total = 0
-    for line in service.logs().splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict) and event.get("event") == "outbox.batch_relayed":
-            total += int(event["published"])
-    return total
+    return sum(int(record["published"]) for record in service.records("outbox.batch_relayed"))
 
 
 def _shares(engine: Engine) -> list[int]:

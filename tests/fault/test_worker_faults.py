@@ -141,8 +141,7 @@ def unpublished(cluster: Cluster) -> int:
 
 
 def logged(service: Service, event: str) -> list[dict[str, object]]:
-    records = (json.loads(line) for line in service.logs().splitlines() if line.startswith("{"))
-    return [record for record in records if record.get("event") == event]
+    return service.records(event)
 
 
 def scheme(cluster: Cluster) -> str:
@@ -154,17 +153,17 @@ RECEIVED = re.compile(r"^Task [\w.]+\[(?P<id>[0-9a-f-]{36})\] received")
 
 def received_tasks(worker: Service) -> set[str]:
     """Ids of the tasks (single or batch) the worker's log shows received."""
-    records = (json.loads(line) for line in worker.logs().splitlines() if line.startswith("{"))
-    return {m["id"] for r in records if isinstance(r.get("event"), str) and (m := RECEIVED.match(r["event"]))}
+    return {
+        m["id"]
+        for r in worker.records()
+        if isinstance(r.get("event"), str) and (m := RECEIVED.match(r["event"]))
+    }
 
 
 def in_hand(worker: Service) -> int:
     """``order.placed`` deliveries the worker's log shows received and not finished (started or reserved)."""
     received: dict[str, int] = {}
-    for line in worker.logs().splitlines():
-        if not line.startswith("{"):
-            continue
-        record = json.loads(line)
+    for record in worker.records():
         event = record.get("event")
         if isinstance(event, str) and (task := ORDER_PLACED_TASK.match(event)):
             ids = [task["id"]]
