@@ -82,14 +82,13 @@ def worker_broker_config(settings: Settings) -> dict[str, Any]:
     Kombu's default sweep runs every ~100 s whatever the visibility timeout, so a lost worker's
     reservations would come back that late; tie the sweep to the timeout (at most every 10 s).
 
-    On RabbitMQ a channel error while the worker reconnects (its mailbox queue still on a node that
-    died, a queue whose leader is being elected, a permission being changed) is retried like a lost
-    connection: Celery's default ends the worker on it, and a cluster losing a node did (404, no queue
-    ``….celery.pidbox``) while the other nodes served.
+    A channel error is retried like a lost connection (Celery's default ends the worker on it): on
+    RabbitMQ a reconnection refused by a cluster that lost a node (its mailbox queue ``….celery.pidbox``
+    still on the dead node: 404), on Redis a broker refusing writes (a replica not yet promoted, a full
+    disk, ``NOREPLICAS``, ``OOM``: error replies to the worker's ``BRPOP``).
     """
     config = broker_config(settings)
-    if settings.uses_amqp_broker:
-        config["broker_channel_error_retry"] = True
+    config["broker_channel_error_retry"] = True
     if settings.uses_redis_broker:
         sweep = max(1, min(10, settings.broker_visibility_timeout // 4))
         config["broker_transport_options"] = {
