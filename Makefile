@@ -45,7 +45,7 @@ chaos: install  ## N orders under random SIGKILLs of relays/workers and one brok
 
 # Faults at their real size (minutes), shipped defaults, one fresh loop per scenario (about 20 minutes);
 # SCENARIOS="redis-back-empty ..." runs some. The figures in docs/faults.md come from its results file.
-faults-long: install  ## Redis restarts and losses, workers down, a cut-off relay, a read-only database
+faults-long: install  ## Redis restarts, losses and refusals, workers down, a cut-off relay, a read-only database
 	$(BIN)/python -m tests.fault.long $(SCENARIOS) --record bench/results/faults-long.txt
 
 test-unit: install

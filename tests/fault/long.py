@@ -185,12 +185,30 @@ def invoice_database_read_only(cluster: Cluster) -> Outcome:
     return _settle(cluster, flow, "invoice-db-read-only", fault, time.monotonic())
 
 
+def redis_refusing_writes(cluster: Cluster) -> Outcome:
+    """Redis up but refusing every write for 3 minutes (``NOREPLICAS``: a replica not yet promoted, a
+    full disk and an out-of-memory broker answer the same way): error replies, not a lost connection."""
+    _full_loop(cluster)
+    flow = _flow(cluster)
+    time.sleep(20)
+    client = redis.Redis.from_url(cluster.redis.url)
+    try:
+        client.config_set("min-replicas-to-write", 1)
+        time.sleep(180)
+        client.config_set("min-replicas-to-write", 0)
+    finally:
+        client.close()
+    fault = "Redis refusing writes 180 s"
+    return _settle(cluster, flow, "redis-refuses-writes", fault, time.monotonic())
+
+
 SCENARIOS: dict[str, tuple[Callable[[Cluster], Outcome], bool]] = {
     "redis-restart-kept": (redis_restart_keeping_data, True),
     "redis-back-empty": (redis_back_empty, False),
     "workers-down-then-loss": (workers_down_then_broker_loss, True),
     "relay-cut-off": (relay_cut_off_from_redis, True),
     "invoice-db-read-only": (invoice_database_read_only, True),
+    "redis-refuses-writes": (redis_refusing_writes, True),
 }
 """Name -> (scenario, whether its Redis keeps its data as compose runs it)."""
 
