@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+from flask_outbox.settings import LATENESS_BOUND_SECONDS
 
 from harness.databases import DatabasePair
 from harness.processes import (
@@ -216,6 +218,15 @@ class Cluster:
         )
         assert verdict is not None
         return verdict
+
+    def settled_after(self, fault_ended: float, expected_orders: int, fault: str) -> float:
+        """Seconds from ``fault_ended`` (monotonic) until every order was invoiced once, within the lateness
+        bound; the checker's counts are printed with it (``fault``, all invoiced … s after)."""
+        verdict = self.wait_settled(expected_orders, timeout=LATENESS_BOUND_SECONDS)
+        lateness = time.monotonic() - fault_ended
+        report(f"{fault}, all invoiced {lateness:.1f} s after", verdict)
+        assert (len(verdict.lost), len(verdict.doubled)) == (0, 0)
+        return lateness
 
     def logs(self) -> str:
         return "\n".join(f"--- {s.name} ({s.log_path})\n{s.logs()[-4000:]}" for s in self.services)
