@@ -161,3 +161,22 @@ def test_waiting_counts_the_tasks_no_worker_has_taken_from_the_routes_queues(
     finally:
         relay.disconnect()
         relay.publisher.close()
+
+
+def test_a_publish_says_how_many_tasks_already_waited_in_its_queue(
+    pg_settings: Settings, orders_engine: Engine, redis_client: redis.Redis
+) -> None:
+    """``BatchOutcome.waiting_before``, from the ``LPUSH`` answers: flow control reads it instead of an
+    ``LLEN`` before the next claim."""
+    relay = build_relay(pg_settings, orders_engine)
+    try:
+        insert_rows(orders_engine, outbox_rows(1, 1))
+        assert relay.relay_batch().waiting_before == 0, "an empty queue"
+        insert_rows(orders_engine, outbox_rows(3, 3))
+        assert relay.relay_batch().waiting_before == 1, "the first task, not taken yet"
+        redis_client.delete(pg_settings.queue("invoices"))  # workers take both
+        insert_rows(orders_engine, outbox_rows(1, 1))
+        assert relay.relay_batch().waiting_before == 0
+    finally:
+        relay.disconnect()
+        relay.publisher.close()

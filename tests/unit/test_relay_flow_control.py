@@ -22,12 +22,16 @@ from order_service.models import outbox
 
 
 class QueuePublisher:
-    """Records each publish call; ``queued`` is what its queue holds that no worker took yet."""
+    """Records each publish call; ``queued`` is what its queue holds that no worker took yet.
 
-    def __init__(self) -> None:
+    ``answers_length``: its publish says what waited before it (as the Redis ``LPUSH`` answer does).
+    """
+
+    def __init__(self, answers_length: bool = False) -> None:
         self.queued = 0
         self.looks = 0
         self.batches: list[list[int]] = []
+        self.answers_length = answers_length
 
     def waiting(self) -> int:
         self.looks += 1
@@ -35,7 +39,8 @@ class QueuePublisher:
 
     def publish(self, messages: list[PendingMessage]) -> BatchOutcome:
         self.batches.append([m.id for m in messages])
-        return BatchOutcome(published=[m.id for m in messages])
+        waiting_before = self.queued if self.answers_length else None
+        return BatchOutcome(published=[m.id for m in messages], waiting_before=waiting_before)
 
     def close(self) -> None:
         """Nothing held."""
@@ -67,6 +72,41 @@ def test_rows_wait_while_the_queue_is_behind_and_leave_together_once_it_is_taken
         thread.join(10)
     assert not thread.is_alive()
     assert [len(batch) for batch in publisher.batches] == [1, 6]
+
+
+def test_a_publish_that_found_the_queue_empty_spares_the_next_claim_the_look(engine: Engine) -> None:
+    """Workers keeping up: each message goes out without asking the broker for its queue's length first.
+    Once a publish finds tasks waiting, the relay looks again before the next claim, and holds."""
+    publisher = QueuePublisher(answers_length=True)
+    relay = OutboxRelay(engine, outbox, publisher, RelayPolicy())
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop, PollingWaiter(stop, 0.02).wait), daemon=True)
+    thread.start()
+    try:
+        insert_rows(engine, outbox_rows(1, 1))
+        wait_until(lambda: publisher.batches, timeout=10, message="an idle pipeline publishes at once")
+        looks = publisher.looks
+        for published in range(2, 5):
+            insert_rows(engine, outbox_rows(1, 1))
+            wait_until(lambda n=published: len(publisher.batches) == n, timeout=10, message="published")
+        assert publisher.looks == looks, "asked the broker although the last publish found the queue empty"
+
+        publisher.queued = 2  # every worker busy: this publish finds tasks waiting
+        insert_rows(engine, outbox_rows(1, 1))
+        wait_until(lambda: len(publisher.batches) == 5, timeout=10, message="published, unheld")
+        wait_until(lambda: publisher.looks > looks, timeout=5, message="it looked before its next claim")
+        publisher.queued, looks = 1, publisher.looks  # a worker took one: they are taking, one still waits
+        wait_until(lambda: publisher.looks > looks + 1, timeout=5, message="the relay looked again")
+        insert_rows(engine, outbox_rows(2, 2))
+        time.sleep(0.2)  # ten poll intervals
+        assert unpublished(engine) == 2, "published while the queue was behind"
+        publisher.queued = 0
+        wait_until(lambda: unpublished(engine) == 0, timeout=10, message="the held rows published")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert [len(batch) for batch in publisher.batches] == [1, 1, 1, 1, 1, 2]
 
 
 def test_a_queue_nobody_takes_from_does_not_hold_the_relay_back(engine: Engine) -> None:

@@ -6,6 +6,8 @@ Two rules, no settings (``docs/design.md#flow-control``):
   published now would only wait behind them, one task each; held, the rows that arrive meanwhile go out
   together once a worker takes the last waiting task, as one batch task (``flask_outbox.batches``), so a
   busy worker pays its per-task cost once per batch. An idle pipeline never holds: its queue is empty.
+  A publish that saw the queues empty (``BatchOutcome.waiting_before``, from the Redis ``LPUSH``'s own
+  answer) spares the next claim the look: one broker round trip less per message while workers keep up.
 * **Gather** after a batch that published everything it claimed: ``RelayPolicy.gather`` when set
   (answers nobody waits on), else only while the host's CPU is saturated (``HostCpu``) and the batch
   was not full (a full one means a backlog: claim again at once).
@@ -46,14 +48,19 @@ class FlowControl:
         self._gather = gather
         self._queued = 0
         self._taken_at = -_TAKEN_WITHIN  # when the queues were last seen shorter than before
+        self._kept_up = False  # the last publish found no task waiting in its queues
 
     def workers_behind(self) -> bool:
         """Whether tasks published earlier still wait in a queue while workers are taking from it.
 
         A queue that has not gone down for ``_TAKEN_WITHIN`` has no worker taking from it (none
         running, or all stuck): holding back would not batch anything, so the relay publishes as
-        usual. A broker fault says no: the claim that follows meets it and backs off as usual.
+        usual. A broker fault says no: the claim that follows meets it and backs off as usual. After a
+        publish that found nothing waiting the answer is no without asking: the workers were keeping up,
+        and the next publish's answer says whether they still are (one batch goes out unheld at most).
         """
+        if self._kept_up:
+            return False
         try:
             queued = self._waiting()
         except BROKER_ERRORS:
@@ -63,6 +70,11 @@ class FlowControl:
             self._taken_at = now
         self._queued = queued
         return queued > 0 and now - self._taken_at < _TAKEN_WITHIN
+
+    def published(self, outcome: BatchOutcome) -> None:
+        """Note what a batch's publish saw of its queues (``waiting_before``; ``None``: it cannot tell)."""
+        if outcome.published:
+            self._kept_up = outcome.waiting_before == 0
 
     def gather_after(self, outcome: BatchOutcome) -> float:
         """Seconds to let rows gather before the next claim, after a batch that published them all: then

@@ -35,6 +35,9 @@ class BatchOutcome:
     published: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     transient: set[int] = field(default_factory=set)
+    waiting_before: int | None = None
+    """Tasks that already waited in the queues the batch went to, no worker having taken them (``None``:
+    the publisher cannot tell). Flow control reads it instead of asking the broker before the next claim."""
 
 
 class Publisher(Protocol):

@@ -90,13 +90,15 @@ class RedisPipelinePublisher:
                 for queue, items in by_queue.items():
                     # LPUSH k a b c puts c at the head; workers BRPOP from the tail, so a is consumed first.
                     pipe.lpush(queue, *items)
-                pipe.execute()
+                lengths = pipe.execute()
         except BROKER_ERRORS as exc:
             error = f"{type(exc).__name__}: {exc}"
             outcome.failed.update({message.id: error for message, _ in sendable})
             outcome.transient.update(message.id for message, _ in sendable)
             return outcome
         outcome.published.extend(message.id for message, _ in sendable)
+        # LPUSH answers the list's length: what it held before is what workers had not taken yet.
+        outcome.waiting_before = sum(int(n) for n in lengths) - sum(len(items) for items in by_queue.values())
         return outcome
 
     def waiting(self) -> int:

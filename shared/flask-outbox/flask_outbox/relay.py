@@ -403,6 +403,7 @@ class OutboxRelay:
                         self._hold(stop)
                         continue
                     outcome = self.relay_batch()
+                    self.flow.published(outcome)
                     self._purge_when_due()
                     self._redrive_when_due()
                     self._record_progress(outcome)
