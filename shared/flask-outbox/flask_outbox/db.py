@@ -149,9 +149,9 @@ def engine_options(
     ``statement_timeout_ms`` (Postgres, 0: none) and ``pool_timeout`` are for request-serving
     engines, which must answer a 503 rather than wait on an overloaded database; relays and workers
     leave them unset, since their long batches and waits are expected. ``ping_only_after_idle``
-    (request-serving engines and workers, with ``install_engine_events``): no ``pool_pre_ping`` on every
-    checkout, see ``_ping_when_idle``; a connection that dies in busy use fails one statement (a 503, or
-    a delivery retried after its backoff). Relays keep it: they check a connection out rarely.
+    (request-serving engines too, with ``install_engine_events``): no ``pool_pre_ping`` on every
+    checkout, see ``_ping_when_idle``; workers and relays keep it, so a failover that drops their
+    connections costs them no failed delivery.
     """
     if url.startswith("sqlite"):
         # Several processes share the file in embedded mode: wait for locks instead of failing.
@@ -185,19 +185,13 @@ def keepalive_connect_args(bound_seconds: float) -> dict[str, Any]:
     }
 
 
-def create_db_engine(
-    url: str,
-    pool_size: int = 5,
-    connect_args: dict[str, Any] | None = None,
-    *,
-    ping_only_after_idle: bool = False,
-) -> Engine:
+def create_db_engine(url: str, pool_size: int = 5, connect_args: dict[str, Any] | None = None) -> Engine:
     """An engine for ``url``; ``connect_args`` (libpq parameters) apply to Postgres only."""
-    options = engine_options(url, pool_size, ping_only_after_idle=ping_only_after_idle)
+    options = engine_options(url, pool_size)
     if connect_args and not url.startswith("sqlite"):
         options["connect_args"] = {**options.get("connect_args", {}), **connect_args}
     engine = create_engine(url, **options)
-    install_engine_events(engine, ping_only_after_idle=ping_only_after_idle)
+    install_engine_events(engine)
     return engine
 
 

@@ -21,10 +21,8 @@ class WorkerDatabase:
 
     @property
     def engine(self) -> Engine:
-        """Pinged at checkout only after resting in the pool (``flask_outbox.db``): a delivery is one
-        checkout, and a ping on each was a sixth of its round trips to the database."""
         if self._engine is None:
-            self._engine = create_db_engine(self._url, pool_size=self._pool_size, ping_only_after_idle=True)
+            self._engine = create_db_engine(self._url, pool_size=self._pool_size)
         return self._engine
 
     def session(self) -> Session:
