@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from flask_outbox import flow_control
@@ -46,13 +49,24 @@ class QueuePublisher:
         """Nothing held."""
 
 
-def test_rows_wait_while_the_queue_is_behind_and_leave_together_once_it_is_taken(engine: Engine) -> None:
-    publisher = QueuePublisher()
-    relay = OutboxRelay(engine, outbox, publisher, RelayPolicy())
+@contextmanager
+def relaying(engine: Engine, publisher: QueuePublisher, **options: Any) -> Iterator[OutboxRelay]:
+    """A relay running in a thread, polling every 20 ms, for the block's duration; it must stop after."""
+    relay = OutboxRelay(engine, outbox, publisher, RelayPolicy(), **options)
     stop = threading.Event()
     thread = threading.Thread(target=relay.run, args=(stop, PollingWaiter(stop, 0.02).wait), daemon=True)
     thread.start()
     try:
+        yield relay
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_rows_wait_while_the_queue_is_behind_and_leave_together_once_it_is_taken(engine: Engine) -> None:
+    publisher = QueuePublisher()
+    with relaying(engine, publisher):
         insert_rows(engine, outbox_rows(1, 1))
         wait_until(lambda: publisher.batches, timeout=10, message="an idle pipeline publishes at once")
         for queued in (2, 1):  # tasks wait, every worker busy; then the queue goes down: they take from it
@@ -67,10 +81,6 @@ def test_rows_wait_while_the_queue_is_behind_and_leave_together_once_it_is_taken
         assert publisher.batches == held, "published while the queue was behind"
         publisher.queued = 0  # a worker took it
         wait_until(lambda: unpublished(engine) == 0, timeout=10, message="the held rows published")
-    finally:
-        stop.set()
-        thread.join(10)
-    assert not thread.is_alive()
     assert [len(batch) for batch in publisher.batches] == [1, 6]
 
 
@@ -78,11 +88,7 @@ def test_a_publish_that_found_the_queue_empty_spares_the_next_claim_the_look(eng
     """Workers keeping up: each message goes out without asking the broker for its queue's length first.
     Once a publish finds tasks waiting, the relay looks again before the next claim, and holds."""
     publisher = QueuePublisher(answers_length=True)
-    relay = OutboxRelay(engine, outbox, publisher, RelayPolicy())
-    stop = threading.Event()
-    thread = threading.Thread(target=relay.run, args=(stop, PollingWaiter(stop, 0.02).wait), daemon=True)
-    thread.start()
-    try:
+    with relaying(engine, publisher):
         insert_rows(engine, outbox_rows(1, 1))
         wait_until(lambda: publisher.batches, timeout=10, message="an idle pipeline publishes at once")
         looks = publisher.looks
@@ -102,10 +108,6 @@ def test_a_publish_that_found_the_queue_empty_spares_the_next_claim_the_look(eng
         assert unpublished(engine) == 2, "published while the queue was behind"
         publisher.queued = 0
         wait_until(lambda: unpublished(engine) == 0, timeout=10, message="the held rows published")
-    finally:
-        stop.set()
-        thread.join(10)
-    assert not thread.is_alive()
     assert [len(batch) for batch in publisher.batches] == [1, 1, 1, 1, 1, 2]
 
 
@@ -113,17 +115,10 @@ def test_a_queue_nobody_takes_from_does_not_hold_the_relay_back(engine: Engine) 
     """No worker running (or all stuck): holding would batch nothing, so rows go out as they come."""
     publisher = QueuePublisher()
     publisher.queued = 5
-    relay = OutboxRelay(engine, outbox, publisher, RelayPolicy())
-    stop = threading.Event()
-    thread = threading.Thread(target=relay.run, args=(stop, PollingWaiter(stop, 0.02).wait), daemon=True)
-    thread.start()
-    try:
+    with relaying(engine, publisher):
         for _ in range(3):
             insert_rows(engine, outbox_rows(2, 2))
             wait_until(lambda: unpublished(engine) == 0, timeout=10, message="published while queued")
-    finally:
-        stop.set()
-        thread.join(10)
     assert sum(len(batch) for batch in publisher.batches) == 6
 
 
@@ -133,16 +128,9 @@ def test_a_broker_that_cannot_say_its_queue_length_does_not_stop_the_relay(engin
             raise ConnectionError("broker unreachable")
 
     publisher = Unreachable()
-    relay = OutboxRelay(engine, outbox, publisher, RelayPolicy())
     insert_rows(engine, outbox_rows(3, 3))
-    stop = threading.Event()
-    thread = threading.Thread(target=relay.run, args=(stop, PollingWaiter(stop, 0.02).wait), daemon=True)
-    thread.start()
-    try:
+    with relaying(engine, publisher):
         wait_until(lambda: unpublished(engine) == 0, timeout=10, message="published all the same")
-    finally:
-        stop.set()
-        thread.join(10)
 
 
 def test_a_saturated_host_sends_what_arrives_during_the_gather_as_one_batch(
@@ -152,20 +140,13 @@ def test_a_saturated_host_sends_what_arrives_during_the_gather_as_one_batch(
     20 ms to a second so that both inserts surely land inside it on a loaded machine."""
     monkeypatch.setattr(flow_control, "_SATURATED_GATHER", 1.0)
     publisher = QueuePublisher()
-    relay = OutboxRelay(engine, outbox, publisher, RelayPolicy(), saturated=lambda: True)
-    stop = threading.Event()
-    thread = threading.Thread(target=relay.run, args=(stop, PollingWaiter(stop, 0.02).wait), daemon=True)
-    thread.start()
-    try:
+    with relaying(engine, publisher, saturated=lambda: True):
         insert_rows(engine, outbox_rows(1, 1))
         wait_until(lambda: unpublished(engine) == 0, timeout=10, message="the first row published")
         insert_rows(engine, outbox_rows(1, 1))
         time.sleep(0.2)  # ten poll intervals: a relay that did not gather would have sent it alone
         insert_rows(engine, outbox_rows(1, 1))
         wait_until(lambda: unpublished(engine) == 0, timeout=10, message="the gathered rows published")
-    finally:
-        stop.set()
-        thread.join(10)
     assert [len(batch) for batch in publisher.batches] == [1, 2]
 
 
