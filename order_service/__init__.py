@@ -117,7 +117,6 @@ def create_app(settings: Settings | None = None) -> Flask:
             settings.api_pool_size,
             statement_timeout_ms=int(settings.api_timeout_seconds * 1000),  # API engine only: a 503
             pool_timeout=settings.api_timeout_seconds,
-            ping_only_after_idle=True,  # a round trip per request saved; a dropped connection is a 503
         ),
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
     )
@@ -128,7 +127,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(MIGRATIONS))
     outbox.init_app(app)  # in debug and tests: the unsafe-dispatch guard (flask_outbox.guard)
     with app.app_context():
-        install_engine_events(db.engine, ping_only_after_idle=True)
+        install_engine_events(db.engine)
     connect_receivers()
     init_auth(app, settings)  # first before_request: the limiter keys on the client it identifies
     init_rate_limit(app, settings)

@@ -1,43 +1,49 @@
-"""The API's pooled Postgres connections are pinged at checkout only after resting in the pool
-(``flask_outbox.db``, ``ping_only_after_idle``); workers' and relays' engines ping at every checkout."""
+"""Pooled Postgres connections the server closed are replaced at checkout, with no round trip
+(``flask_outbox.db``, ``install_engine_events``): not the API's, not a worker's, not a relay's."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flask_outbox.db import PING_AFTER_IDLE_SECONDS, create_db_engine, engine_options, install_engine_events
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.exc import DBAPIError
+from flask_outbox.db import create_db_engine, engine_options, install_engine_events
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.pool import NullPool
 
 from shared.config import Settings
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def engine(pg_settings: Settings) -> Iterator[Engine]:
-    """An engine made as the API makes its own."""
+@pytest.fixture(params=["api", "worker"])
+def engine(request: pytest.FixtureRequest, pg_settings: Settings) -> Iterator[Engine]:
+    """An engine made as the API makes its own (Flask-SQLAlchemy's options), or as workers and relays do."""
     url = pg_settings.orders_database_url
-    engine = create_engine(url, **engine_options(url, 1, ping_only_after_idle=True))
-    install_engine_events(engine, ping_only_after_idle=True)
-    yield engine
-    engine.dispose()
+    if request.param == "api":
+        made = create_engine(url, **engine_options(url, 1, statement_timeout_ms=5000, pool_timeout=5))
+        install_engine_events(made)
+    else:
+        made = create_db_engine(url, pool_size=1)
+    yield made
+    made.dispose()
 
 
 @pytest.fixture
-def pings(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """One entry per ping the pool sends (the dialect's ``do_ping``, as ``pool_pre_ping`` would use)."""
-    sent: list[int] = []
+def statements(engine: Engine) -> list[str]:
+    """Every statement the engine sends, pings included (``do_ping`` goes through a cursor too)."""
+    sent: list[str] = []
     ping = engine.dialect.do_ping
 
     def counted(dbapi_connection: Any) -> bool:
-        sent.append(1)
+        sent.append("ping")
         return ping(dbapi_connection)
 
-    monkeypatch.setattr(engine.dialect, "do_ping", counted)
+    @event.listens_for(engine, "before_cursor_execute")
+    def _sent(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        sent.append(statement)
+
+    engine.dialect.do_ping = counted  # type: ignore[method-assign]
     return sent
 
 
@@ -47,60 +53,47 @@ def _backend_pid(engine: Engine) -> int:
 
 
 def _terminate(engine: Engine, pid: int) -> None:
-    """End a backend from another session, as a server restart or an idle timeout would."""
-    other = create_db_engine(engine.url.render_as_string(hide_password=False), pool_size=1)
+    """End a backend from another session, as a failover, a server restart or an idle timeout would;
+    return once it has exited."""
+    other = create_engine(engine.url.render_as_string(hide_password=False), poolclass=NullPool)
     try:
         with other.connect() as conn:
-            assert conn.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            assert conn.scalar(text("SELECT pg_terminate_backend(:pid, 5000)"), {"pid": pid})
     finally:
         other.dispose()
 
 
-def test_a_connection_back_in_use_within_the_idle_bound_is_not_pinged(
-    engine: Engine, pings: list[int]
-) -> None:
+def test_a_live_pooled_connection_is_reused_without_a_ping(engine: Engine, statements: list[str]) -> None:
     pids = {_backend_pid(engine) for _ in range(20)}
 
     assert len(pids) == 1, "one pooled connection, reused"
-    assert pings == []
+    assert statements == ["SELECT pg_backend_pid()"] * 20, "no ping, no other round trip"
 
 
-def test_a_connection_that_rested_is_pinged_and_replaced_when_its_server_side_is_gone(
-    engine: Engine, pings: list[int]
+def test_a_connection_the_server_closed_is_replaced_at_checkout_without_an_error(
+    engine: Engine, statements: list[str]
 ) -> None:
     first = _backend_pid(engine)
     _terminate(engine, first)
-    time.sleep(PING_AFTER_IDLE_SECONDS + 0.1)
 
-    second = _backend_pid(engine)  # no error: the ping found it dead and the pool connected afresh
+    second = _backend_pid(engine)  # no error: the checkout saw the socket closed and connected afresh
 
-    assert pings == [1]
     assert second != first
+    assert "ping" not in statements
+    assert engine.pool.checkedout() == 0
 
 
-def test_a_connection_killed_while_in_busy_use_fails_one_statement_then_the_pool_recovers(
-    engine: Engine, pings: list[int]
-) -> None:
-    """Without a ping the first statement on it fails as a disconnect; SQLAlchemy invalidates the
-    pool, and the next checkout connects afresh (an API request in between is a 503)."""
-    first = _backend_pid(engine)
-    _terminate(engine, first)
-
-    with pytest.raises(DBAPIError) as failure:
-        _backend_pid(engine)
-    assert failure.value.connection_invalidated
-    assert _backend_pid(engine) != first
-    assert pings == []
-
-
-def test_a_worker_engine_pings_every_checkout_so_a_dropped_connection_costs_no_delivery(
-    pg_settings: Settings,
-) -> None:
-    engine = create_db_engine(pg_settings.orders_database_url, pool_size=1)
+def test_after_a_failover_every_pooled_connection_is_replaced(pg_settings: Settings) -> None:
+    """Two pooled connections, both terminated: each is replaced at its own checkout, none fails."""
+    engine = create_db_engine(pg_settings.orders_database_url, pool_size=2)
     try:
-        first = _backend_pid(engine)
-        _terminate(engine, first)
-
-        assert _backend_pid(engine) != first  # no error: the pre-ping found it dead at once
+        with engine.connect() as one, engine.connect() as two:
+            before = {int(c.scalar(text("SELECT pg_backend_pid()")) or 0) for c in (one, two)}
+        for pid in before:
+            _terminate(engine, pid)
+        with engine.connect() as one, engine.connect() as two:
+            after = {int(c.scalar(text("SELECT pg_backend_pid()")) or 0) for c in (one, two)}
+        assert len(after) == 2
+        assert not before & after
     finally:
         engine.dispose()

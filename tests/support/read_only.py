@@ -10,7 +10,8 @@ def set_read_only(database_url: str, read_only: bool) -> int:
     """Make every new transaction on ``database_url``'s database read-only (or writable again).
 
     ``default_transaction_read_only`` on the database applies to new sessions, so the existing ones
-    are terminated too, as a failover would drop them. Returns how many were terminated.
+    are terminated too, as a failover would drop them, and gone when this returns (each
+    ``pg_terminate_backend`` waits up to 5 s for its backend to exit). Returns how many were terminated.
     """
     url = make_url(database_url)
     admin = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
@@ -18,7 +19,7 @@ def set_read_only(database_url: str, read_only: bool) -> int:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'ALTER DATABASE "{url.database}" SET default_transaction_read_only = {value}')
         query = (
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity"
             " WHERE datname = %s AND pid <> pg_backend_pid()"
         )
         row = conn.execute(query, [url.database]).fetchone()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import select
 from datetime import UTC, datetime
 from typing import Any
 
@@ -89,41 +89,34 @@ def is_postgres(engine_or_dialect: Engine | Dialect) -> bool:
     return dialect.name == "postgresql"
 
 
-PING_AFTER_IDLE_SECONDS = 1.0
-"""A pooled Postgres connection is pinged at checkout only after resting this long in the pool."""
+def _closed_by_server(dbapi_connection: Any) -> bool:
+    """Whether the server ended this idle pooled connection, seen without a round trip.
 
-_LAST_USED = "flask_outbox.db.last_used"
+    A backend that ends (a restart, a failover's ``pg_terminate_backend``, an idle timeout) sends its
+    FATAL message and closes the socket, so the socket of a connection resting in the pool has
+    something to read; a live idle one has nothing. Polling the socket costs microseconds where a
+    ``pool_pre_ping`` costs a round trip on every checkout.
+    """
+    if dbapi_connection.closed or dbapi_connection.broken:
+        return True
+    poller = select.poll()
+    poller.register(dbapi_connection.pgconn.socket, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
 
 
-def _ping_when_idle(engine: Engine) -> None:
-    """``pool_pre_ping``, but only for a connection that rested in the pool: a round trip per checkout
-    saved under load, where an API's connections come back within milliseconds.
+def _drop_connections_the_server_closed(engine: Engine) -> None:
+    """At checkout, replace a pooled connection the server closed (``_closed_by_server``).
 
-    A server restart or an idle timeout finds connections that waited; one in busy use that dies
-    fails its statement, which SQLAlchemy sees as a disconnect: it invalidates the whole pool, so
-    the next checkouts connect afresh (the request itself is a 503, as any mid-request outage).
-    Raising ``DisconnectionError`` at checkout makes the pool retry with a new connection.
+    Raising ``DisconnectionError`` at checkout makes the pool discard it and connect afresh, so a
+    failover or a server restart costs no statement, no request and no delivery. A server that
+    vanished without a word (no FIN) is not seen here: the keepalives and ``tcp_user_timeout``
+    (``keepalive_connect_args``) bound the statement that meets it.
     """
 
-    @event.listens_for(engine, "connect")
-    def _connected(_dbapi_connection: Any, record: Any) -> None:
-        record.info[_LAST_USED] = time.monotonic()
-
-    @event.listens_for(engine, "checkin")
-    def _returned(_dbapi_connection: Any, record: Any) -> None:
-        if record is not None:
-            record.info[_LAST_USED] = time.monotonic()
-
     @event.listens_for(engine, "checkout")
-    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        if time.monotonic() - record.info.get(_LAST_USED, 0.0) < PING_AFTER_IDLE_SECONDS:
-            return
-        try:
-            alive = engine.dialect.do_ping(dbapi_connection)
-        except Exception as error:  # whatever the driver raises for a dead socket: connect afresh
-            raise exc.DisconnectionError(str(error)) from error
-        if not alive:
-            raise exc.DisconnectionError("the connection did not answer its ping")
+    def _checked_out(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if _closed_by_server(dbapi_connection):
+            raise exc.DisconnectionError("the server closed this pooled connection")
 
 
 def _tune_sqlite(engine: Engine) -> None:
@@ -142,16 +135,13 @@ def engine_options(
     *,
     statement_timeout_ms: int = 0,
     pool_timeout: float | None = None,
-    ping_only_after_idle: bool = False,
 ) -> dict[str, Any]:
     """Engine keyword arguments suited to the URL's backend.
 
     ``statement_timeout_ms`` (Postgres, 0: none) and ``pool_timeout`` are for request-serving
     engines, which must answer a 503 rather than wait on an overloaded database; relays and workers
-    leave them unset, since their long batches and waits are expected. ``ping_only_after_idle``
-    (request-serving engines too, with ``install_engine_events``): no ``pool_pre_ping`` on every
-    checkout, see ``_ping_when_idle``; workers and relays keep it, so a failover that drops their
-    connections costs them no failed delivery.
+    leave them unset, since their long batches and waits are expected. No ``pool_pre_ping``:
+    ``install_engine_events`` replaces connections the server closed without a round trip.
     """
     if url.startswith("sqlite"):
         # Several processes share the file in embedded mode: wait for locks instead of failing.
@@ -159,7 +149,6 @@ def engine_options(
     options: dict[str, Any] = {
         "pool_size": pool_size,
         "max_overflow": pool_size,
-        "pool_pre_ping": not ping_only_after_idle,
     }
     if pool_timeout is not None:
         options["pool_timeout"] = pool_timeout
@@ -195,10 +184,10 @@ def create_db_engine(url: str, pool_size: int = 5, connect_args: dict[str, Any] 
     return engine
 
 
-def install_engine_events(engine: Engine, *, ping_only_after_idle: bool = False) -> None:
-    """WAL and foreign keys for SQLite engines; for Postgres ones made with ``ping_only_after_idle``
-    (``engine_options``), the ping of connections that rested in the pool."""
+def install_engine_events(engine: Engine) -> None:
+    """WAL and foreign keys for SQLite engines; for Postgres ones, pooled connections the server
+    closed are replaced at checkout (``_drop_connections_the_server_closed``)."""
     if engine.dialect.name == "sqlite":
         _tune_sqlite(engine)
-    elif engine.dialect.name == "postgresql" and ping_only_after_idle:
-        _ping_when_idle(engine)
+    elif engine.dialect.name == "postgresql":
+        _drop_connections_the_server_closed(engine)
