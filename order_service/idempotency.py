@@ -128,8 +128,10 @@ def request_hash(method: str, path: str, body: Any) -> str:
 
 
 def _insert(engine: Engine, values: dict[str, Any]) -> int | None:
+    """The claim's INSERT, committed on its own: one statement in autocommit, one round trip where
+    BEGIN, INSERT and COMMIT were three (the same transaction: a single statement is atomic)."""
     try:
-        with engine.begin() as conn:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             return int(conn.execute(_CLAIM_ROW, values).scalar_one())
     except IntegrityError:
         return None
