@@ -1,5 +1,6 @@
 """Pooled Postgres connections the server closed are replaced at checkout, with no round trip
-(``flask_outbox.db``, ``install_engine_events``): not the API's, not a worker's, not a relay's."""
+(``flask_outbox.db``, ``install_engine_events``), by the same rule for the API's, the workers' and the
+relays' engines."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def engine(request: pytest.FixtureRequest, pg_settings: Settings) -> Iterator[En
 
 
 @pytest.fixture
-def statements(engine: Engine) -> list[str]:
+def statements(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every statement the engine sends, pings included (``do_ping`` goes through a cursor too)."""
     sent: list[str] = []
     ping = engine.dialect.do_ping
@@ -43,7 +44,7 @@ def statements(engine: Engine) -> list[str]:
     def _sent(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
         sent.append(statement)
 
-    engine.dialect.do_ping = counted  # type: ignore[method-assign]
+    monkeypatch.setattr(engine.dialect, "do_ping", counted)
     return sent
 
 
