@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from flask_outbox.db import create_db_engine, engine_options, install_engine_events
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.pool import NullPool
 
 from shared.config import Settings
@@ -48,9 +48,13 @@ def statements(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return sent
 
 
+def _pid(conn: Connection) -> int:
+    return int(conn.scalar(text("SELECT pg_backend_pid()")) or 0)
+
+
 def _backend_pid(engine: Engine) -> int:
     with engine.connect() as conn:
-        return int(conn.scalar(text("SELECT pg_backend_pid()")) or 0)
+        return _pid(conn)
 
 
 def _terminate(engine: Engine, pid: int) -> None:
@@ -89,11 +93,11 @@ def test_after_a_failover_every_pooled_connection_is_replaced(pg_settings: Setti
     engine = create_db_engine(pg_settings.orders_database_url, pool_size=2)
     try:
         with engine.connect() as one, engine.connect() as two:
-            before = {int(c.scalar(text("SELECT pg_backend_pid()")) or 0) for c in (one, two)}
+            before = {_pid(one), _pid(two)}
         for pid in before:
             _terminate(engine, pid)
         with engine.connect() as one, engine.connect() as two:
-            after = {int(c.scalar(text("SELECT pg_backend_pid()")) or 0) for c in (one, two)}
+            after = {_pid(one), _pid(two)}
         assert len(after) == 2
         assert not before & after
     finally:
