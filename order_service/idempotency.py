@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -290,7 +291,7 @@ class _Pruner:
 
     interval: float
     batch: int
-    last: float = 0.0
+    last: float = -math.inf  # due at once, even on a host up for less than one interval
 
     def due(self) -> bool:
         if time.monotonic() - self.last < self.interval:
@@ -307,7 +308,7 @@ class _Pruner:
         if removed:
             log.info("idempotency.pruned", removed=removed, batch=self.batch)
         if removed >= self.batch:
-            self.last = 0.0  # more keys have expired: the next keyed request prunes again
+            self.last = -math.inf  # more keys have expired: the next keyed request prunes again
 
 
 _PRUNER: AppState[_Pruner] = AppState("order_service.idempotency_pruner")
