@@ -12,9 +12,10 @@ import signal
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 from flask_outbox import Delivery
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from invoice_worker.celery_app import app, worker
@@ -22,13 +23,15 @@ from invoice_worker.invoicing import HANDLER
 from invoice_worker.models import inbox
 from shared.contracts import ORDER_PLACED, ROUTES, OrderPlaced
 
-__all__ = ["ALWAYS_RAISES", "KILLS_EVERY_TIME", "KILLS_ONCE", "SLOW", "app"]
+__all__ = ["ALWAYS_RAISES", "HANGS_ONCE", "KILLS_EVERY_TIME", "KILLS_ONCE", "SLOW", "app"]
 
 ALWAYS_RAISES = "cus_always_raises"
 KILLS_EVERY_TIME = "cus_kills_worker"
 KILLS_ONCE = "cus_kills_once"
+HANGS_ONCE = "cus_hangs_once"
+"""The first process to deliver it hangs inside the transaction (never returns); later ones invoice it."""
 SLOW = "cus_slow_"
-"""``cus_slow_<seconds>``: the invoice takes that long."""
+"""``cus_slow_<seconds>``: the invoice takes that long, in the database (a slow statement, not a hang)."""
 
 _apply = HANDLER.apply
 _apply_batch = HANDLER.apply_batch
@@ -49,8 +52,21 @@ def _inject(session: Session, delivery: Delivery[OrderPlaced]) -> None:
         customer == KILLS_ONCE and _deliveries(session, delivery.message_id) <= 1
     ):
         os.kill(os.getpid(), signal.SIGKILL)
+    if customer == HANGS_ONCE and _first_to_get(delivery.message_id):
+        time.sleep(3600)  # a call that never returns, the inbox row written and its transaction open
     if customer.startswith(SLOW):
-        time.sleep(float(customer.removeprefix(SLOW)))
+        session.execute(text("SELECT pg_sleep(:s)"), {"s": float(customer.removeprefix(SLOW))})
+
+
+def _first_to_get(message_id: uuid.UUID) -> bool:
+    """True for the first delivery of ``message_id`` in this pipeline (a marker file under VAR_DIR)."""
+    marker = Path(os.environ["VAR_DIR"]) / f"hung-{message_id}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        marker.touch(exist_ok=False)
+    except FileExistsError:
+        return False
+    return True
 
 
 def _faulty_apply(session: Session, delivery: Delivery[OrderPlaced]) -> str:

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, make_url, text
 from harness.processes import Service
 from harness.waiting import wait_until
 from tests.fault.evidence import BATCH_DELIVERY_LINES, ORDER_PLACED_TASK
-from tests.fault.faulty_worker import KILLS_ONCE, SLOW
+from tests.fault.faulty_worker import HANGS_ONCE, KILLS_ONCE, SLOW
 from tests.fault.harness import Cluster, report
 from tests.fault.orders import bodies, place_in_process
 from tests.support.private_rabbit import PrivateRabbit
@@ -93,6 +93,36 @@ def test_worker_killed_holding_tasks_on_shipped_defaults_lateness(broker_cluster
         assert lateness < 30  # back when the channel closed, not after a timeout
     else:
         assert lateness >= 60  # held for the visibility timeout
+
+
+def test_worker_hung_mid_transaction_does_not_hold_up_its_redelivery_on_shipped_defaults(
+    cluster: Cluster,
+) -> None:
+    """A worker process hangs inside a delivery's transaction, its inbox row written, and never returns.
+
+    Redis restores the message after the shipped 60 s visibility timeout and another process takes it.
+    That copy's inbox row is the hung one's: without a bound it would wait behind the open transaction
+    for ever. Worker sessions end after the visibility timeout idle in a transaction, so the copy finds
+    the row free and the order is invoiced once, within the lateness bound; the pipeline flows meanwhile.
+    """
+    cluster.shipped_defaults = True
+    cluster.overrides.update({"RATE_LIMIT": "1000000 per minute"})
+    cluster.start_worker(app="tests.fault.faulty_worker", concurrency=2)
+    cluster.start_worker(name="worker-2", app="tests.fault.faulty_worker", concurrency=2)
+    cluster.start_relay()
+    place_in_process(cluster, bodies(1, seed=50, customer_id=HANGS_ONCE))
+    hung = wait_until(
+        lambda: list((cluster.root / "var").glob("hung-*")), timeout=60, message="a worker to hang"
+    )
+    since = time.monotonic()
+    place_in_process(cluster, bodies(8, seed=51))
+    wait_until(lambda: len(cluster.checker.verdict().invoices) >= 8, timeout=60, message="others flow")
+
+    lateness = cluster.settled_after(since, 9, "a worker hung mid-transaction")
+
+    assert lateness >= 55  # the copy came with the restore after the visibility timeout: the hang held it
+    assert str(hung[0].name.removeprefix("hung-")) in invoiced_messages(cluster)
+    assert cluster.checker.verdict().dead_letters == 0
 
 
 def test_task_longer_than_visibility_timeout_delivered_twice_concurrently_makes_one_invoice(

@@ -45,7 +45,11 @@ class InboxWorker:
         outcome_metrics: Callable[[], OnOutcome] | None = None,
     ) -> None:
         self.settings = settings
-        self.database = WorkerDatabase(database_url)
+        # A transaction idle past the visibility timeout belongs to a delivery the broker already gave
+        # up on (Redis restores its message then): the database ends it, and with it its locks.
+        self.database = WorkerDatabase(
+            database_url, idle_in_transaction_seconds=settings.broker_visibility_timeout
+        )
         self.inbox = inbox
         self.policy = DeliveryPolicy.from_settings(settings)
         # Refuses, at start, a MESSAGE_SIGNING_KEY that could be guessed (or none, outside the embedded mode).
