@@ -214,8 +214,9 @@ class ConsumerSettings(PipelineSettings):
         default=60,
         ge=1,
         validation_alias="BROKER_VISIBILITY_TIMEOUT",
-        description="Seconds before Redis restores an unacknowledged task (a lost worker's reservations); "
-        "not used on RabbitMQ, which returns them when the worker's channel closes",
+        description="Seconds before Redis restores an unacknowledged task (a lost worker's reservations; "
+        "RabbitMQ returns them when the worker's channel closes), and the longest a worker's transaction "
+        "may sit idle before the database ends it (a hung delivery)",
     )
     inbox_retention_seconds: float = Field(
         default=30 * 24 * 3600,
