@@ -13,7 +13,7 @@ from flask import Flask, Response, json
 from flask_limiter import RateLimitExceeded
 from flask_openapi3.types import ResponseDict
 from pydantic import ValidationError
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
@@ -165,3 +165,11 @@ def register_error_handlers(app: Flask) -> None:
     def _unexpected(exc: Exception) -> Response:
         log.exception("api.unexpected_error")
         return problem(500, "Internal error", "The order could not be processed.", "internal")
+
+    @app.errorhandler(DBAPIError)
+    def _database_error(exc: DBAPIError) -> Response:
+        """An error that cost the connection (the server ended the session: an idle-in-transaction
+        timeout, an administrator) is the database being unavailable to this request; others are bugs."""
+        if exc.connection_invalidated:
+            return _database_down(exc)
+        return _unexpected(exc)

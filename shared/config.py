@@ -66,7 +66,8 @@ class ApiSettings(PipelineSettings):
         gt=0,
         validation_alias="API_TIMEOUT_SECONDS",
         description="Longest a request waits for a pooled database connection, and longest one SQL statement "
-        "runs (Postgres statement_timeout); either is a 503",
+        "runs (Postgres statement_timeout); either is a 503. Also the longest a request's transaction may "
+        "sit idle before the database ends it (a hung request thread's row locks)",
     )
     api_pool_size: int = Field(
         default=5,

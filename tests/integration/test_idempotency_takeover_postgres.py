@@ -352,3 +352,55 @@ def test_a_commit_whose_acknowledgement_is_lost_keeps_its_201_for_the_retry(
     ((status, body),) = _keys(probe)
     assert status == 201
     assert retry.get_json() == json.loads(body or "")
+
+
+def _idle_in_transaction(probe: Engine) -> int:
+    """Sessions of the test's database that sit inside a transaction, waiting for their client."""
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND state = 'idle in transaction'"
+    )
+    with probe.connect() as conn:
+        return int(conn.scalar(query) or 0)
+
+
+def test_an_original_hung_holding_the_key_does_not_lock_its_client_out(
+    app_a: Flask,
+    app_b: Flask,
+    probe: Engine,
+    pool: ThreadPoolExecutor,
+    gate: Callable[[str], Gate],
+    api_settings: Settings,
+) -> None:
+    """A hangs for good after storing its 201, the key's row locked by its uncommitted UPDATE.
+
+    The database ends a request's transaction idle longer than ``API_TIMEOUT_SECONDS``, so the client's
+    retry after the claim's lock time takes the key over and places the one order; without that bound
+    every retry waited on A's row lock until its statement timeout, a 503 for as long as A hung.
+    """
+    key = f"hung-{uuid.uuid4()}"
+    a_hung = gate("A stored its 201, then hangs before commit")
+    remove = _on_session(app_a, "before_commit", a_hung.pause)
+    try:
+        original = pool.submit(_post, app_a, key)
+        a_hung.wait_reached(original)
+        assert _idle_in_transaction(probe) == 1
+        wait_until(
+            lambda: _idle_in_transaction(probe) == 0,
+            timeout=api_settings.api_timeout_seconds + 5,
+            message="the database to end A's transaction, idle past API_TIMEOUT_SECONDS",
+        )
+        _age_claims(probe)
+
+        retry = _post(app_b, key)
+
+        a_hung.release()
+        first = _settle(original)
+    finally:
+        remove()
+
+    assert retry.status_code == 201, retry.get_data(as_text=True)
+    assert "Idempotent-Replayed" not in retry.headers
+    assert first.status_code == 503  # A's commit meets its ended session: never a second 201
+    assert _orders(probe) == 1
+    assert _keys(probe) == [(201, retry.get_data(as_text=True))]

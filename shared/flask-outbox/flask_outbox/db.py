@@ -140,8 +140,11 @@ def engine_options(
 
     ``statement_timeout_ms`` (Postgres, 0: none) and ``pool_timeout`` are for request-serving
     engines, which must answer a 503 rather than wait on an overloaded database; relays and workers
-    leave them unset, since their long batches and waits are expected. No ``pool_pre_ping``:
-    ``install_engine_events`` replaces connections the server closed without a round trip.
+    leave them unset, since their long batches and waits are expected. The same bound ends a request's
+    transaction left idle that long (``idle_in_transaction_session_timeout``): a request thread that
+    hangs mid-transaction would otherwise keep its row locks, and every later request that needs those
+    rows would wait into its own statement timeout. No ``pool_pre_ping``: ``install_engine_events``
+    replaces connections the server closed without a round trip.
     """
     if url.startswith("sqlite"):
         # Several processes share the file in embedded mode: wait for locks instead of failing.
@@ -153,7 +156,10 @@ def engine_options(
     if pool_timeout is not None:
         options["pool_timeout"] = pool_timeout
     if statement_timeout_ms:
-        options["connect_args"] = {"options": f"-c statement_timeout={int(statement_timeout_ms)}"}
+        bound = int(statement_timeout_ms)
+        options["connect_args"] = {
+            "options": f"-c statement_timeout={bound} -c idle_in_transaction_session_timeout={bound}"
+        }
     return options
 
 
