@@ -26,9 +26,11 @@ def run_migrations_online() -> None:
         )
         with context.begin_transaction():
             if connection.dialect.name == "postgresql":
-                # The app's engine carries the API's statement_timeout; a migration may take longer.
-                # LOCAL: the pooled connection keeps its timeout after this transaction.
+                # The app's engine carries the API's statement and idle-in-transaction timeouts; a
+                # migration may take longer, in a statement or between two (a data migration's Python).
+                # LOCAL: the pooled connection keeps its timeouts after this transaction.
                 connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
+                connection.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
             context.run_migrations()
 
 

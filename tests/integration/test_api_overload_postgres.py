@@ -13,6 +13,7 @@ from contextlib import ExitStack
 
 import pytest
 from flask import Flask
+from flask_outbox import WorkerDatabase
 from flask_outbox.db import create_db_engine
 from sqlalchemy import Engine, text
 
@@ -101,5 +102,28 @@ def test_the_statement_timeout_is_set_on_the_api_engine_only(pg_settings: Settin
             assert conn.execute(text("SHOW statement_timeout")).scalar_one() == "0"
     finally:
         relay_engine.dispose()
+        with app.app_context():
+            db.engine.dispose()
+
+
+def test_api_and_worker_sessions_end_a_transaction_left_idle_past_their_bound(pg_settings: Settings) -> None:
+    """A hung request or delivery must not keep its row locks: the API's sessions end a transaction idle
+    longer than API_TIMEOUT_SECONDS, a worker's longer than BROKER_VISIBILITY_TIMEOUT (by then Redis has
+    given its message to another process); an engine made without a bound (relays set theirs per session)
+    has none."""
+    app = create_app(pg_settings)
+    worker_database = WorkerDatabase(pg_settings.orders_database_url, idle_in_transaction_seconds=60)
+    plain = create_db_engine(pg_settings.orders_database_url)
+    show = text("SHOW idle_in_transaction_session_timeout")
+    try:
+        with app.app_context(), db.engine.connect() as conn:
+            assert conn.execute(show).scalar_one() == "5s"  # API_TIMEOUT_SECONDS' default
+        with worker_database.engine.connect() as conn:
+            assert conn.execute(show).scalar_one() == "1min"
+        with plain.connect() as conn:
+            assert conn.execute(show).scalar_one() == "0"
+    finally:
+        plain.dispose()
+        worker_database.engine.dispose()
         with app.app_context():
             db.engine.dispose()
