@@ -116,6 +116,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             settings.orders_database_url,
             settings.api_pool_size,
             statement_timeout_ms=int(settings.api_timeout_seconds * 1000),  # API engine only: a 503
+            idle_in_transaction_ms=int(settings.api_timeout_seconds * 1000),  # a hung request's locks
             pool_timeout=settings.api_timeout_seconds,
         ),
         MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,

@@ -134,17 +134,18 @@ def engine_options(
     pool_size: int = 5,
     *,
     statement_timeout_ms: int = 0,
+    idle_in_transaction_ms: int = 0,
     pool_timeout: float | None = None,
 ) -> dict[str, Any]:
     """Engine keyword arguments suited to the URL's backend.
 
     ``statement_timeout_ms`` (Postgres, 0: none) and ``pool_timeout`` are for request-serving
     engines, which must answer a 503 rather than wait on an overloaded database; relays and workers
-    leave them unset, since their long batches and waits are expected. The same bound ends a request's
-    transaction left idle that long (``idle_in_transaction_session_timeout``): a request thread that
-    hangs mid-transaction would otherwise keep its row locks, and every later request that needs those
-    rows would wait into its own statement timeout. No ``pool_pre_ping``: ``install_engine_events``
-    replaces connections the server closed without a round trip.
+    leave them unset, since their long batches and waits are expected. ``idle_in_transaction_ms``
+    (Postgres, 0: none) ends a session left that long inside a transaction: a process that hangs
+    mid-transaction would otherwise keep its row locks, and whatever needs those rows would wait behind
+    it for good. No ``pool_pre_ping``: ``install_engine_events`` replaces connections the server closed
+    without a round trip.
     """
     if url.startswith("sqlite"):
         # Several processes share the file in embedded mode: wait for locks instead of failing.
@@ -155,11 +156,12 @@ def engine_options(
     }
     if pool_timeout is not None:
         options["pool_timeout"] = pool_timeout
-    if statement_timeout_ms:
-        bound = int(statement_timeout_ms)
-        options["connect_args"] = {
-            "options": f"-c statement_timeout={bound} -c idle_in_transaction_session_timeout={bound}"
-        }
+    bounds = {
+        "statement_timeout": int(statement_timeout_ms),
+        "idle_in_transaction_session_timeout": int(idle_in_transaction_ms),
+    }
+    if server_options := " ".join(f"-c {name}={ms}" for name, ms in bounds.items() if ms):
+        options["connect_args"] = {"options": server_options}
     return options
 
 
@@ -180,9 +182,11 @@ def keepalive_connect_args(bound_seconds: float) -> dict[str, Any]:
     }
 
 
-def create_db_engine(url: str, pool_size: int = 5, connect_args: dict[str, Any] | None = None) -> Engine:
+def create_db_engine(
+    url: str, pool_size: int = 5, connect_args: dict[str, Any] | None = None, idle_in_transaction_ms: int = 0
+) -> Engine:
     """An engine for ``url``; ``connect_args`` (libpq parameters) apply to Postgres only."""
-    options = engine_options(url, pool_size)
+    options = engine_options(url, pool_size, idle_in_transaction_ms=idle_in_transaction_ms)
     if connect_args and not url.startswith("sqlite"):
         options["connect_args"] = {**options.get("connect_args", {}), **connect_args}
     engine = create_engine(url, **options)

@@ -29,9 +29,8 @@ class WorkerDatabase:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            options = {"options": f"-c idle_in_transaction_session_timeout={self._idle_bound_ms}"}
             self._engine = create_db_engine(
-                self._url, pool_size=self._pool_size, connect_args=options if self._idle_bound_ms else None
+                self._url, pool_size=self._pool_size, idle_in_transaction_ms=self._idle_bound_ms
             )
         return self._engine
 
