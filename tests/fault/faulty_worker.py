@@ -23,7 +23,7 @@ from invoice_worker.invoicing import HANDLER
 from invoice_worker.models import inbox
 from shared.contracts import ORDER_PLACED, ROUTES, OrderPlaced
 
-__all__ = ["ALWAYS_RAISES", "HANGS_ONCE", "KILLS_EVERY_TIME", "KILLS_ONCE", "SLOW", "app"]
+__all__ = ["ALWAYS_RAISES", "HANGS_ONCE", "KILLS_EVERY_TIME", "KILLS_ONCE", "SLOW", "app", "hung_messages"]
 
 ALWAYS_RAISES = "cus_always_raises"
 KILLS_EVERY_TIME = "cus_kills_worker"
@@ -58,9 +58,17 @@ def _inject(session: Session, delivery: Delivery[OrderPlaced]) -> None:
         session.execute(text("SELECT pg_sleep(:s)"), {"s": float(customer.removeprefix(SLOW))})
 
 
+_HUNG = "hung-"
+
+
+def hung_messages(var_dir: Path) -> list[str]:
+    """Ids of the messages whose first delivery hung (``HANGS_ONCE``) in the pipeline using ``var_dir``."""
+    return [marker.name.removeprefix(_HUNG) for marker in var_dir.glob(f"{_HUNG}*")]
+
+
 def _first_to_get(message_id: uuid.UUID) -> bool:
     """True for the first delivery of ``message_id`` in this pipeline (a marker file under VAR_DIR)."""
-    marker = Path(os.environ["VAR_DIR"]) / f"hung-{message_id}"
+    marker = Path(os.environ["VAR_DIR"]) / f"{_HUNG}{message_id}"
     marker.parent.mkdir(parents=True, exist_ok=True)
     try:
         marker.touch(exist_ok=False)
